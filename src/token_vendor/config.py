@@ -1,0 +1,238 @@
+"""Configuration: a frozen dataclass parsed from the environment once, on first use."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from token_vendor.errors import ConfigurationError
+
+DEFAULT_PROFILE = "default"
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+IGNI_TOKEN_URL_TEMPLATE = "https://{workspace}.igni.co/api/v1/oauth2/token"  # noqa: S105
+WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_PROFILE_FIELDS = frozenset({"secret_id", "workspace", "token_url", "scope"})
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One Igni credential set: where its secret lives and how to exchange it."""
+
+    name: str
+    secret_id: str
+    workspace: str | None = None
+    token_url: str | None = None
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """When a cached token is refreshed ahead of expiry and when it may no longer be vended."""
+
+    refresh_fraction: float = 0.75
+    min_remaining_seconds: int = 300
+    min_remaining_fraction: float = 0.10
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the function reads from its environment."""
+
+    profiles: Mapping[str, Profile]
+    table_name: str
+    kms_key_id: str | None = None
+    freshness: Freshness = field(default_factory=Freshness)
+    secret_cache_seconds: float = 30.0
+    memory_revalidate_seconds: float = 30.0
+    auth_failure_cache_seconds: int = 60
+    forced_refresh_interval_seconds: int = 30
+    refresh_backoff_base_seconds: float = 2.0
+    refresh_backoff_max_seconds: float = 60.0
+    lease_seconds: float = 15.0
+    igni_connect_timeout: float = 3.0
+    igni_read_timeout: float = 10.0
+    igni_max_attempts: int = 3
+    aws_connect_timeout: float = 1.0
+    aws_read_timeout: float = 2.0
+    aws_max_attempts: int = 3
+
+    def profile(self, name: str) -> Profile | None:
+        return self.profiles.get(name)
+
+
+def token_url_for(profile: Profile, secret_workspace: str | None) -> str:
+    """The token URL of a profile: its override, else built from the workspace."""
+    if profile.token_url:
+        return validate_token_url(profile.token_url, profile.name)
+    workspace = profile.workspace or secret_workspace
+    if not workspace:
+        raise ConfigurationError(
+            f"profile '{profile.name}': no Igni workspace; set IGNI_WORKSPACE, "
+            "a 'workspace' in the secret, or IGNI_TOKEN_URL"
+        )
+    if not WORKSPACE_NAME.match(workspace):
+        raise ConfigurationError(f"profile '{profile.name}': workspace is not a valid host label")
+    return IGNI_TOKEN_URL_TEMPLATE.format(workspace=workspace)
+
+
+def validate_token_url(url: str, profile_name: str) -> str:
+    """Accept https anywhere, plain http only on a loopback host (local runs and tests)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ConfigurationError(f"profile '{profile_name}': token URL has no host")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return url
+    raise ConfigurationError(
+        f"profile '{profile_name}': token URL must use https (plain http is allowed for "
+        "loopback hosts only)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Parse the environment; raise ConfigurationError naming what is wrong."""
+    env = os.environ if env is None else env
+    table_name = env.get("TOKEN_TABLE_NAME", "").strip()
+    if not table_name:
+        raise ConfigurationError("TOKEN_TABLE_NAME is not set")
+    profiles = _load_profiles(env)
+    defaults = Freshness()
+    freshness = Freshness(
+        refresh_fraction=_float(
+            env, "TOKEN_REFRESH_FRACTION", defaults.refresh_fraction, 0.1, 0.95
+        ),
+        min_remaining_seconds=_int(
+            env, "TOKEN_MIN_REMAINING_SECONDS", defaults.min_remaining_seconds, 0, 86400
+        ),
+        min_remaining_fraction=_float(
+            env, "TOKEN_MIN_REMAINING_FRACTION", defaults.min_remaining_fraction, 0.0, 0.5
+        ),
+    )
+    if freshness.refresh_fraction > 1 - freshness.min_remaining_fraction:
+        raise ConfigurationError(
+            "TOKEN_REFRESH_FRACTION must leave room before TOKEN_MIN_REMAINING_FRACTION"
+        )
+    return Config(
+        profiles=profiles,
+        table_name=table_name,
+        kms_key_id=env.get("TOKEN_KMS_KEY_ID", "").strip() or None,
+        freshness=freshness,
+        # The secret is never cached for longer than 5 minutes, whatever is configured.
+        secret_cache_seconds=_float(env, "SECRET_CACHE_SECONDS", 30.0, 0.0, 300.0),
+        # Rotation must reach every environment within 60 s: memory is re-checked more often.
+        memory_revalidate_seconds=_float(env, "MEMORY_REVALIDATE_SECONDS", 30.0, 0.0, 60.0),
+        auth_failure_cache_seconds=_int(env, "AUTH_FAILURE_CACHE_SECONDS", 60, 0, 3600),
+        forced_refresh_interval_seconds=_int(env, "FORCED_REFRESH_INTERVAL_SECONDS", 30, 0, 3600),
+        refresh_backoff_base_seconds=_float(env, "REFRESH_BACKOFF_BASE_SECONDS", 2.0, 0.1, 60.0),
+        refresh_backoff_max_seconds=_float(env, "REFRESH_BACKOFF_MAX_SECONDS", 60.0, 1.0, 3600.0),
+        lease_seconds=_float(env, "LEASE_SECONDS", 15.0, 1.0, 28.0),
+        igni_connect_timeout=_float(env, "IGNI_CONNECT_TIMEOUT", 3.0, 0.1, 3.0),
+        igni_read_timeout=_float(env, "IGNI_READ_TIMEOUT", 10.0, 0.1, 10.0),
+        igni_max_attempts=_int(env, "IGNI_MAX_ATTEMPTS", 3, 1, 5),
+        aws_connect_timeout=_float(env, "AWS_CONNECT_TIMEOUT", 1.0, 0.1, 5.0),
+        aws_read_timeout=_float(env, "AWS_READ_TIMEOUT", 2.0, 0.1, 10.0),
+        aws_max_attempts=_int(env, "AWS_MAX_ATTEMPTS", 3, 1, 5),
+    )
+
+
+def _load_profiles(env: Mapping[str, str]) -> dict[str, Profile]:
+    profiles: dict[str, Profile] = {}
+    secret_id = env.get("IGNI_SECRET_ID", "").strip()
+    if secret_id:
+        profiles[DEFAULT_PROFILE] = _profile(
+            DEFAULT_PROFILE,
+            {
+                "secret_id": secret_id,
+                "workspace": env.get("IGNI_WORKSPACE", ""),
+                "token_url": env.get("IGNI_TOKEN_URL", ""),
+                "scope": env.get("IGNI_SCOPE", ""),
+            },
+        )
+    raw = env.get("IGNI_PROFILES", "").strip()
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise ConfigurationError("IGNI_PROFILES is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise ConfigurationError("IGNI_PROFILES must be a JSON object of profile name -> {...}")
+        for name, entry in parsed.items():
+            if name == DEFAULT_PROFILE and DEFAULT_PROFILE in profiles:
+                raise ConfigurationError(
+                    "IGNI_PROFILES: profile 'default' is already defined by IGNI_SECRET_ID"
+                )
+            profiles[name] = _profile(name, entry)
+    if not profiles:
+        raise ConfigurationError("IGNI_SECRET_ID is not set and IGNI_PROFILES defines no profile")
+    return profiles
+
+
+def _profile(name: str, entry: object) -> Profile:
+    if not PROFILE_NAME.match(name):
+        raise ConfigurationError(
+            f"profile '{name[:64]}': name must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+    if not isinstance(entry, dict):
+        raise ConfigurationError(f"profile '{name}': must be a JSON object")
+    unknown = set(entry) - _PROFILE_FIELDS
+    if unknown:
+        raise ConfigurationError(f"profile '{name}': unknown field '{sorted(unknown)[0]}'")
+    values: dict[str, str | None] = {}
+    for key in _PROFILE_FIELDS:
+        value = entry.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"profile '{name}': field '{key}' must be a string")
+        values[key] = value.strip() if value and value.strip() else None
+    secret = values["secret_id"]
+    if not secret:
+        raise ConfigurationError(f"profile '{name}': field 'secret_id' is required")
+    token_url = values["token_url"]
+    if token_url:
+        validate_token_url(token_url, name)
+    workspace = values["workspace"]
+    if workspace and not WORKSPACE_NAME.match(workspace):
+        raise ConfigurationError(f"profile '{name}': field 'workspace' is not a valid host label")
+    return Profile(
+        name=name, secret_id=secret, workspace=workspace, token_url=token_url, scope=values["scope"]
+    )
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}")
+    return value

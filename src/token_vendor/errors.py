@@ -1,0 +1,65 @@
+"""Domain errors, each carrying the HTTP status and error code of the public contract."""
+
+from __future__ import annotations
+
+
+class VendorError(Exception):
+    """Base of every error the API answers with a JSON `{"error", "message"}` body."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        # A finer label than `code` for metrics, e.g. "timeout" or "throttled".
+        self.kind = self.code
+
+
+class InvalidRequest(VendorError):
+    status = 400
+    code = "invalid_request"
+
+
+class AccessDenied(VendorError):
+    status = 403
+    code = "access_denied"
+
+
+class UnknownProfile(VendorError):
+    status = 404
+    code = "unknown_profile"
+
+
+class RefreshRateLimited(VendorError):
+    status = 429
+    code = "refresh_rate_limited"
+
+
+class ConfigurationError(VendorError):
+    status = 500
+    code = "configuration_error"
+
+
+class UpstreamAuthFailed(VendorError):
+    status = 502
+    code = "upstream_auth_failed"
+
+
+class UpstreamBadResponse(VendorError):
+    status = 502
+    code = "upstream_bad_response"
+
+
+class UpstreamUnavailable(VendorError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+class SecretUnavailable(Exception):
+    """Secrets Manager could not be reached; a cached token may still be vended."""
+
+
+class StoreUnavailable(Exception):
+    """DynamoDB (or KMS behind it) could not be reached; fall back to memory or a direct call."""

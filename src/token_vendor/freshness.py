@@ -1,0 +1,89 @@
+"""Freshness arithmetic: when a token is refreshed ahead, when it can no longer be vended."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from token_vendor.config import Freshness
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """A token as both cache tiers hold it, with what is needed to judge its age."""
+
+    access_token: str
+    token_type: str
+    issued_at: float
+    expires_at: int
+    secret_version: str | None
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.issued_at
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.access_token)
+
+
+def fingerprint(token: str) -> str:
+    """A short, non-reversible identifier of a token or secret, safe for logs and comparisons."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def effective_expiry(issued_at: float, expires_in: int, access_token: str) -> int:
+    """Exchange time plus `expires_in`, or the JWT's `exp` claim when that is earlier.
+
+    The claim is read, never verified (there is no key), so it can only shorten a lifetime.
+    """
+    expiry = math.floor(issued_at + expires_in)
+    claimed = jwt_exp(access_token)
+    if claimed is not None and claimed < expiry:
+        return claimed
+    return expiry
+
+
+def jwt_exp(access_token: str) -> int | None:
+    parts = access_token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return None
+    return math.floor(exp)
+
+
+def vend_margin(lifetime: float, policy: Freshness) -> float:
+    """The validity a vended token must keep: `min(300 s, 10 %)` of its lifetime by default.
+
+    Proportional to the lifetime so that a short-lived token is still cached for most of it.
+    """
+    return min(float(policy.min_remaining_seconds), policy.min_remaining_fraction * lifetime)
+
+
+def refresh_at(token: CachedToken, policy: Freshness) -> float:
+    return token.issued_at + policy.refresh_fraction * token.lifetime
+
+
+def is_fresh(token: CachedToken, now: float, policy: Freshness) -> bool:
+    return now < refresh_at(token, policy)
+
+
+def is_vendable(token: CachedToken, now: float, policy: Freshness, min_ttl: int = 0) -> bool:
+    remaining = token.expires_at - now
+    return remaining > vend_margin(token.lifetime, policy) and remaining >= min_ttl
+
+
+def max_min_ttl(lifetime: float, policy: Freshness) -> int:
+    """The most validity a freshly exchanged token of this lifetime could promise a caller."""
+    return math.floor(lifetime - vend_margin(lifetime, policy))

@@ -1,0 +1,410 @@
+"""Lambda entry point: the REST API routes, the schedule (pre-warm) and rotation events."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import urllib3
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config as BotoConfig
+
+from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
+from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
+from token_vendor.igni import IgniClient
+from token_vendor.observability import Telemetry, logger
+from token_vendor.secret_store import SecretStore
+from token_vendor.service import TokenService, Vended
+from token_vendor.token_cipher import TokenCipher
+from token_vendor.token_store import MemoryTier, TokenTable
+
+# API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
+API_GATEWAY_BUDGET_MS = 28_000
+# Kept back from the remaining time to build and return the answer.
+RESPONSE_RESERVE_MS = 750
+DEFAULT_REMAINING_MS = 25_000
+MAX_REJECTED_TOKEN_BYTES = 16 * 1024
+MAX_MIN_TTL_DIGITS = 9
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+KNOWN_ROUTES = (
+    (("GET",), ("token",)),
+    (("GET",), ("token", "*")),
+    (("POST",), ("token", "refresh")),
+    (("POST",), ("token", "*", "refresh")),
+)
+
+app = APIGatewayRestResolver()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What an execution environment builds once and reuses across invocations."""
+
+    config: Config
+    service: TokenService
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime  # noqa: PLW0603 - one runtime per execution environment, built on first use
+    if _runtime is None:
+        _runtime = build_runtime(load_config())
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the configuration and clients (tests change the environment between cases)."""
+    global _runtime  # noqa: PLW0603
+    _runtime = None
+
+
+def build_runtime(config: Config) -> Runtime:
+    boto_config = BotoConfig(
+        connect_timeout=config.aws_connect_timeout,
+        read_timeout=config.aws_read_timeout,
+        retries={"mode": "standard", "max_attempts": config.aws_max_attempts},
+    )
+    session = boto3.session.Session()
+    kms = session.client("kms", config=boto_config) if config.kms_key_id else None
+    telemetry = Telemetry()
+    service = TokenService(
+        config,
+        secrets=SecretStore(
+            session.client("secretsmanager", config=boto_config),
+            cache_seconds=config.secret_cache_seconds,
+        ),
+        igni=IgniClient(
+            urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
+            connect_timeout=config.igni_connect_timeout,
+            read_timeout=config.igni_read_timeout,
+            max_attempts=config.igni_max_attempts,
+        ),
+        table=TokenTable(
+            session.client("dynamodb", config=boto_config),
+            config.table_name,
+            TokenCipher(kms, config.kms_key_id),
+        ),
+        memory=MemoryTier(),
+        telemetry=telemetry,
+    )
+    return Runtime(config=config, service=service)
+
+
+# --------------------------------------------------------------------------------- routes
+
+
+@app.get("/token")
+def get_default_token() -> Response[str]:
+    return _vend(DEFAULT_PROFILE)
+
+
+@app.get("/token/<profile>")
+def get_profile_token(profile: str) -> Response[str]:
+    return _vend(profile)
+
+
+@app.post("/token/refresh")
+def refresh_default_token() -> Response[str]:
+    return _refresh(DEFAULT_PROFILE)
+
+
+@app.post("/token/<profile>/refresh")
+def refresh_profile_token(profile: str) -> Response[str]:
+    return _refresh(profile)
+
+
+def _vend(profile_name: str) -> Response[str]:
+    caller = _caller()
+    min_ttl = _min_ttl(app.current_event.query_string_parameters or {})
+    runtime = get_runtime()
+    profile = _profile(runtime.config, profile_name)
+    vended = runtime.service.vend(profile, deadline=_deadline(), min_ttl=min_ttl)
+    return _token_response(vended, profile, caller, "vend")
+
+
+def _refresh(profile_name: str) -> Response[str]:
+    caller = _caller()
+    rejected = _rejected_token()
+    runtime = get_runtime()
+    profile = _profile(runtime.config, profile_name)
+    vended = runtime.service.force_refresh(profile, rejected, deadline=_deadline())
+    return _token_response(vended, profile, caller, "refresh")
+
+
+def _token_response(
+    vended: Vended, profile: Profile, caller: dict[str, str], action: str
+) -> Response[str]:
+    now = time.time()
+    body = vended.body(now)
+    logger.info(
+        "token vended",
+        extra={
+            "audit": True,
+            "action": action,
+            "profile": profile.name,
+            "tier": vended.tier,
+            "token_fingerprint": vended.token.fingerprint,
+            "secret_version": vended.token.secret_version,
+            "expires_in": body["expires_in"],
+            **caller,
+        },
+    )
+    return _json(200, body)
+
+
+# ------------------------------------------------------------------------- request parts
+
+
+def _caller() -> dict[str, str]:
+    """The IAM caller API Gateway authenticated; refuse a request that carries none."""
+    context = app.current_event.raw_event.get("requestContext")
+    identity = context.get("identity") if isinstance(context, dict) else None
+    identity = identity if isinstance(identity, dict) else {}
+    user_arn = identity.get("userArn")
+    if not isinstance(user_arn, str) or not user_arn.startswith("arn:"):
+        raise AccessDenied("the request carries no IAM caller identity; sign it with SigV4")
+    caller = {"caller_arn": user_arn}
+    for field, name in (
+        ("accountId", "caller_account"),
+        ("sourceIp", "source_ip"),
+        ("caller", "caller_id"),
+    ):
+        value = identity.get(field)
+        if isinstance(value, str):
+            caller[name] = value[:256]
+    logger.append_keys(caller_arn=user_arn)
+    return caller
+
+
+def _min_ttl(query: dict[str, str]) -> int:
+    raw = query.get("min_ttl")
+    if raw is None:
+        return 0
+    if (
+        not isinstance(raw, str)
+        or not raw.isascii()
+        or not raw.isdigit()
+        or len(raw) > MAX_MIN_TTL_DIGITS
+    ):
+        raise InvalidRequest("min_ttl must be a non-negative whole number of seconds")
+    return int(raw)
+
+
+def _rejected_token() -> str:
+    event = app.current_event.raw_event
+    body = event.get("body")
+    if not isinstance(body, str) or not body:
+        raise InvalidRequest('the body must be a JSON object {"rejected_token": "<token>"}')
+    if event.get("isBase64Encoded") is True:
+        try:
+            body = base64.b64decode(body, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidRequest("the body is flagged base64 but does not decode to text") from None
+    if len(body) > MAX_REJECTED_TOKEN_BYTES:
+        raise InvalidRequest("the body is too large")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(
+            'the body must be a JSON object {"rejected_token": "<token>"}'
+        ) from None
+    token = data.get("rejected_token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        raise InvalidRequest('the body must be a JSON object {"rejected_token": "<token>"}')
+    return token.strip()
+
+
+def _profile(config: Config, name: str) -> Profile:
+    profile = config.profile(name)
+    if profile is None:
+        raise UnknownProfile(f"no credential profile named '{name[:64]}' is configured")
+    return profile
+
+
+def _deadline() -> float:
+    context = app.lambda_context
+    remaining_ms = DEFAULT_REMAINING_MS
+    getter = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(getter):
+        value = getter()
+        if isinstance(value, int | float) and math.isfinite(value):
+            remaining_ms = int(value)
+    budget = min(remaining_ms, API_GATEWAY_BUDGET_MS) - RESPONSE_RESERVE_MS
+    return time.monotonic() + max(0, budget) / 1000.0
+
+
+# ------------------------------------------------------------------------------ answers
+
+
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=json.dumps(body),
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+def error_body(
+    status: int, code: str, message: str, retry_after: int | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return {"error": code, "message": message}, headers
+
+
+@app.exception_handler(VendorError)  # type: ignore[untyped-decorator]
+def handle_vendor_error(exc: VendorError) -> Response[str]:
+    log = logger.warning if exc.status < 500 else logger.error
+    log("request failed", extra={"error": exc.code, "status": exc.status, "reason": exc.message})
+    retry_after = exc.retry_after
+    if exc.status == 503 and retry_after is None:
+        retry_after = 1
+    body, headers = error_body(exc.status, exc.code, exc.message, retry_after)
+    return _json(exc.status, body, headers)
+
+
+@app.not_found
+def handle_not_found(_: NotFoundError) -> Response[str]:
+    method = str(app.current_event.http_method).upper()
+    allowed = _allowed_methods(app.current_event.path)
+    if allowed and method not in allowed:
+        body, _headers = error_body(405, "method_not_allowed", f"{method} is not allowed here")
+        return _json(405, body, {"Allow": ", ".join(sorted(allowed))})
+    body, _headers = error_body(404, "not_found", "no such resource; try GET /token")
+    return _json(404, body)
+
+
+def _allowed_methods(path: str) -> set[str]:
+    parts = [part for part in path.split("/") if part]
+    if parts and parts[0] == "v1":
+        parts = parts[1:]
+    allowed: set[str] = set()
+    for methods, pattern in KNOWN_ROUTES:
+        if len(parts) == len(pattern) and all(
+            p in ("*", q) for p, q in zip(pattern, parts, strict=True)
+        ):
+            allowed.update(methods)
+    return allowed
+
+
+def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:
+    body, headers = error_body(status, code, message)
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json", **NO_STORE, **headers},
+        "multiValueHeaders": {},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def _is_api_event(event: dict[str, Any]) -> bool:
+    return "httpMethod" in event or "requestContext" in event or "resource" in event
+
+
+def _api_event_problem(event: dict[str, Any]) -> str | None:
+    """What makes an API Gateway proxy event unusable, before Powertools parses it."""
+    if not isinstance(event.get("httpMethod"), str) or not event["httpMethod"]:
+        return "httpMethod"
+    if not isinstance(event.get("path"), str):
+        return "path"
+    for name in ("headers", "queryStringParameters", "pathParameters", "stageVariables"):
+        value = event.get(name)
+        if value is not None and (
+            not isinstance(value, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            return name
+    for name in ("multiValueHeaders", "multiValueQueryStringParameters"):
+        value = event.get(name)
+        if value is not None and (
+            not isinstance(value, dict)
+            or not all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
+                for k, v in value.items()
+            )
+        ):
+            return name
+    if event.get("body") is not None and not isinstance(event.get("body"), str):
+        return "body"
+    if event.get("isBase64Encoded") is not None and not isinstance(
+        event.get("isBase64Encoded"), bool
+    ):
+        return "isBase64Encoded"
+    context = event.get("requestContext")
+    if context is not None and not isinstance(context, dict):
+        return "requestContext"
+    return None
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    if not isinstance(event, dict):
+        logger.warning("unsupported event", extra={"event_type": type(event).__name__})
+        return _unexpected(400, "invalid_request", "the event is not a JSON object")
+    if _is_api_event(event):
+        problem = _api_event_problem(event)
+        if problem is not None:
+            logger.warning("malformed API Gateway event", extra={"field": problem})
+            return _unexpected(400, "invalid_request", f"malformed API Gateway event ({problem})")
+        try:
+            return app.resolve(event, context)
+        except Exception:
+            # Never a stack trace to the caller; the log keeps it (it holds no token or secret).
+            logger.exception("unhandled error")
+            return _unexpected(500, "internal_error", "unexpected error; see the function's logs")
+    return _handle_event(event, context)
+
+
+def _handle_event(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Scheduled pre-warm and Secrets Manager rotation events (not API calls)."""
+    try:
+        runtime = get_runtime()
+    except VendorError as exc:
+        logger.error("configuration error", extra={"reason": exc.message})
+        return {"ok": False, "error": exc.code, "message": exc.message}
+    remaining = getattr(context, "get_remaining_time_in_millis", lambda: DEFAULT_REMAINING_MS)()
+    deadline = time.monotonic() + max(0, int(remaining) - RESPONSE_RESERVE_MS) / 1000.0
+    source = event.get("source")
+    if source == "aws.secretsmanager":
+        raw_detail = event.get("detail")
+        detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
+        resources = event.get("resources")
+        refs = [r for r in resources if isinstance(r, str)] if isinstance(resources, list) else []
+        name = detail.get("name")
+        if isinstance(name, str):
+            refs.append(name)
+        if detail.get("labelUpdated") not in (None, "AWSCURRENT"):
+            return {"ok": True, "ignored": "label is not AWSCURRENT"}
+        outcome: dict[str, str] = {}
+        for ref in dict.fromkeys(refs):
+            outcome.update(runtime.service.on_secret_rotated(ref, deadline=deadline))
+        logger.info("rotation handled", extra={"outcome": outcome})
+        return {
+            "ok": all(v in ("upstream", "dynamodb", "memory") for v in outcome.values()),
+            "profiles": outcome,
+        }
+    if event.get("action") == "prewarm" or source in ("aws.events", "aws.scheduler"):
+        outcome = runtime.service.prewarm(deadline=deadline)
+        logger.info("prewarm done", extra={"outcome": outcome})
+        return {
+            "ok": all(v in ("upstream", "dynamodb", "memory") for v in outcome.values()),
+            "profiles": outcome,
+        }
+    logger.warning("unsupported event", extra={"source": str(source)[:128]})
+    return {"ok": False, "error": "unsupported_event"}

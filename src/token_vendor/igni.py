@@ -1,0 +1,228 @@
+"""The Igni OAuth2 client-credentials exchange over urllib3, with a deadline-aware retry loop.
+
+urllib3's own `Retry` does not retry POST by default and knows nothing of the Lambda deadline,
+so each attempt is made with `retries=False` and an explicit `Timeout`, and this loop decides
+whether another attempt (after capped, jittered backoff or the server's `Retry-After`) still
+fits in the time left.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import urllib3
+
+from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Below this much time left an attempt cannot succeed; give up instead of starting one.
+MIN_ATTEMPT_SECONDS = 0.25
+MAX_BODY_BYTES = 64 * 1024
+
+AttemptObserver = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """What Igni answered: the token and the lifetime it announced."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+class IgniClient:
+    """Exchanges client credentials for an access token at an Igni token URL."""
+
+    def __init__(
+        self,
+        http: urllib3.PoolManager,
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 3,
+        backoff_base: float = 0.25,
+        backoff_max: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        on_attempt: AttemptObserver | None = None,
+    ) -> None:
+        self._http = http
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._on_attempt = on_attempt
+
+    def exchange(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        deadline: float,
+        scope: str | None = None,
+        on_attempt: AttemptObserver | None = None,
+    ) -> IssuedToken:
+        """POST the client-credentials grant; `deadline` is on this client's clock."""
+        observe = on_attempt or self._on_attempt
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+        if scope:
+            form["scope"] = scope
+        body = urlencode(form)
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        last_error = UpstreamUnavailable("Igni could not be reached before the deadline")
+        for attempt in range(1, self._max_attempts + 1):
+            remaining = deadline - self._clock()
+            if remaining < MIN_ATTEMPT_SECONDS:
+                break
+            started = self._clock()
+            try:
+                response = self._http.request(
+                    "POST",
+                    token_url,
+                    body=body,
+                    headers=headers,
+                    timeout=urllib3.Timeout(
+                        connect=min(self._connect_timeout, remaining),
+                        read=min(self._read_timeout, remaining),
+                        total=remaining,
+                    ),
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                )
+                try:
+                    payload = response.read(MAX_BODY_BYTES + 1, decode_content=True)
+                finally:
+                    response.release_conn()
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                kind = (
+                    "timeout" if isinstance(exc, urllib3.exceptions.TimeoutError) else "connection"
+                )
+                self._observe(observe, kind, started)
+                last_error = UpstreamUnavailable(
+                    f"Igni could not be reached ({kind}: {type(exc).__name__})"
+                )
+                last_error.kind = kind
+                retry_after = None
+            else:
+                status = response.status
+                if 200 <= status < 300:
+                    self._observe(observe, "ok", started)
+                    return _parse_token(payload)
+                if status not in RETRYABLE_STATUSES:
+                    self._observe(observe, "auth" if status == 401 else "rejected", started)
+                    raise _rejection(status, payload)
+                kind = "throttled" if status == 429 else "server_error"
+                self._observe(observe, kind, started)
+                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                last_error = UpstreamUnavailable(
+                    f"Igni answered HTTP {status}", retry_after=_ceil(retry_after)
+                )
+                last_error.kind = kind
+            if attempt == self._max_attempts:
+                break
+            delay = self._backoff(attempt, retry_after)
+            if self._clock() + delay + MIN_ATTEMPT_SECONDS > deadline:
+                break
+            self._sleep(delay)
+        if last_error.retry_after is None:
+            last_error.retry_after = max(1, _ceil(self._backoff_max) or 1)
+        raise last_error
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        capped = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
+        # Full jitter spreads the retries of many environments hitting the same outage.
+        delay: float = capped * self._jitter()
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    def _observe(self, observe: AttemptObserver | None, outcome: str, started: float) -> None:
+        if observe is not None:
+            observe(outcome, (self._clock() - started) * 1000.0)
+
+
+def _parse_token(payload: bytes) -> IssuedToken:
+    if len(payload) > MAX_BODY_BYTES:
+        raise UpstreamBadResponse("Igni answered with an oversized body")
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise UpstreamBadResponse("Igni answered 2xx with a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamBadResponse("Igni answered 2xx with JSON that is not an object")
+    token = data.get("access_token")
+    if not isinstance(token, str) or not token.strip():
+        raise UpstreamBadResponse("Igni answered 2xx without an access_token")
+    expires_in = data.get("expires_in")
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
+        raise UpstreamBadResponse("Igni answered 2xx without a positive integer expires_in")
+    token_type = data.get("token_type", "Bearer")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise UpstreamBadResponse("Igni answered 2xx with a token_type other than Bearer")
+    return IssuedToken(access_token=token, token_type="Bearer", expires_in=expires_in)  # noqa: S106
+
+
+def _rejection(status: int, payload: bytes) -> UpstreamAuthFailed | UpstreamBadResponse:
+    code = _error_code(payload)
+    if status == 401 or code == "invalid_client":
+        error = UpstreamAuthFailed(
+            "Igni rejected the client credentials (invalid_client): check client_id and "
+            "client_secret in the secret"
+        )
+        error.kind = "auth"
+        return error
+    detail = f" ({code})" if code else ""
+    bad = UpstreamBadResponse(f"Igni refused the token request with HTTP {status}{detail}")
+    bad.kind = "rejected"
+    return bad
+
+
+def _error_code(payload: bytes) -> str | None:
+    try:
+        data = json.loads(payload[:MAX_BODY_BYTES])
+    except ValueError:
+        return None
+    code = data.get("error") if isinstance(data, dict) else None
+    # Only a short token-like code is echoed: never free text from upstream.
+    if isinstance(code, str) and code.replace("_", "").isalnum() and len(code) <= 64:
+        return code
+    return None
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _ceil(value: float | None) -> int | None:
+    return None if value is None else max(1, math.ceil(value))

@@ -1,0 +1,99 @@
+"""Structured logs and EMF metrics. Nothing here ever receives a token or a secret."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+SERVICE = "igni-token-vendor"
+NAMESPACE = "IgniTokenVendor"
+
+logger = Logger(service=SERVICE)
+
+
+class Telemetry:
+    """What the vending logic reports: one method per event worth a log line or a metric."""
+
+    def __init__(self, log: Logger = logger, namespace: str = NAMESPACE) -> None:
+        self._log = log
+        self._namespace = namespace
+
+    def _count(self, name: str, profile: str, **dimensions: str) -> None:
+        with single_metric(
+            name=name, unit=MetricUnit.Count, value=1, namespace=self._namespace
+        ) as metric:
+            metric.add_dimension(name="profile", value=profile)
+            for key, value in dimensions.items():
+                metric.add_dimension(name=key, value=value)
+
+    def vended(self, profile: str, tier: str) -> None:
+        self._count("TokensVended", profile, tier=tier)
+
+    def upstream_attempt(self, profile: str, outcome: str, latency_ms: float) -> None:
+        self._log.info(
+            "igni token request",
+            extra={
+                "profile": profile,
+                "outcome": outcome,
+                "upstream_latency_ms": round(latency_ms, 1),
+            },
+        )
+        self._count("UpstreamCalls", profile)
+        if outcome != "ok":
+            self._count("UpstreamErrors", profile, kind=outcome)
+
+    def refresh_failed(self, profile: str, kind: str, message: str, still_vending: bool) -> None:
+        self._log.warning(
+            "token refresh failed",
+            extra={
+                "profile": profile,
+                "kind": kind,
+                "reason": message,
+                "still_vending": still_vending,
+            },
+        )
+        self._count("RefreshFailures", profile, kind=kind)
+        if still_vending:
+            self._count("RefreshFailuresWhileValid", profile)
+
+    def auth_failed(self, profile: str, secret_version: str) -> None:
+        self._log.error(
+            "igni rejected the client credentials",
+            extra={"profile": profile, "secret_version": secret_version},
+        )
+        self._count("UpstreamAuthFailures", profile)
+
+    def store_unavailable(self, profile: str, reason: str) -> None:
+        self._log.error("token table unavailable", extra={"profile": profile, "reason": reason})
+        self._count("StoreUnavailable", profile)
+
+    def secret_unavailable(self, profile: str, reason: str) -> None:
+        self._log.warning(
+            "secrets manager unavailable", extra={"profile": profile, "reason": reason}
+        )
+        self._count("SecretUnavailable", profile)
+
+    def undecryptable(self, profile: str) -> None:
+        self._log.warning(
+            "cached token could not be decrypted; treated as a miss", extra={"profile": profile}
+        )
+        self._count("UndecryptableTokens", profile)
+
+    def lease_lost(self, profile: str) -> None:
+        self._log.warning(
+            "refresh lease lost before commit; newer token kept", extra={"profile": profile}
+        )
+        self._count("LeaseLost", profile)
+
+    def rotation(self, profile: str, version: str, purged: bool) -> None:
+        self._log.info(
+            "secret rotation seen",
+            extra={"profile": profile, "secret_version": version, "purged": purged},
+        )
+
+    def rotation_exchange_failed(self, profile: str, version: str, code: str, message: str) -> None:
+        self._log.error(
+            "exchange with rotated credentials failed",
+            extra={"profile": profile, "secret_version": version, "error": code, "reason": message},
+        )
+        self._count("RotationExchangeFailures", profile)
