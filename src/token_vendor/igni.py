@@ -116,9 +116,11 @@ class IgniClient:
                 finally:
                     response.release_conn()
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                kind = (
-                    "timeout" if isinstance(exc, urllib3.exceptions.TimeoutError) else "connection"
+                # NewConnectionError subclasses ConnectTimeoutError in urllib3: test it first.
+                timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                    exc, urllib3.exceptions.NewConnectionError
                 )
+                kind = "timeout" if timed_out else "connection"
                 self._observe(observe, kind, started)
                 last_error = UpstreamUnavailable(
                     f"Igni could not be reached ({kind}: {type(exc).__name__})"

@@ -1,0 +1,139 @@
+"""Configuration parsing: defaults, profiles, token URL rules and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from token_vendor.config import (
+    DEFAULT_PROFILE,
+    Profile,
+    load_config,
+    token_url_for,
+    validate_token_url,
+)
+from token_vendor.errors import ConfigurationError
+
+BASE = {"TOKEN_TABLE_NAME": "tokens", "IGNI_SECRET_ID": "igni/default"}
+
+
+def test_minimal_environment_gives_the_default_profile_and_documented_defaults() -> None:
+    # Given only the two required variables
+    # When the configuration is loaded
+    config = load_config(BASE)
+    # Then the default profile names the secret and the policy defaults apply
+    assert config.profiles == {DEFAULT_PROFILE: Profile(name="default", secret_id="igni/default")}
+    assert config.freshness.refresh_fraction == 0.75
+    assert config.freshness.min_remaining_seconds == 300
+    assert config.freshness.min_remaining_fraction == 0.10
+    assert config.secret_cache_seconds <= 300
+    assert config.memory_revalidate_seconds <= 60
+    assert config.igni_connect_timeout <= 3
+    assert config.igni_read_timeout <= 10
+    assert config.kms_key_id is None
+
+
+def test_missing_table_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="TOKEN_TABLE_NAME"):
+        load_config({"IGNI_SECRET_ID": "s"})
+
+
+def test_missing_secret_and_profiles_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="IGNI_SECRET_ID"):
+        load_config({"TOKEN_TABLE_NAME": "t"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SECRET_CACHE_SECONDS", "301"),
+        ("MEMORY_REVALIDATE_SECONDS", "61"),
+        ("IGNI_CONNECT_TIMEOUT", "4"),
+        ("IGNI_READ_TIMEOUT", "11"),
+        ("TOKEN_REFRESH_FRACTION", "abc"),
+        ("IGNI_MAX_ATTEMPTS", "1.5"),
+    ],
+)
+def test_out_of_range_settings_are_refused_with_their_name(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        load_config({**BASE, name: value})
+
+
+def test_profiles_are_parsed_next_to_the_default() -> None:
+    # Given two extra profiles, one with a scope and one with its own token URL
+    profiles = {
+        "analytics": {"secret_id": "igni/analytics", "scope": "reports:read"},
+        "billing": {
+            "secret_id": "igni/billing",
+            "token_url": "https://billing.igni.co/api/v1/oauth2/token",
+        },
+    }
+    # When loaded
+    config = load_config({**BASE, "IGNI_PROFILES": json.dumps(profiles)})
+    # Then all three exist with their fields
+    assert set(config.profiles) == {"default", "analytics", "billing"}
+    assert config.profiles["analytics"].scope == "reports:read"
+    assert config.profiles["billing"].token_url == "https://billing.igni.co/api/v1/oauth2/token"
+
+
+@pytest.mark.parametrize(
+    ("profiles", "message"),
+    [
+        ('{"a": {"scope": "x"}}', "profile 'a': field 'secret_id' is required"),
+        ('{"a": {"secret_id": 3}}', "profile 'a': field 'secret_id' must be a string"),
+        ('{"a": {"secret_id": "s", "colour": "red"}}', "profile 'a': unknown field 'colour'"),
+        ('{"a": {"secret_id": "s", "token_url": "http://igni.co/t"}}', "profile 'a': token URL"),
+        ('{"a b": {"secret_id": "s"}}', "profile 'a b': name"),
+        ('{"a": "s"}', "profile 'a': must be a JSON object"),
+        ("[1]", "IGNI_PROFILES must be a JSON object"),
+        ("{", "IGNI_PROFILES is not valid JSON"),
+        ('{"default": {"secret_id": "s"}}', "already defined"),
+    ],
+)
+def test_a_bad_profile_entry_names_the_profile_and_the_field(profiles: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        load_config({**BASE, "IGNI_PROFILES": profiles})
+
+
+def test_profiles_alone_without_default_secret_are_enough() -> None:
+    config = load_config({"TOKEN_TABLE_NAME": "t", "IGNI_PROFILES": '{"x": {"secret_id": "s"}}'})
+    assert set(config.profiles) == {"x"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://acme.igni.co/api/v1/oauth2/token",
+        "http://127.0.0.1:8089/api/v1/oauth2/token",
+        "http://localhost:1/api/v1/oauth2/token",
+        "http://[::1]:8/api/v1/oauth2/token",
+    ],
+)
+def test_https_or_loopback_http_token_urls_are_accepted(url: str) -> None:
+    assert validate_token_url(url, "p") == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://acme.igni.co/api/v1/oauth2/token",
+        "ftp://127.0.0.1/x",
+        "http://10.0.0.1/t",
+        "https://",
+    ],
+)
+def test_other_token_urls_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        validate_token_url(url, "p")
+
+
+def test_token_url_is_built_from_the_workspace_of_the_profile_or_the_secret() -> None:
+    profile = Profile(name="p", secret_id="s")
+    assert token_url_for(profile, "acme") == "https://acme.igni.co/api/v1/oauth2/token"
+    with_ws = Profile(name="p", secret_id="s", workspace="corp")
+    assert token_url_for(with_ws, "acme") == "https://corp.igni.co/api/v1/oauth2/token"
+    with pytest.raises(ConfigurationError, match="no Igni workspace"):
+        token_url_for(profile, None)
+    with pytest.raises(ConfigurationError, match="workspace"):
+        token_url_for(profile, "evil.com/x?")

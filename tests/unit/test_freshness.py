@@ -1,0 +1,96 @@
+"""Freshness arithmetic: refresh point, vend margin, JWT exp, short lifetimes."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from token_vendor.config import Freshness
+from token_vendor.freshness import (
+    CachedToken,
+    effective_expiry,
+    fingerprint,
+    is_fresh,
+    is_vendable,
+    jwt_exp,
+    max_min_ttl,
+    vend_margin,
+)
+
+POLICY = Freshness()
+
+
+def _jwt(claims: dict[str, object]) -> str:
+    def seg(obj: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'RS256'})}.{seg(claims)}.c2ln"
+
+
+def _token(issued_at: float, lifetime: int) -> CachedToken:
+    return CachedToken("t", "Bearer", issued_at, int(issued_at + lifetime), "v1")
+
+
+def test_a_48_hour_token_refreshes_at_75_percent_and_is_vended_until_5_minutes_left() -> None:
+    # Given Igni's documented 172800 s token issued at t=0
+    token = _token(0, 172800)
+    # Then it is fresh until 36 h, and vendable until 300 s before expiry
+    assert is_fresh(token, 129_599, POLICY)
+    assert not is_fresh(token, 129_600, POLICY)
+    assert is_vendable(token, 172_800 - 301, POLICY)
+    assert not is_vendable(token, 172_800 - 300, POLICY)
+
+
+@pytest.mark.parametrize("lifetime", [10, 30, 60, 600, 3000])
+def test_a_short_lived_token_is_still_cached_for_most_of_its_lifetime(lifetime: int) -> None:
+    # Given a token far shorter than the fixed 300 s margin
+    token = _token(1000, lifetime)
+    # Then the margin scales down to 10 % and the token is vendable for 90 % of its life
+    assert vend_margin(lifetime, POLICY) == pytest.approx(min(300, 0.1 * lifetime))
+    assert is_vendable(token, 1000 + 0.85 * lifetime, POLICY)
+    assert is_fresh(token, 1000 + 0.7 * lifetime, POLICY)
+    assert not is_vendable(token, 1000 + 0.95 * lifetime, POLICY)
+
+
+def test_min_ttl_is_honoured_and_bounded_by_what_a_fresh_token_can_give() -> None:
+    token = _token(0, 3600)
+    assert is_vendable(token, 0, POLICY, min_ttl=3000)
+    assert not is_vendable(token, 1000, POLICY, min_ttl=3000)
+    assert max_min_ttl(3600, POLICY) == 3300
+    assert max_min_ttl(172800, POLICY) == 172500
+
+
+def test_an_earlier_jwt_exp_claim_shortens_the_lifetime() -> None:
+    # Given a JWT whose exp is 100 s after issue although expires_in says 3600
+    token = _jwt({"exp": 1100, "iat": 1000})
+    # Then the earlier expiry counts
+    assert effective_expiry(1000, 3600, token) == 1100
+
+
+def test_a_later_jwt_exp_claim_never_extends_the_lifetime() -> None:
+    assert effective_expiry(1000, 60, _jwt({"exp": 999_999})) == 1060
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-a-jwt",
+        "a.b.c",
+        "a.!!!.c",
+        _jwt({"exp": "soon"}),
+        _jwt({"exp": True}),
+        "a." + "x" * 9000 + ".c",
+    ],
+)
+def test_unreadable_claims_are_ignored(token: str) -> None:
+    assert jwt_exp(token) is None
+    assert effective_expiry(0, 50, token) == 50
+
+
+def test_fingerprint_is_short_stable_and_not_the_token() -> None:
+    value = fingerprint("secret-token-value")
+    assert value == fingerprint("secret-token-value")
+    assert len(value) == 12
+    assert "secret" not in value
