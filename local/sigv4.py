@@ -47,6 +47,7 @@ __all__ = [
     "CallerIdentity",
     "LocalCredential",
     "LocalSigV4Verifier",
+    "RawRequest",
     "authorize",
     "local_credentials",
     "method_arn",
@@ -87,6 +88,32 @@ class _HeaderSource(Protocol):
     """
 
     def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+Headers = Mapping[str, str] | _HeaderSource | Iterable[tuple[str, str]]
+"""A mapping, an ``HTTPMessage``, or (name, value) pairs in order with repeats kept."""
+
+
+class RawRequest(Protocol):
+    """A request as received (``local.api_server.HttpRequest`` fits): raw path and query."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def raw_path(self) -> str: ...
+
+    @property
+    def query(self) -> str: ...
+
+    @property
+    def headers(self) -> Headers: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def client_ip(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -163,6 +190,10 @@ class AuthError:
     def headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", "x-amzn-ErrorType": self.error_type}
 
+    @property
+    def header_pairs(self) -> list[tuple[str, str]]:
+        return list(self.headers.items())
+
     def as_proxy_response(self) -> dict[str, Any]:
         """The refusal in the shape of a REST proxy integration response."""
         return {
@@ -181,7 +212,7 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     method: str,
     url_path: str,
     query_string: str,
-    headers: Mapping[str, str] | _HeaderSource,
+    headers: Headers,
     body: bytes | None,
     credentials: Mapping[str, str | LocalCredential],
     region: str,
@@ -510,8 +541,10 @@ def _derived_user_id(access_key: str, arn: str) -> str:
     return f"AIDA{unique}"
 
 
-def _header_pairs(headers: Mapping[str, str] | _HeaderSource) -> list[tuple[str, str]]:
-    return [(str(name).lower(), str(value)) for name, value in headers.items()]
+def _header_pairs(headers: Headers) -> list[tuple[str, str]]:
+    items = getattr(headers, "items", None)
+    pairs: Iterable[tuple[str, str]] = items() if callable(items) else headers  # type: ignore[assignment]
+    return [(str(name).lower(), str(value)) for name, value in pairs]
 
 
 def _first(pairs: list[tuple[str, str]], name: str) -> str | None:
@@ -666,7 +699,7 @@ class LocalSigV4Verifier:
         method: str,
         raw_path: str,
         query_string: str,
-        headers: Mapping[str, str] | _HeaderSource,
+        headers: Headers,
         body: bytes | None,
         *,
         source_ip: str = "127.0.0.1",
@@ -692,6 +725,20 @@ class LocalSigV4Verifier:
         if not authorize(result, method, resource, self.allowed, **where):
             return not_authorized_error(result, method, resource, **where)
         return result
+
+    def check_http(
+        self, request: RawRequest, *, now: datetime | float | None = None
+    ) -> CallerIdentity | AuthError:
+        """:meth:`check` on a request object with the raw path, query, headers and body."""
+        return self.check(
+            request.method,
+            request.raw_path,
+            request.query,
+            request.headers,
+            request.body,
+            source_ip=request.client_ip,
+            now=now,
+        )
 
 
 def local_credentials(

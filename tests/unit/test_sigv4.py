@@ -639,3 +639,39 @@ def test_the_client_falls_back_to_the_same_test_credentials() -> None:
     # When its loopback fallback credentials are read / Then they are the server's
     assert client_module.LOCAL_TEST_ACCESS_KEY_ID == LOCAL_TEST_ACCESS_KEY_ID
     assert client_module.LOCAL_TEST_SECRET_ACCESS_KEY == LOCAL_TEST_SECRET_ACCESS_KEY
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """Shaped like local.api_server.HttpRequest: headers as ordered pairs, raw path and query."""
+
+    method: str
+    raw_path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    client_ip: str
+
+
+def test_check_http_takes_the_servers_request_object() -> None:
+    # Given a signed request as the local server records it (header pairs, raw path and query)
+    wire = sign(path="/v1/token", query="min_ttl=30")
+    received = ReceivedRequest(
+        wire.method, wire.path, wire.query, tuple(wire.headers.items()), wire.body, "127.0.0.9"
+    )
+    verifier = LocalSigV4Verifier(CREDENTIALS, REGION, api_id="local0api1")
+    # When it is checked
+    result = verifier.check_http(received)
+    # Then the caller is identified, with the client's address
+    assert isinstance(result, CallerIdentity)
+    assert result.source_ip == "127.0.0.9"
+    # And a tampered copy is refused with a response the server can send as is
+    tampered = ReceivedRequest(
+        "GET", "/v1/token", "min_ttl=0", received.headers, b"", received.client_ip
+    )
+    refused = verifier.check_http(tampered)
+    assert isinstance(refused, AuthError)
+    assert refused.header_pairs == [
+        ("Content-Type", "application/json"),
+        ("x-amzn-ErrorType", "InvalidSignatureException"),
+    ]
