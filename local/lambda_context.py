@@ -1,0 +1,69 @@
+"""A stand-in for the Lambda runtime's context object, with a real countdown.
+
+The handler budgets its upstream retries with ``get_remaining_time_in_millis()``, so the fake
+counts down from construction like the real one, instead of answering a constant.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+DEFAULT_TIMEOUT_S = 25.0  # TokenFunction's Timeout in template.yaml.
+DEFAULT_FUNCTION_NAME = "igni-token-vendor-local-TokenFunction"
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT_ID = "123456789012"
+
+
+class FakeLambdaContext(LambdaContext):
+    """The runtime's context: Powertools' LambdaContext type, filled in, with a live countdown.
+
+    Subclassing Powertools' typing class lets it go wherever a handler is annotated
+    ``context: LambdaContext``, for mypy as much as at run time.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        function_name: str = DEFAULT_FUNCTION_NAME,
+        function_version: str = "$LATEST",
+        memory_limit_in_mb: int = 512,
+        region: str = DEFAULT_REGION,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        aws_request_id: str | None = None,
+    ) -> None:
+        # The base class exposes these as read-only properties over the underscored names.
+        self._function_name = function_name
+        self._function_version = function_version
+        self._invoked_function_arn = (
+            f"arn:aws:lambda:{region}:{account_id}:function:{function_name}"
+        )
+        self._memory_limit_in_mb = memory_limit_in_mb
+        self._aws_request_id = aws_request_id or str(uuid.uuid4())
+        self._log_group_name = f"/aws/lambda/{function_name}"
+        # Same shape as Lambda's: date/[version]32-hex-digit instance id.
+        self._log_stream_name = (
+            f"{datetime.now(UTC):%Y/%m/%d}/[{function_version}]{uuid.uuid4().hex}"
+        )
+        # None, as for every invocation that does not come from a mobile SDK.
+        self._identity = cast(Any, None)
+        self._client_context = cast(Any, None)
+        self._tenant_id = None
+        self.timeout_s = timeout_s
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+        """Milliseconds left before the (pretend) timeout; never negative, like the runtime."""
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+    def __repr__(self) -> str:
+        return (
+            f"FakeLambdaContext(function_name={self.function_name!r}, "
+            f"aws_request_id={self.aws_request_id!r}, "
+            f"remaining_ms={self.get_remaining_time_in_millis()})"
+        )
