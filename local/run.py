@@ -1,0 +1,345 @@
+"""``make local``: the whole service on loopback, no Docker, no AWS account.
+
+Starts a moto server (AWS), an Igni stub (unless real Igni credentials are given), creates the
+stack's table, key and secret from template.yaml, points the function's environment at them and
+serves the function on http://127.0.0.1:3000 the way API Gateway invokes it, until Ctrl-C.
+
+Real Igni instead of the stub: set ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID`` and
+``IGNI_CLIENT_SECRET``; the credentials go into the (local) secret and the function exchanges them
+at https://{workspace}.igni.co/api/v1/oauth2/token (or ``IGNI_TOKEN_URL`` when set).
+
+``.local-state/env.json`` tells other commands (``make invoke``, the benchmark) where the running
+stack is. It holds endpoints, names and the function environment; no secret except the stub's fake
+credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from local.api_server import ApiServer, Handler, LocalIdentity
+from local.cfn_template import REPO_ROOT, load_template, resource_properties
+from local.igni_stub import IgniStub
+from local.lambda_context import FakeLambdaContext
+from local.moto_server import MotoServer
+from local.stack import LocalStack, create_stack
+
+STATE_FILE = REPO_ROOT / ".local-state" / "env.json"
+STUB_CLIENT_ID = "local-client"
+STUB_CLIENT_SECRET = "local-secret"
+STUB_WORKSPACE = "local"
+
+
+@dataclass(frozen=True)
+class RealIgni:
+    """Credentials for the real Igni, from the environment of ``make local``."""
+
+    workspace: str
+    client_id: str
+    client_secret: str
+    token_url: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> RealIgni | None:
+        """None when IGNI_WORKSPACE is unset; ValueError when it is set without the credentials."""
+        workspace = environ.get("IGNI_WORKSPACE", "").strip()
+        if not workspace:
+            return None
+        client_id = environ.get("IGNI_CLIENT_ID", "").strip()
+        client_secret = environ.get("IGNI_CLIENT_SECRET", "")
+        if not client_id or not client_secret:
+            raise ValueError(
+                "IGNI_WORKSPACE is set, so the real Igni is used: set IGNI_CLIENT_ID and "
+                "IGNI_CLIENT_SECRET too (or unset IGNI_WORKSPACE to use the local stub)"
+            )
+        return cls(workspace, client_id, client_secret, environ.get("IGNI_TOKEN_URL") or None)
+
+
+class LocalEnvironment:
+    """A moto server, the Igni stub (or real Igni) and one stack on it; stop() undoes it all."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        moto_port: int = 0,
+        stub_port: int = 0,
+        stack_name: str | None = None,
+        real_igni: RealIgni | None = None,
+        quiet: bool = True,
+    ) -> None:
+        self.host = host
+        self.moto = MotoServer(host, moto_port)
+        self.stub: IgniStub | None = None
+        if real_igni is None:
+            self.stub = IgniStub(
+                {STUB_CLIENT_ID: STUB_CLIENT_SECRET}, host=host, port=stub_port, quiet=quiet
+            )
+        self.real_igni = real_igni
+        self.stack_name = stack_name or f"local-{uuid.uuid4().hex[:8]}"
+        self.stack: LocalStack | None = None
+        # Taken once at start, before anyone copies it into os.environ (which would change what
+        # function_env() adds, e.g. the fake credentials).
+        self.function_env: dict[str, str] = {}
+
+    @property
+    def mode(self) -> str:
+        return "stub" if self.stub is not None else "igni"
+
+    def start(self) -> LocalStack:
+        try:
+            endpoint = self.moto.start()
+            if self.stub is not None:
+                self.stub.start()
+            self.stack = create_stack(
+                self.stack_name, endpoint_url=endpoint, **self._stack_arguments()
+            )
+            self.function_env = self.stack.function_env()
+        except BaseException:
+            self.stop()
+            raise
+        return self.stack
+
+    def _stack_arguments(self) -> dict[str, Any]:
+        if self.stub is not None:
+            return {
+                "secret_value": {
+                    "client_id": STUB_CLIENT_ID,
+                    "client_secret": STUB_CLIENT_SECRET,
+                    "workspace": STUB_WORKSPACE,
+                },
+                "igni_token_url": self.stub.token_url,
+            }
+        real = self.real_igni
+        if real is None:  # pragma: no cover - __init__ sets one of the two
+            raise RuntimeError("neither the stub nor real Igni")
+        return {
+            "secret_value": {
+                "client_id": real.client_id,
+                "client_secret": real.client_secret,
+                "workspace": real.workspace,
+            },
+            "igni_workspace": real.workspace,
+            "igni_token_url": real.token_url,
+        }
+
+    def stop(self) -> None:
+        if self.stub is not None:
+            self.stub.stop()
+        self.moto.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def state(self, api_url: str | None, identity: LocalIdentity | None) -> dict[str, Any]:
+        """What .local-state/env.json holds: endpoints, names, function env; no real secret."""
+        if self.stack is None:
+            raise RuntimeError("not started")
+        return {
+            "mode": self.mode,
+            "pid": os.getpid(),
+            "api_url": api_url,
+            "moto_endpoint": self.moto.endpoint_url,
+            "moto_log": str(self.moto.log_path),
+            "igni_token_url": self.stub.token_url if self.stub else self.stack.igni_token_url,
+            "igni_workspace": self.real_igni.workspace if self.real_igni else STUB_WORKSPACE,
+            "stub_base_url": self.stub.base_url if self.stub else None,
+            "stub_client_id": STUB_CLIENT_ID if self.stub else None,
+            "stack": self.stack.names(),
+            "function_env": self.function_env,
+            "function_timeout_s": self.stack.function_timeout_s,
+            "identity": None if identity is None else dataclasses.asdict(identity),
+        }
+
+
+def handler_spec(template_path: Path | None = None) -> str:
+    """The function's Handler from template.yaml, e.g. ``token_vendor.handler.lambda_handler``."""
+    template = load_template(template_path) if template_path else load_template()
+    return str(resource_properties(template, "TokenFunction")["Handler"])
+
+
+def load_handler(spec: str | None = None) -> Handler:
+    """Import a handler named ``package.module.function`` (Lambda's form) or ``module:function``.
+
+    Import it only after the function's environment is set: modules may read it at import.
+    """
+    spec = spec or handler_spec()
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    src = str(REPO_ROOT / "src")
+    if src not in sys.path:
+        # Works from a plain checkout too, not only after `pip install -e .`.
+        sys.path.insert(0, src)
+    module = importlib.import_module(module_name)
+    handler = getattr(module, attr)
+    if not callable(handler):
+        raise TypeError(f"{spec} is not callable")
+    return handler  # type: ignore[no-any-return]
+
+
+def write_state(path: Path, state: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    # Replace in one step so a reader never sees half a file.
+    tmp.replace(path)
+
+
+def usage(api_url: str, env: LocalEnvironment, identity: LocalIdentity, state_file: Path) -> str:
+    """What `make local` prints once it serves: where things are and how to call them."""
+    stack = env.stack
+    if stack is None:
+        raise RuntimeError("not started")
+    if env.stub is not None:
+        igni = f"Igni stub at {env.stub.token_url} (client {STUB_CLIENT_ID}; fake token every call)"
+    else:
+        real = env.real_igni
+        url = (
+            real.token_url if real else None
+        ) or "https://{workspace}.igni.co/api/v1/oauth2/token"
+        igni = f"REAL Igni, workspace {real.workspace if real else '?'}: {url}"
+    return f"""
+Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
+
+  API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token)
+  AWS (moto server)      {stack.endpoint_url}   (state lost when this stops)
+    table                {stack.table_name}
+    secret               {stack.secret_name}
+    KMS key              {stack.kms_key_arn}
+  caller identity        {identity.user_arn}
+                         (every request is attributed to it; signatures are not checked)
+  state for other tools  {state_file}
+
+Call it:
+  curl -s {api_url}/token
+
+  awscurl --service execute-api --region {stack.region} {api_url}/token
+
+  python - <<'PY'
+import urllib.request
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+creds = botocore.session.get_session().get_credentials() or Credentials("testing", "testing")
+req = AWSRequest(method="GET", url="{api_url}/token")
+SigV4Auth(creds, "execute-api", "{stack.region}").add_auth(req)
+signed = urllib.request.Request(req.url, headers=dict(req.headers))
+with urllib.request.urlopen(signed, timeout=30) as answer:
+    print(answer.status, answer.read().decode())
+PY
+
+  make invoke EVENT=events/get_token.json     (runs the handler on an event, this stack)
+
+Ctrl-C stops everything.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.run", description="make local")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3000, help="API port")
+    parser.add_argument("--moto-port", type=int, default=5005)
+    parser.add_argument("--stub-port", type=int, default=8089)
+    parser.add_argument("--stack-name", default="local")
+    parser.add_argument("--state-file", type=Path, default=STATE_FILE)
+    parser.add_argument("--handler", default=None, help="default: TokenFunction's Handler")
+    parser.add_argument("--user-arn", default=LocalIdentity.user_arn)
+    parser.add_argument("--account-id", default=LocalIdentity.account_id)
+    parser.add_argument(
+        "--strict-routes",
+        action="store_true",
+        help="answer unrouted paths 403 like API Gateway instead of passing them on",
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        real = RealIgni.from_environ()
+    except ValueError as exc:
+        print(f"make local: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    env = LocalEnvironment(
+        host=args.host,
+        moto_port=args.moto_port,
+        stub_port=args.stub_port,
+        stack_name=args.stack_name,
+        real_igni=real,
+        quiet=False,
+    )
+    identity = LocalIdentity(account_id=args.account_id, user_arn=args.user_arn)
+    api: ApiServer | None = None
+    try:
+        print(f"make local: starting ({'stub' if real is None else 'real Igni'} mode)...")
+        stack = env.start()
+        os.environ.update(env.function_env)
+        handler = load_handler(args.handler)
+        api = ApiServer(
+            handler,
+            host=args.host,
+            port=args.port,
+            identity=identity,
+            strict_routes=args.strict_routes,
+            context_factory=lambda: FakeLambdaContext(
+                timeout_s=stack.function_timeout_s,
+                function_name=stack.function_name,
+                memory_limit_in_mb=stack.function_memory_mb,
+                region=stack.region,
+                account_id=stack.account_id,
+            ),
+        )
+        api.start()
+        write_state(args.state_file, env.state(api.base_url, identity))
+        print(usage(api.base_url, env, identity, args.state_file), flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("make local: stopping...", flush=True)
+    except Exception:
+        traceback.print_exc()
+        print(f"make local: failed; moto's log is {env.moto.log_path}", file=sys.stderr)
+        return 1
+    finally:
+        if api is not None:
+            api.stop()
+        env.stop()
+        _remove_state(args.state_file)
+    return 0
+
+
+def _remove_state(path: Path) -> None:
+    """Remove the state file if this process wrote it (another `make local` may own it)."""
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
