@@ -1,0 +1,370 @@
+"""Secrets Manager rotation function for Igni credentials that an operator staged as AWSPENDING.
+
+Igni API keys are created by a person in Igni, not through an API, so this function never
+generates credentials. It validates and promotes what an operator staged with::
+
+    aws secretsmanager put-secret-value --secret-id <secret> \\
+        --secret-string file://igni-new.json --version-stages AWSPENDING
+
+The four steps of the rotation protocol, each idempotent (Secrets Manager may run a step again):
+
+``createSecret``
+    Checks that a version holding valid JSON credentials is staged as AWSPENDING; fails with a
+    message saying how to stage one if not.
+``setSecret``
+    Nothing to do at Igni (the key already exists there): logs and returns.
+``testSecret``
+    Exchanges the pending credentials at Igni's token URL; ``invalid_client``, a bad token
+    answer or an unreachable Igni fail the step, so Secrets Manager keeps AWSCURRENT.
+``finishSecret``
+    Moves AWSCURRENT to the pending version (the old one becomes AWSPREVIOUS); the vendor's
+    ``Secret Label Updated`` rule then purges tokens minted from the old version.
+
+The pending version is the one holding AWSPENDING. Usually that is the rotation's
+``ClientRequestToken``; when it is not (the operator staged a version of their own and the
+token names an empty or unlabelled version Secrets Manager created for the rotation), the
+version holding AWSPENDING is the one validated and promoted. A step whose token version or
+pending version is already AWSCURRENT changes nothing. Neither the secret nor an issued token
+is ever logged: token fingerprints and version ids at most.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import urllib3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from token_vendor.config import DEFAULT_PROFILE, Profile, token_url_for
+from token_vendor.errors import ConfigurationError, VendorError
+from token_vendor.freshness import effective_expiry, fingerprint
+from token_vendor.igni import IgniClient
+from token_vendor.secret_store import CURRENT, PENDING, Credentials, parse_credentials
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+SERVICE = "igni-token-rotation"
+NAMESPACE = "IgniTokenVendor"
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+# Kept back from the Lambda's remaining time so that a failing step still reports its reason.
+RESERVE_MS = 2_000
+DEFAULT_REMAINING_MS = 25_000
+# Secrets Manager only, so a little more generous than the API path's 1 s / 2 s.
+AWS_CONNECT_TIMEOUT = 2.0
+AWS_READ_TIMEOUT = 5.0
+AWS_MAX_ATTEMPTS = 3
+IGNI_CONNECT_TIMEOUT = 3.0
+IGNI_READ_TIMEOUT = 10.0
+IGNI_MAX_ATTEMPTS = 3
+
+logger = Logger(service=SERVICE)
+
+
+class RotationError(Exception):
+    """A step failed; raised out of the handler so that Secrets Manager fails the rotation."""
+
+
+@dataclass(frozen=True)
+class _Clients:
+    secretsmanager: SecretsManagerClient
+    igni: IgniClient
+
+
+_clients: _Clients | None = None
+
+
+def get_clients() -> _Clients:
+    """The Secrets Manager and Igni clients, built on first use (not at import)."""
+    global _clients  # noqa: PLW0603 - one set of clients per execution environment
+    if _clients is None:
+        boto_config = BotoConfig(
+            connect_timeout=AWS_CONNECT_TIMEOUT,
+            read_timeout=AWS_READ_TIMEOUT,
+            retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS},
+        )
+        _clients = _Clients(
+            secretsmanager=boto3.session.Session().client("secretsmanager", config=boto_config),
+            igni=IgniClient(
+                urllib3.PoolManager(num_pools=2, maxsize=1, retries=False),
+                connect_timeout=IGNI_CONNECT_TIMEOUT,
+                read_timeout=IGNI_READ_TIMEOUT,
+                max_attempts=IGNI_MAX_ATTEMPTS,
+            ),
+        )
+    return _clients
+
+
+def reset_clients() -> None:
+    """Forget the clients (tests point the environment at another endpoint between cases)."""
+    global _clients  # noqa: PLW0603
+    _clients = None
+
+
+def stage_command(secret_id: str) -> str:
+    """The command that stages new credentials, for error messages and logs."""
+    return (
+        f"aws secretsmanager put-secret-value --secret-id {secret_id} "
+        "--secret-string file://igni-new.json --version-stages AWSPENDING"
+    )
+
+
+# ------------------------------------------------------------------------------ versions
+
+
+@dataclass(frozen=True)
+class _Versions:
+    """Which version the rotation is about, from DescribeSecret's VersionIdsToStages."""
+
+    secret_id: str
+    token: str
+    current: str | None
+    pending: str | None
+    stages: dict[str, list[str]]
+
+    @property
+    def token_current(self) -> bool:
+        """The rotation's own version is AWSCURRENT: every step was done already."""
+        return CURRENT in self.stages.get(self.token, [])
+
+    @property
+    def done(self) -> bool:
+        """The token's version, or the version holding AWSPENDING, is AWSCURRENT."""
+        return self.token_current or (self.pending is not None and self.pending == self.current)
+
+
+def _versions(client: SecretsManagerClient, secret_id: str, token: str) -> _Versions:
+    try:
+        metadata = client.describe_secret(SecretId=secret_id)
+    except (ClientError, BotoCoreError) as exc:
+        raise RotationError(
+            f"could not describe secret '{secret_id}': {_aws_reason(exc)}"
+        ) from None
+    if not metadata.get("RotationEnabled"):
+        raise RotationError(
+            f"secret '{secret_id}' is not enabled for rotation; start the rotation with "
+            "aws secretsmanager rotate-secret (see docs/rotation.md)"
+        )
+    stages = {v: list(s) for v, s in (metadata.get("VersionIdsToStages") or {}).items()}
+    current = next((v for v, s in stages.items() if CURRENT in s), None)
+    pending = next((v for v, s in stages.items() if PENDING in s), None)
+    return _Versions(secret_id, token, current, pending, stages)
+
+
+def _read_pending(client: SecretsManagerClient, versions: _Versions) -> Credentials:
+    """The staged credentials, validated as JSON; a clear error when nothing usable is staged."""
+    secret_id = versions.secret_id
+    if versions.pending is None or versions.pending == versions.current:
+        raise RotationError(
+            f"nothing is staged for rotation of secret '{secret_id}' (no version other than "
+            f"AWSCURRENT holds AWSPENDING): stage the new Igni credentials as AWSPENDING first: "
+            f"{stage_command(secret_id)}"
+        )
+    try:
+        answer = client.get_secret_value(
+            SecretId=secret_id, VersionId=versions.pending, VersionStage=PENDING
+        )
+    except ClientError as exc:
+        if _code(exc) == "ResourceNotFoundException":
+            # Secrets Manager attaches AWSPENDING to an empty version when a rotation starts
+            # with nothing staged.
+            raise RotationError(
+                f"version {versions.pending} of secret '{secret_id}' holds AWSPENDING but no "
+                "value: stage the new Igni credentials as AWSPENDING first: "
+                f"{stage_command(secret_id)}"
+            ) from None
+        raise RotationError(
+            f"could not read the AWSPENDING version of secret '{secret_id}': {_aws_reason(exc)}"
+        ) from None
+    except BotoCoreError as exc:
+        raise RotationError(f"Secrets Manager unreachable ({type(exc).__name__})") from None
+    try:
+        return parse_credentials(secret_id, answer.get("SecretString"), answer["VersionId"])
+    except ConfigurationError as exc:
+        raise RotationError(
+            f"the AWSPENDING version {versions.pending} is not usable Igni credentials: "
+            f"{exc.message}; stage a JSON object "
+            '{"client_id": "...", "client_secret": "...", "workspace": "..."}'
+        ) from None
+
+
+# --------------------------------------------------------------------------------- steps
+
+
+def on_create_secret(versions: _Versions) -> str:
+    """Nothing is generated: an operator must have staged valid credentials as AWSPENDING.
+
+    AWSPENDING left on the current version by an earlier rotation means nothing new is staged.
+    """
+    if versions.token_current:
+        return "already_current"
+    credentials = _read_pending(get_clients().secretsmanager, versions)
+    logger.info(
+        "staged credentials found",
+        extra={"pending_version": credentials.version_id, **_token_note(versions)},
+    )
+    return "staged"
+
+
+def on_set_secret(versions: _Versions) -> str:
+    """Igni keys are created by a person in Igni: there is nothing to set upstream."""
+    if versions.done:
+        return "already_current"
+    logger.info(
+        "nothing to set at Igni (keys are created there by a person)",
+        extra={"pending_version": versions.pending},
+    )
+    return "nothing_to_set"
+
+
+def on_test_secret(versions: _Versions, deadline: float) -> str:
+    """Exchange the staged credentials at Igni; any failure fails the rotation."""
+    if versions.done:
+        return "already_current"
+    clients = get_clients()
+    credentials = _read_pending(clients.secretsmanager, versions)
+    try:
+        url = token_url_for(_profile(versions.secret_id), credentials.workspace)
+    except ConfigurationError as exc:
+        raise RotationError(f"cannot test the staged credentials: {exc.message}") from None
+    issued_at = time.time()
+    try:
+        issued = clients.igni.exchange(
+            url,
+            credentials.client_id,
+            credentials.client_secret,
+            deadline=deadline,
+            scope=os.environ.get("IGNI_SCOPE", "").strip() or None,
+            on_attempt=lambda outcome, ms: logger.info(
+                "igni token request",
+                extra={"outcome": outcome, "upstream_latency_ms": round(ms, 1)},
+            ),
+        )
+    except VendorError as exc:
+        # invalid_client, a bad answer, or Igni unreachable (Secrets Manager retries the step).
+        raise RotationError(
+            f"Igni did not accept the staged credentials (version {credentials.version_id}): "
+            f"{exc.code}: {exc.message}"
+        ) from None
+    expires_at = effective_expiry(issued_at, issued.expires_in, issued.access_token)
+    if expires_at <= time.time():
+        raise RotationError(
+            "Igni issued an already expired token for the staged credentials "
+            f"(version {credentials.version_id})"
+        )
+    logger.info(
+        "staged credentials accepted by Igni",
+        extra={
+            "pending_version": credentials.version_id,
+            "token_fingerprint": fingerprint(issued.access_token),
+            "expires_in": issued.expires_in,
+        },
+    )
+    return "tested"
+
+
+def on_finish_secret(versions: _Versions) -> str:
+    """Move AWSCURRENT to the pending version; the old one becomes AWSPREVIOUS."""
+    if versions.done:
+        return "already_current"
+    client = get_clients().secretsmanager
+    # Never promote something that is not credentials, even if testSecret was skipped.
+    credentials = _read_pending(client, versions)
+    kwargs: dict[str, Any] = {
+        "SecretId": versions.secret_id,
+        "VersionStage": CURRENT,
+        "MoveToVersionId": credentials.version_id,
+    }
+    if versions.current is not None:
+        kwargs["RemoveFromVersionId"] = versions.current
+    try:
+        client.update_secret_version_stage(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        raise RotationError(f"could not move AWSCURRENT: {_aws_reason(exc)}") from None
+    logger.info(
+        "AWSCURRENT moved to the staged credentials",
+        extra={"new_version": credentials.version_id, "previous_version": versions.current},
+    )
+    _count("RotationsCompleted")
+    return "finished"
+
+
+# ------------------------------------------------------------------------------- handler
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, str]:
+    """Entry point; raises RotationError (failing the invocation) when a step fails."""
+    secret_id = event.get("SecretId") if isinstance(event, dict) else None
+    token = event.get("ClientRequestToken") if isinstance(event, dict) else None
+    step = event.get("Step") if isinstance(event, dict) else None
+    if not isinstance(secret_id, str) or not isinstance(token, str) or step not in STEPS:
+        raise RotationError(
+            "not a Secrets Manager rotation event: expected SecretId, ClientRequestToken and "
+            f"Step in {', '.join(STEPS)}"
+        )
+    logger.append_keys(secret_id=secret_id, step=step, client_request_token=token)
+    remaining = DEFAULT_REMAINING_MS
+    getter = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(getter):
+        remaining = int(getter())
+    deadline = time.monotonic() + max(0, remaining - RESERVE_MS) / 1000.0
+    try:
+        versions = _versions(get_clients().secretsmanager, secret_id, token)
+        if step == "createSecret":
+            outcome = on_create_secret(versions)
+        elif step == "setSecret":
+            outcome = on_set_secret(versions)
+        elif step == "testSecret":
+            outcome = on_test_secret(versions, deadline)
+        else:
+            outcome = on_finish_secret(versions)
+    except RotationError as exc:
+        logger.error("rotation step failed", extra={"reason": str(exc)})
+        _count("RotationStepFailures", step=str(step))
+        raise
+    logger.info("rotation step done", extra={"outcome": outcome})
+    return {"step": str(step), "outcome": outcome}
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _profile(secret_id: str) -> Profile:
+    """Where the vendor exchanges this secret: the same variables as the token function."""
+    token_url = os.environ.get("IGNI_TOKEN_URL", "").strip() or None
+    workspace = os.environ.get("IGNI_WORKSPACE", "").strip() or None
+    return Profile(
+        name=DEFAULT_PROFILE, secret_id=secret_id, workspace=workspace, token_url=token_url
+    )
+
+
+def _token_note(versions: _Versions) -> dict[str, str]:
+    if versions.pending == versions.token:
+        return {}
+    return {"note": "the staged version is not the rotation's ClientRequestToken; using it"}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _aws_reason(exc: ClientError | BotoCoreError) -> str:
+    if isinstance(exc, ClientError):
+        return _code(exc) or "ClientError"
+    return type(exc).__name__
+
+
+def _count(name: str, **dimensions: str) -> None:
+    with single_metric(name=name, unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
+        metric.add_dimension(name="service", value=SERVICE)
+        for key, value in dimensions.items():
+            metric.add_dimension(name=key, value=value)
