@@ -41,10 +41,14 @@ import collections
 import contextlib
 import hashlib
 import json
+import os
 import secrets
+import selectors
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -52,6 +56,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
@@ -268,6 +273,13 @@ class StubServer(ThreadingHTTPServer):
         self.state = state
         self.quiet = quiet
         super().__init__(address, StubRequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (its read timeout, during a delay fault) is what timeout tests
+        # are about, not an error in the stub: no traceback for it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class StubRequestHandler(BaseHTTPRequestHandler):
@@ -579,6 +591,112 @@ class StubControl:
             return bool(self._call("GET", CONTROL_PREFIX + "health").get("ok"))
         except (urllib3.exceptions.HTTPError, RuntimeError):
             return False
+
+
+class StubProcess:
+    """The stub as a child process (``python -m local.igni_stub``), steered through HTTP.
+
+    What the test fixtures use: the function under test and the stub then share nothing but
+    sockets, as with the real Igni. The first configured client is ``client_id`` /
+    ``client_secret``; all of them are in ``clients``.
+    """
+
+    def __init__(
+        self,
+        clients: Mapping[str, str],
+        *,
+        lifetime: int = DEFAULT_LIFETIME,
+        latency_ms: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: Path | None = None,
+        python: str = sys.executable,
+        start_timeout: float = 15.0,
+    ) -> None:
+        if not clients:
+            raise ValueError("at least one client")
+        self.clients = dict(clients)
+        self.client_id, self.client_secret = next(iter(self.clients.items()))
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"igni-stub-{os.getpid()}.log"
+        # The request log goes to a file: a pipe nobody reads would block the stub when full.
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [
+                python,
+                "-m",
+                "local.igni_stub",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--clients",
+                ",".join(f"{cid}:{secret}" for cid, secret in self.clients.items()),
+                "--lifetime",
+                str(lifetime),
+                "--latency-ms",
+                str(latency_ms),
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
+        try:
+            self.port = self._read_ready_port(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.base_url = f"http://{host}:{self.port}"
+        self.control = StubControl(self.base_url)
+        self.token_url = self.control.token_url
+
+    def _read_ready_port(self, timeout: float) -> int:
+        """Wait for the single ``READY <port>`` line; fail clearly if it does not come."""
+        stdout = self._proc.stdout
+        if stdout is None:  # pragma: no cover - Popen(stdout=PIPE) always sets it
+            raise RuntimeError("no stdout pipe")
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                if not selector.select(timeout=0.2):
+                    continue
+                line = stdout.readline().decode().strip()
+                if line.startswith("READY ") and line[6:].isdigit():
+                    return int(line[6:])
+                if line:
+                    raise RuntimeError(f"igni stub printed {line!r} instead of READY <port>")
+        raise RuntimeError(
+            f"igni stub did not start within {timeout:.0f} s (exit {self._proc.poll()}); "
+            f"log {self.log_path}: {self.log_path.read_text(errors='replace')[-2000:]}"
+        )
+
+    def configure(self, **update: Any) -> JsonObject:
+        return self.control.configure(**update)
+
+    def reset(self) -> None:
+        self.control.reset()
+
+    def calls(self) -> list[JsonObject]:
+        return self.control.calls()
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._log.close()
+
+    def __enter__(self) -> StubProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
