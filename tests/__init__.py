@@ -1,0 +1,1 @@
+"""Tests of igni-token-vendor."""

@@ -1,0 +1,165 @@
+"""Shared fixtures: a moto server and an Igni stub as real processes, a fresh stack per test.
+
+Session fixtures
+    ``moto_process`` -> :class:`local.moto_server.MotoServer` (for tests that restart it; moto
+    loses every resource when restarted), ``moto_server`` -> its endpoint URL. While the
+    session lasts, AWS_ENDPOINT_URL points at it, the region is us-east-1 and the credentials
+    are fake, so no test can reach a real AWS account.
+    ``igni_stub`` -> :class:`local.igni_stub.StubProcess`: ``.base_url``, ``.token_url``,
+    ``.client_id`` / ``.client_secret`` (``test-client``), ``.clients`` (also ``other-client``),
+    ``.configure(**kw)``, ``.reset()``, ``.calls()``. It is reset (calls, faults and config back
+    to start-up) before each test that uses it, directly or through ``stack``.
+
+Function fixtures
+    ``stack`` -> :class:`local.stack.LocalStack` built from template.yaml with a unique name, its
+    secret holding the stub's client, its function environment applied with monkeypatch, and
+    ``token_vendor.handler.reset_runtime()`` called before and after the test.
+    ``make_stack(**kw)`` -> the same, with create_stack's keyword arguments overridden (e.g.
+    ``secret_value=...``) and ``apply_env=False`` to leave os.environ alone.
+    ``lambda_context`` -> a fresh :class:`local.lambda_context.FakeLambdaContext` (25 s).
+    ``load_event(name, **overrides)`` -> an event from events/ (see local.events.load_event),
+    with the test's stack's secret swapped in when the test uses ``stack``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.events import load_event as _load_event
+from local.igni_stub import StubProcess
+from local.lambda_context import FakeLambdaContext
+from local.moto_server import MotoServer
+from local.stack import LocalStack, create_stack
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STUB_CLIENTS = {"test-client": "test-secret-0123456789", "other-client": "other-secret-9876543210"}
+STUB_WORKSPACE = "test"
+
+
+@pytest.fixture(scope="session")
+def moto_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto-server.log")
+    endpoint = server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_REGION", "us-east-1")
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        # A developer's AWS profile, session token or config file must not leak into the tests.
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(var, raising=False)
+        mp.setenv("AWS_CONFIG_FILE", os.devnull)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(moto_process: MotoServer) -> str:
+    return moto_process.endpoint_url
+
+
+@pytest.fixture(scope="session")
+def igni_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
+    stub = StubProcess(STUB_CLIENTS, log_path=tmp_path_factory.mktemp("igni-stub") / "stub.log")
+    try:
+        yield stub
+    finally:
+        stub.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_igni_stub(request: pytest.FixtureRequest) -> None:
+    """Start each test that uses the stub from its start-up state: no calls, no faults."""
+    if "igni_stub" in request.fixturenames:
+        stub: StubProcess = request.getfixturevalue("igni_stub")
+        stub.reset()
+
+
+def _reset_runtime() -> None:
+    """Drop the handler's cached config and clients, if the handler module exists yet."""
+    try:
+        module = importlib.import_module("token_vendor.handler")
+    except ImportError:
+        return
+    reset = getattr(module, "reset_runtime", None)
+    if callable(reset):
+        reset()
+
+
+def unique_stack_name(request: pytest.FixtureRequest) -> str:
+    """A stack name from the test's name, unique per call; valid for tables and secrets."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40] or "t"
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+MakeStack = Callable[..., LocalStack]
+
+
+@pytest.fixture
+def make_stack(
+    request: pytest.FixtureRequest,
+    moto_server: str,
+    igni_stub: StubProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[MakeStack]:
+    def make(*, apply_env: bool = True, name: str | None = None, **overrides: Any) -> LocalStack:
+        kwargs: dict[str, Any] = {
+            "endpoint_url": moto_server,
+            "secret_value": {
+                "client_id": igni_stub.client_id,
+                "client_secret": igni_stub.client_secret,
+                "workspace": STUB_WORKSPACE,
+            },
+            "igni_token_url": igni_stub.token_url,
+        }
+        kwargs.update(overrides)
+        stack = create_stack(name or unique_stack_name(request), **kwargs)
+        if apply_env:
+            for key, value in stack.function_env().items():
+                monkeypatch.setenv(key, value)
+            _reset_runtime()
+        return stack
+
+    _reset_runtime()
+    yield make
+    _reset_runtime()
+
+
+@pytest.fixture
+def stack(make_stack: MakeStack) -> LocalStack:
+    return make_stack()
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+LoadEvent = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def load_event(request: pytest.FixtureRequest) -> LoadEvent:
+    def load(name: str, /, **overrides: Any) -> dict[str, Any]:
+        if "stack" in request.fixturenames and "secret_arn" not in overrides:
+            current: LocalStack = request.getfixturevalue("stack")
+            overrides = {
+                "secret_arn": current.secret_arn,
+                "secret_name": current.secret_name,
+                **overrides,
+            }
+        return _load_event(name, **overrides)
+
+    return load

@@ -1,0 +1,1 @@
+"""Integration tests: real processes (moto server, Igni stub) over HTTP; never mock_aws."""
