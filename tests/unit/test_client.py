@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -755,3 +757,12 @@ def test_importing_the_package_does_not_import_requests() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "False"
+
+
+def test_docs_list_the_cli_exit_codes() -> None:
+    # Given the exit-code table of docs/calling.md
+    docs = Path(__file__).resolve().parents[2] / "docs" / "calling.md"
+    table = re.findall(r"^\| (\d+) \| ([a-z_]+)(?::| \()", docs.read_text(), re.MULTILINE)
+    rows = {name: int(code) for code, name in table}
+    # Then it agrees with the CLI
+    assert rows == EXIT_CODES
