@@ -766,3 +766,20 @@ def test_docs_list_the_cli_exit_codes() -> None:
     rows = {name: int(code) for code, name in table}
     # Then it agrees with the CLI
     assert rows == EXIT_CODES
+
+
+def test_without_requests_the_urllib3_helper_still_imports() -> None:
+    # Given an interpreter where requests cannot be imported
+    code = (
+        "import sys; sys.modules['requests'] = None; sys.modules['requests.auth'] = None\n"
+        "from igni_token_client import request_with_token, IgniBearerAuth\n"
+        "try:\n"
+        "    IgniBearerAuth(object())\n"
+        "except ImportError as exc:\n"
+        "    print('ImportError:', exc)\n"
+    )
+    # When the auth module is used / Then the urllib3 helper loads and IgniBearerAuth says why not
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "ImportError: IgniBearerAuth needs requests" in done.stdout
