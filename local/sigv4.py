@@ -66,11 +66,11 @@ DEFAULT_LOCAL_USER_ARN = f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:user/local-caller"
 # credentials. The client (igni_token_client.client) falls back to the same values for a loopback
 # endpoint; tests/unit/test_sigv4.py checks that the two copies agree. Not an AWS secret.
 LOCAL_TEST_ACCESS_KEY_ID = "AKIAIGNILOCALTESTKEY"
-LOCAL_TEST_SECRET_ACCESS_KEY = "IgniLocalTestSecretKeyNotAnAwsSecret0000"
+LOCAL_TEST_SECRET_ACCESS_KEY = "IgniLocalTestSecretKeyNotAnAwsSecret0000"  # nosec B105
 
 # API Gateway's messages, word for word where they are fixed.
-MISSING_TOKEN = "Missing Authentication Token"
-INVALID_TOKEN = "The security token included in the request is invalid."
+MISSING_TOKEN = "Missing Authentication Token"  # nosec B105 - a message
+INVALID_TOKEN = "The security token included in the request is invalid."  # nosec B105
 SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. "
     "Check your AWS Secret Access Key and signing method. "
