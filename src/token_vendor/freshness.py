@@ -86,4 +86,6 @@ def is_vendable(token: CachedToken, now: float, policy: Freshness, min_ttl: int 
 
 def max_min_ttl(lifetime: float, policy: Freshness) -> int:
     """The most validity a freshly exchanged token of this lifetime could promise a caller."""
-    return math.floor(lifetime - vend_margin(lifetime, policy))
+    # Expiries are whole seconds, so a 600 s token's recorded lifetime can be 599.6 s.
+    nominal = math.ceil(lifetime - 1e-6)
+    return math.floor(nominal - vend_margin(nominal, policy))

@@ -1,0 +1,190 @@
+"""The lease and the refresh rules one at a time: fencing, min_ttl, forced refresh, pre-warm."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from local.events import load_event
+from local.lambda_context import FakeLambdaContext
+from local.stack import LocalStack
+from token_vendor import handler
+from token_vendor.config import load_config
+from token_vendor.freshness import CachedToken
+from token_vendor.service import cache_key
+from token_vendor.token_cipher import TokenCipher
+from token_vendor.token_store import TokenTable
+
+
+def invoke(event: dict[str, Any]) -> dict[str, Any]:
+    return handler.lambda_handler(event, FakeLambdaContext())
+
+
+def body(response: dict[str, Any]) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(response["body"])
+    return parsed
+
+
+def _table(stack: LocalStack) -> TokenTable:
+    return TokenTable(stack.dynamodb(), stack.table_name, TokenCipher(stack.kms(), stack.kms_key_arn))
+
+
+def _token(name: str, now: float) -> CachedToken:
+    return CachedToken(name, "Bearer", now, int(now + 3600), "v1")
+
+
+def test_a_commit_after_losing_the_lease_is_refused(stack: LocalStack) -> None:
+    # Given holder A took a short lease that has run out, and holder B took it over
+    table = _table(stack)
+    now = time.time()
+    assert table.try_acquire_lease("k", owner="A", now=now, lease_until=now + 0.2, seen_fingerprint=None)[0]
+    assert not table.try_acquire_lease("k", owner="B", now=now, lease_until=now + 5, seen_fingerprint=None)[0]
+    later = now + 0.3
+    assert table.try_acquire_lease("k", owner="B", now=later, lease_until=later + 5, seen_fingerprint=None)[0]
+    # When B commits its token and A, late, tries to commit its own
+    assert table.commit("k", owner="B", token=_token("token-of-b", later), now=later)[0]
+    committed, current = table.commit("k", owner="A", token=_token("token-of-a", later), now=later)
+    # Then A's commit is refused, the refusal carries the current item, and B's token stays
+    assert not committed
+    assert current is not None and current.token is not None
+    assert current.token.access_token == "token-of-b"
+    record = table.get("k")
+    assert record is not None and record.token is not None
+    assert record.token.access_token == "token-of-b"
+    assert record.lease_owner is None
+
+
+def test_a_lease_is_refused_when_the_token_changed_since_it_was_judged(stack: LocalStack) -> None:
+    # Given a token committed after an environment last read the item
+    table = _table(stack)
+    now = time.time()
+    table.try_acquire_lease("k", owner="A", now=now, lease_until=now + 5, seen_fingerprint=None)
+    table.commit("k", owner="A", token=_token("fresh", now), now=now)
+    # When another environment, which saw no token, tries to refresh
+    acquired, current = table.try_acquire_lease(
+        "k", owner="B", now=now, lease_until=now + 5, seen_fingerprint=None
+    )
+    # Then it is refused and handed the fresh token instead of refreshing again
+    assert not acquired
+    assert current is not None and current.token is not None
+    assert current.token.access_token == "fresh"
+
+
+def test_min_ttl_within_the_cached_token_is_served_from_cache(
+    stack: LocalStack, igni_stub: Any
+) -> None:
+    invoke(load_event("get_token"))
+    response = invoke(load_event("get_token_min_ttl"))
+    assert response["statusCode"] == 200
+    assert body(response)["expires_in"] >= 3600
+    assert len(igni_stub.calls()) == 1
+
+
+def test_min_ttl_beyond_the_cached_token_refreshes(stack: LocalStack, igni_stub: Any) -> None:
+    # Given a 60 s token fetched 7 s ago (53 s left)
+    igni_stub.configure(lifetime=60)
+    first = body(invoke(load_event("get_token")))
+    time.sleep(7)
+    # When a caller needs 54 s, which only a fresh token can give (60 - 10 % margin)
+    response = invoke(load_event("get_token", queryStringParameters={"min_ttl": "54"}))
+    # Then a new token is exchanged and vended
+    assert response["statusCode"] == 200
+    assert body(response)["access_token"] != first["access_token"]
+    assert body(response)["expires_in"] >= 54
+    assert len(igni_stub.calls()) == 2
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "9999999999", " 5", "٣"])
+def test_a_bad_min_ttl_is_400_invalid_request(stack: LocalStack, value: str) -> None:
+    response = invoke(load_event("get_token", queryStringParameters={"min_ttl": value}))
+    assert response["statusCode"] == 400
+    assert body(response)["error"] == "invalid_request"
+
+
+def test_min_ttl_beyond_what_a_fresh_token_gives_is_400(stack: LocalStack, igni_stub: Any) -> None:
+    invoke(load_event("get_token"))
+    response = invoke(load_event("get_token", queryStringParameters={"min_ttl": "172700"}))
+    assert response["statusCode"] == 400
+    assert "172500" in body(response)["message"]
+    assert len(igni_stub.calls()) == 1
+
+
+@pytest.mark.parametrize(
+    "raw_body",
+    ["not json", "[]", '{"rejected_token": 5}', '{"rejected_token": ""}', "{}", None],
+)
+def test_a_bad_refresh_body_is_400_invalid_request(stack: LocalStack, raw_body: str | None) -> None:
+    response = invoke(load_event("post_refresh", body=raw_body))
+    assert response["statusCode"] == 400
+    assert body(response)["error"] == "invalid_request"
+
+
+def test_reporting_an_old_token_returns_the_current_one_without_upstream_call(
+    stack: LocalStack, igni_stub: Any
+) -> None:
+    current = body(invoke(load_event("get_token")))["access_token"]
+    event = load_event("post_refresh", body=json.dumps({"rejected_token": "some-older-token"}))
+    response = invoke(event)
+    assert body(response)["access_token"] == current
+    assert len(igni_stub.calls()) == 1
+
+
+def test_forced_refresh_is_rate_limited_per_credential(stack: LocalStack, igni_stub: Any) -> None:
+    # Given a token reported once and replaced
+    first = body(invoke(load_event("get_token")))["access_token"]
+    second = body(
+        invoke(load_event("post_refresh", body=json.dumps({"rejected_token": first})))
+    )["access_token"]
+    assert second != first
+    # When the replacement is reported as rejected within 30 s
+    handler.reset_runtime()
+    response = invoke(load_event("post_refresh", body=json.dumps({"rejected_token": second})))
+    # Then the answer is 429 with Retry-After, and Igni was not called again
+    assert response["statusCode"] == 429
+    assert body(response)["error"] == "refresh_rate_limited"
+    assert len(igni_stub.calls()) == 2
+
+
+def test_the_forced_refresh_interval_is_configurable(
+    stack: LocalStack, igni_stub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORCED_REFRESH_INTERVAL_SECONDS", "0")
+    handler.reset_runtime()
+    token = body(invoke(load_event("get_token")))["access_token"]
+    for _ in range(2):
+        token = body(invoke(load_event("post_refresh", body=json.dumps({"rejected_token": token}))))[
+            "access_token"
+        ]
+    assert len(igni_stub.calls()) == 3
+
+
+def test_prewarm_refreshes_only_a_token_past_its_refresh_point(
+    stack: LocalStack, igni_stub: Any
+) -> None:
+    # Given no token yet: pre-warm mints one
+    assert handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())["ok"]
+    assert len(igni_stub.calls()) == 1
+    # And a fresh token: pre-warm leaves it
+    handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())
+    assert len(igni_stub.calls()) == 1
+    # When the token passes its refresh point (aged in the table: 80 % of its life gone)
+    config = load_config()
+    key = cache_key(config.profiles["default"])
+    issued = int(time.time()) - 172800 * 8 // 10
+    stack.dynamodb().update_item(
+        TableName=stack.table_name,
+        Key={"pk": {"S": key}},
+        UpdateExpression="SET issued_at = :issued, expires_at = :expires",
+        ExpressionAttributeValues={
+            ":issued": {"N": str(issued)},
+            ":expires": {"N": str(issued + 172800)},
+        },
+    )
+    handler.reset_runtime()
+    result = handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())
+    # Then pre-warm refreshes it
+    assert result == {"ok": True, "profiles": {"default": "upstream"}}
+    assert len(igni_stub.calls()) == 2
