@@ -159,7 +159,8 @@ def _token_response(
             **caller,
         },
     )
-    return _json(200, body)
+    # Which tier answered: helps a caller see why one call was slower than another.
+    return _json(200, body, {"X-Token-Cache": vended.tier})
 
 
 # ------------------------------------------------------------------------- request parts
@@ -387,7 +388,9 @@ def _handle_event(event: dict[str, Any], context: LambdaContext) -> dict[str, An
         resources = event.get("resources")
         refs = [r for r in resources if isinstance(r, str)] if isinstance(resources, list) else []
         name = detail.get("name")
-        if isinstance(name, str):
+        if isinstance(name, str) and not refs:
+            # `resources` holds the secret's ARN and `name` the same secret: using both would
+            # handle each profile twice (a second purge, and the second outcome reported).
             refs.append(name)
         if detail.get("labelUpdated") not in (None, "AWSCURRENT"):
             return {"ok": True, "ignored": "label is not AWSCURRENT"}
