@@ -29,7 +29,9 @@ def body(response: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(stack: LocalStack) -> TokenTable:
-    return TokenTable(stack.dynamodb(), stack.table_name, TokenCipher(stack.kms(), stack.kms_key_arn))
+    return TokenTable(
+        stack.dynamodb(), stack.table_name, TokenCipher(stack.kms(), stack.kms_key_arn)
+    )
 
 
 def _token(name: str, now: float) -> CachedToken:
@@ -40,10 +42,16 @@ def test_a_commit_after_losing_the_lease_is_refused(stack: LocalStack) -> None:
     # Given holder A took a short lease that has run out, and holder B took it over
     table = _table(stack)
     now = time.time()
-    assert table.try_acquire_lease("k", owner="A", now=now, lease_until=now + 0.2, seen_fingerprint=None)[0]
-    assert not table.try_acquire_lease("k", owner="B", now=now, lease_until=now + 5, seen_fingerprint=None)[0]
+    assert table.try_acquire_lease(
+        "k", owner="A", now=now, lease_until=now + 0.2, seen_fingerprint=None
+    )[0]
+    assert not table.try_acquire_lease(
+        "k", owner="B", now=now, lease_until=now + 5, seen_fingerprint=None
+    )[0]
     later = now + 0.3
-    assert table.try_acquire_lease("k", owner="B", now=later, lease_until=later + 5, seen_fingerprint=None)[0]
+    assert table.try_acquire_lease(
+        "k", owner="B", now=later, lease_until=later + 5, seen_fingerprint=None
+    )[0]
     # When B commits its token and A, late, tries to commit its own
     assert table.commit("k", owner="B", token=_token("token-of-b", later), now=later)[0]
     committed, current = table.commit("k", owner="A", token=_token("token-of-a", later), now=later)
@@ -135,9 +143,9 @@ def test_reporting_an_old_token_returns_the_current_one_without_upstream_call(
 def test_forced_refresh_is_rate_limited_per_credential(stack: LocalStack, igni_stub: Any) -> None:
     # Given a token reported once and replaced
     first = body(invoke(load_event("get_token")))["access_token"]
-    second = body(
-        invoke(load_event("post_refresh", body=json.dumps({"rejected_token": first})))
-    )["access_token"]
+    second = body(invoke(load_event("post_refresh", body=json.dumps({"rejected_token": first}))))[
+        "access_token"
+    ]
     assert second != first
     # When the replacement is reported as rejected within 30 s
     handler.reset_runtime()
@@ -155,9 +163,9 @@ def test_the_forced_refresh_interval_is_configurable(
     handler.reset_runtime()
     token = body(invoke(load_event("get_token")))["access_token"]
     for _ in range(2):
-        token = body(invoke(load_event("post_refresh", body=json.dumps({"rejected_token": token}))))[
-            "access_token"
-        ]
+        token = body(
+            invoke(load_event("post_refresh", body=json.dumps({"rejected_token": token})))
+        )["access_token"]
     assert len(igni_stub.calls()) == 3
 
 
