@@ -148,12 +148,15 @@ class StubState:
     faults: collections.deque[JsonObject] = field(default_factory=collections.deque)
     calls: list[JsonObject] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Bumped by reset(): a slow request that began before a reset must not count after it.
+    generation: int = 0
 
     def __post_init__(self) -> None:
         self.config = self.initial.copy()
 
     def reset(self) -> None:
         with self.lock:
+            self.generation += 1
             self.config = self.initial.copy()
             self.faults.clear()
             self.calls.clear()
@@ -195,7 +198,12 @@ class StubState:
             return self.faults.popleft() if self.faults else None
 
     def record(
-        self, client_id: str | None, scope: str | None, status: int | None, token: str | None
+        self,
+        client_id: str | None,
+        scope: str | None,
+        status: int | None,
+        token: str | None,
+        generation: int | None = None,
     ) -> None:
         entry = {
             "client_id": client_id,
@@ -205,6 +213,8 @@ class StubState:
             "fingerprint": token_fingerprint(token) if token else None,
         }
         with self.lock:
+            if generation is not None and generation != self.generation:
+                return
             self.calls.append(entry)
 
     def snapshot(self) -> JsonObject:
@@ -289,6 +299,7 @@ class StubRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "IgniStub/1.0"
     server: StubServer
+    _generation: int | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -385,6 +396,7 @@ class StubRequestHandler(BaseHTTPRequestHandler):
         fault = state.next_fault()
         with state.lock:
             config = state.config.copy()
+            self._generation = state.generation
 
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         client_id = form.get("client_id", [None])[0]
@@ -398,14 +410,14 @@ class StubRequestHandler(BaseHTTPRequestHandler):
             return
 
         status, answer, token = self._exchange(form, config)
-        state.record(client_id, scope, status, token)
+        state.record(client_id, scope, status, token, self._generation)
         self._send_json(status, answer)
 
     def _play_fault(self, fault: JsonObject, client_id: str | None, scope: str | None) -> bool:
         """Answer with ``fault``; False when it was only a delay and the normal answer follows."""
         state = self.server.state
         if fault.get("close"):
-            state.record(client_id, scope, None, None)
+            state.record(client_id, scope, None, None, self._generation)
             self._drop_connection()
             return True
         status = int(fault.get("status", 200))
@@ -413,17 +425,23 @@ class StubRequestHandler(BaseHTTPRequestHandler):
         if "retry_after" in fault:
             extra["Retry-After"] = str(fault["retry_after"])
         if fault.get("garbage"):
-            state.record(client_id, scope, status, None)
+            state.record(client_id, scope, status, None, self._generation)
             self._send(status, b"<html><body>502 Bad Gateway</body></html>", "text/html", extra)
             return True
         if "body" in fault:
             body = fault["body"]
             token = body.get("access_token") if isinstance(body, dict) else None
-            state.record(client_id, scope, status, token if isinstance(token, str) else None)
+            state.record(
+                client_id,
+                scope,
+                status,
+                token if isinstance(token, str) else None,
+                self._generation,
+            )
             self._send_json(status, body, extra)
             return True
         if "status" in fault and status != 200:
-            state.record(client_id, scope, status, None)
+            state.record(client_id, scope, status, None, self._generation)
             default = {"error": "error", "message": HTTPStatus(status).phrase}
             self._send_json(status, DEFAULT_ERROR_BODIES.get(status, default), extra)
             return True
