@@ -143,6 +143,15 @@ class TokenService:
         except StoreUnavailable as exc:
             self._telemetry.store_unavailable(profile.name, str(exc))
             return self._vend_direct(profile, key, deadline=deadline, min_ttl=0, reject=rejected)
+        try:
+            return self._force(profile, key, rejected, record, deadline=deadline)
+        except StoreUnavailable as exc:
+            self._telemetry.store_unavailable(profile.name, str(exc))
+            return self._vend_direct(profile, key, deadline=deadline, min_ttl=0, reject=rejected)
+
+    def _force(
+        self, profile: Profile, key: str, rejected: str, record: Record | None, *, deadline: float
+    ) -> Vended:
         interval = self._config.forced_refresh_interval_seconds
         while True:
             now = self._wall()
@@ -226,12 +235,19 @@ class TokenService:
         record: Record | None = None,
         have_record: bool = False,
     ) -> Vended:
-        if record is None and not have_record:
-            try:
+        try:
+            if record is None and not have_record:
                 record = self._table.get(key)
-            except StoreUnavailable as exc:
-                self._telemetry.store_unavailable(profile.name, str(exc))
-                return self._vend_direct(profile, key, deadline=deadline, min_ttl=min_ttl)
+            return self._settle(profile, key, record, deadline=deadline, min_ttl=min_ttl)
+        except StoreUnavailable as exc:
+            # The shared tier is down: this environment answers on its own until it is back.
+            self._telemetry.store_unavailable(profile.name, str(exc))
+            return self._vend_direct(profile, key, deadline=deadline, min_ttl=min_ttl)
+
+    def _settle(
+        self, profile: Profile, key: str, record: Record | None, *, deadline: float, min_ttl: int
+    ) -> Vended:
+        """Serve, wait or refresh, re-deciding on every new view of the shared item."""
         while True:
             now = self._wall()
             token = record.token if record is not None else None
@@ -257,17 +273,13 @@ class TokenService:
                     record = self._wait_for_change(key, record, deadline)
                     continue
             lease = self._lease_window(deadline)
-            try:
-                acquired, current = self._table.try_acquire_lease(
-                    key,
-                    owner=self._owner,
-                    now=now,
-                    lease_until=now + lease,
-                    seen_fingerprint=record.token_fingerprint if record is not None else None,
-                )
-            except StoreUnavailable as exc:
-                self._telemetry.store_unavailable(profile.name, str(exc))
-                return self._vend_direct(profile, key, deadline=deadline, min_ttl=min_ttl)
+            acquired, current = self._table.try_acquire_lease(
+                key,
+                owner=self._owner,
+                now=now,
+                lease_until=now + lease,
+                seen_fingerprint=record.token_fingerprint if record is not None else None,
+            )
             if not acquired:
                 record = current if current is not None else self._table.get(key)
                 continue
@@ -292,7 +304,7 @@ class TokenService:
     ) -> Vended | None:
         """Serve the current token, or fail fast, while refreshes are held back."""
         if record.auth_failed_until > now:
-            version = self._known_version(profile)
+            version = self._current_version(profile)
             if version is None or version == record.auth_failed_version:
                 if stale is not None:
                     return self._vended(profile, stale, DYNAMODB)
@@ -504,6 +516,23 @@ class TokenService:
         except SecretUnavailable:
             return False
         return credentials.version_id == token.secret_version
+
+    def _current_version(self, profile: Profile) -> str | None:
+        """AWSCURRENT's version while an invalid_client is remembered, re-read now and then.
+
+        The remembered failure is about one version: a newer one must be tried at once, not
+        after the failure's memory or the secret cache expires. The read is forced at most
+        every SECRET_RECHECK_SECONDS; None (cannot tell) keeps the failure remembered.
+        """
+        last = self._secret_rechecked.get(profile.secret_id, -math.inf)
+        force = self._mono() - last >= SECRET_RECHECK_SECONDS
+        if force:
+            self._secret_rechecked[profile.secret_id] = self._mono()
+        try:
+            return self._secrets.current(profile.secret_id, force=force).version_id
+        except SecretUnavailable as exc:
+            self._telemetry.secret_unavailable(profile.name, str(exc))
+            return self._known_version(profile)
 
     def _known_version(self, profile: Profile) -> str | None:
         cached = self._secrets.cached(profile.secret_id)
