@@ -313,6 +313,8 @@ class TokenService:
                     "fix the secret and retry",
                     retry_after=max(1, math.ceil(record.auth_failed_until - now)),
                 )
+            # Igni refused an older version: the backoff it set is not about this one.
+            return None
         if record.backoff_until > now:
             if stale is not None:
                 return self._vended(profile, stale, DYNAMODB)
