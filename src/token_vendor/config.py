@@ -14,7 +14,8 @@ from token_vendor.errors import ConfigurationError
 
 DEFAULT_PROFILE = "default"
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-IGNI_TOKEN_URL_TEMPLATE = "https://{workspace}.igni.co/api/v1/oauth2/token"  # noqa: S105
+# A URL template, not a password (ruff S105, bandit B105).
+IGNI_TOKEN_URL_TEMPLATE = "https://{workspace}.igni.co/api/v1/oauth2/token"  # noqa: S105  # nosec B105
 WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _PROFILE_FIELDS = frozenset({"secret_id", "workspace", "token_url", "scope"})
 

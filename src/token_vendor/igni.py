@@ -183,7 +183,8 @@ def _parse_token(payload: bytes) -> IssuedToken:
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise UpstreamBadResponse("Igni answered 2xx with a token_type other than Bearer")
-    return IssuedToken(access_token=token, token_type="Bearer", expires_in=expires_in)  # noqa: S106
+    # The OAuth token type, not a password (ruff S106, bandit B106).
+    return IssuedToken(access_token=token, token_type="Bearer", expires_in=expires_in)  # noqa: S106  # nosec B106
 
 
 def _rejection(status: int, payload: bytes) -> UpstreamAuthFailed | UpstreamBadResponse:
