@@ -30,11 +30,12 @@ CLIENT_PROJECT := $(wildcard client/pyproject.toml)
 CLIENT_EDITABLE := $(if $(CLIENT_PROJECT),-e ./client,)
 LOCK_CONSTRAINT := $(if $(wildcard $(LOCK)),-c $(LOCK),)
 
-.PHONY: help venv lock lint test local invoke build deploy bench clean
+.PHONY: help venv lock lint scan test local invoke build deploy bench clean
 
 help:
 	@echo "make venv     dev venv in $(VENV) (pinned by $(LOCK))"
 	@echo "make test     lint, then pytest (starts its own moto server and Igni stub)"
+	@echo "make scan     cfn-lint, checkov (.venv-scan), bandit, pip-audit (scripts/scan.sh)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict, cfn-lint"
 	@echo "make local    the service on http://127.0.0.1:3000 (moto + Igni stub; Ctrl-C stops)"
 	@echo "make invoke EVENT=events/get_token.json   run the handler once on an event"
@@ -73,7 +74,11 @@ lint: venv
 	$(VENV)/bin/mypy --strict src local
 	$(VENV)/bin/cfn-lint template.yaml
 
-test: lint
+# checkov gets its own venv (.venv-scan): its dependencies conflict with the project's pins.
+scan: venv
+	VENV=$(VENV) scripts/scan.sh
+
+test: lint scan
 	$(PY) -m pytest
 
 local: venv
