@@ -184,12 +184,22 @@ def _route_regex(resource: str) -> re.Pattern[str]:
     return re.compile("^/" + "/".join(parts) + "$")
 
 
+def _specificity(route: Route) -> tuple[int, int]:
+    resource = route[1]
+    return resource.count("+}"), resource.count("{")
+
+
 def match_route(
-    routes: Sequence[Route], method: str, path: str
+    routes: Sequence[Route], method: str | None, path: str
 ) -> tuple[str, dict[str, str] | None] | None:
-    """(resource, pathParameters) of the route matching method and path, else None."""
-    for route_method, resource in routes:
-        if route_method not in {method.upper(), "ANY"}:
+    """(resource, pathParameters) of the route for ``path`` and ``method``, else None.
+
+    As in API Gateway, a literal segment beats a path variable, which beats a greedy
+    ``{proxy+}``: GET /token/refresh is not /token/{profile} when /token/refresh exists.
+    ``method`` None matches any method.
+    """
+    for route_method, resource in sorted(routes, key=_specificity):
+        if method is not None and route_method not in {method.upper(), "ANY"}:
             continue
         match = _route_regex(resource).match(path)
         if match:
@@ -406,7 +416,8 @@ class ApiServer:
         if matched is None:
             if self.strict_routes:
                 return missing_authentication_token()
-            matched = (path, None)
+            # Passed on as if the resource had an ANY method (or, unknown, were its own path).
+            matched = match_route(self.routes, None, path) or (path, None)
         resource, path_parameters = matched
 
         identity = self.identity_resolver(request)
@@ -518,6 +529,8 @@ class _Server(ThreadingHTTPServer):
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "LocalApiGateway/1.0"
+    # Socket timeout: an idle keep-alive connection (or a stalled client) frees its thread.
+    timeout = 60
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -298,6 +298,8 @@ class StubRequestHandler(BaseHTTPRequestHandler):
     # HTTP/1.1 so clients with connection pools (urllib3) keep connections alive, as with Igni.
     protocol_version = "HTTP/1.1"
     server_version = "IgniStub/1.0"
+    # Socket timeout: an idle keep-alive connection (or a stalled client) frees its thread.
+    timeout = 60
     server: StubServer
     _generation: int | None = None
 
@@ -631,6 +633,8 @@ class StubProcess:
         python: str = sys.executable,
         start_timeout: float = 15.0,
     ) -> None:
+        from local.moto_server import die_with_parent
+
         if not clients:
             raise ValueError("at least one client")
         self.clients = dict(clients)
@@ -658,6 +662,7 @@ class StubProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads are touched before exec)
         )
         try:
             self.port = self._read_ready_port(start_timeout)

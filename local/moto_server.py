@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,22 @@ from typing import IO
 DEFAULT_HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for server children: on Linux, SIGTERM them when their parent dies.
+
+    A pytest run or `make local` killed with SIGKILL (a CI timeout) cannot run its clean-up;
+    without this its moto server or stub would keep the port. Linux ties the signal to the
+    spawning *thread*, so spawn these children from a long-lived thread (the main one).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -104,6 +121,7 @@ class MotoServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads are touched before exec)
         )
         self._wait_until_up()
         return self.endpoint_url

@@ -45,6 +45,7 @@ from local.igni_stub import StubProcess, decode_jwt_segment, parse_clients, toke
 from local.invoke import invoke_event
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer
+from local.run import LocalEnvironment, RealIgni
 from local.stack import LocalStack
 from tests.integration import fake_handlers
 
@@ -424,6 +425,7 @@ def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None
     endpoint = server.start()
     try:
         import boto3
+        from botocore.config import Config
 
         ddb = boto3.client(
             "dynamodb",
@@ -431,6 +433,7 @@ def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+            config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
         )
         ddb.create_table(
             TableName="t",
@@ -672,6 +675,24 @@ def test_unrouted_paths_reach_the_handler_unless_strict(echo_api: ApiServer) -> 
     assert routed.status == 200
 
 
+def test_api_routes_path_parameters_with_literal_segments_first(echo_api: ApiServer) -> None:
+    # Given the template's routes, where /token/{profile} sits beside /token/refresh
+    routes = api_routes(load_template())
+    if ("GET", "/token/{profile}") not in routes:
+        pytest.skip("template has no /token/{profile} route")
+
+    # When clients call a profile's token, and POST the literal refresh path
+    profile = echoed(HTTP.request("GET", f"{echo_api.base_url}/v1/token/reporting"))["event"]
+    refresh = echoed(HTTP.request("POST", f"{echo_api.base_url}/v1/token/refresh"))["event"]
+
+    # Then the variable is a path parameter, and the literal resource wins over the variable
+    assert profile["resource"] == "/token/{profile}"
+    assert profile["pathParameters"] == {"profile": "reporting"}
+    assert profile["requestContext"]["resourcePath"] == "/token/{profile}"
+    assert refresh["resource"] == "/token/refresh"
+    assert refresh["pathParameters"] is None
+
+
 def test_fake_context_counts_down() -> None:
     # Given a context with a 1 s timeout
     context = FakeLambdaContext(timeout_s=1.0, function_name="fn")
@@ -829,8 +850,13 @@ def test_invoke_reports_a_raising_handler_like_lambda(tmp_path: Path) -> None:
     assert result.error["errorMessage"] == "boom"
 
 
-def _python(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def _python(
+    *args: str, env_overrides: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])}
+    for var in ("IGNI_WORKSPACE", "IGNI_CLIENT_ID", "IGNI_CLIENT_SECRET"):
+        env.pop(var, None)
+    env.update(env_overrides or {})
     return subprocess.run(
         [sys.executable, *args],
         cwd=REPO_ROOT,
@@ -935,3 +961,38 @@ def test_make_local_serves_and_cleans_up(tmp_path: Path) -> None:
     assert "awscurl --service execute-api" in output
     assert "Mode: STUB" in output
     assert not state_file.exists()
+
+
+def test_real_igni_mode_puts_the_credentials_in_the_secret_and_starts_no_stub() -> None:
+    # Given real Igni credentials in the environment of `make local`
+    real = RealIgni.from_environ(
+        {"IGNI_WORKSPACE": "acme", "IGNI_CLIENT_ID": "cid", "IGNI_CLIENT_SECRET": "csecret"}
+    )
+    assert real is not None
+
+    # When the local environment starts in that mode (no call to Igni is made here)
+    env = LocalEnvironment(real_igni=real)
+    with env as stack:
+        secret = stack.secretsmanager().get_secret_value(SecretId=stack.secret_arn)
+        function_env = env.function_env
+
+    # Then there is no stub, the secret holds the credentials and no token URL overrides Igni's
+    assert env.mode == "igni"
+    assert env.stub is None
+    assert json.loads(secret["SecretString"]) == {
+        "client_id": "cid",
+        "client_secret": "csecret",
+        "workspace": "acme",
+    }
+    assert function_env["IGNI_WORKSPACE"] == "acme"
+    assert "IGNI_TOKEN_URL" not in function_env
+    assert "csecret" not in json.dumps(function_env)
+
+
+def test_real_igni_mode_needs_the_client_credentials() -> None:
+    assert RealIgni.from_environ({}) is None
+    with pytest.raises(ValueError, match="IGNI_CLIENT_ID"):
+        RealIgni.from_environ({"IGNI_WORKSPACE": "acme"})
+    done = _python("-m", "local.run", env_overrides={"IGNI_WORKSPACE": "acme"})
+    assert done.returncode == 2
+    assert "IGNI_CLIENT_SECRET" in done.stderr
