@@ -144,11 +144,24 @@ def invoke_event(
             context = FakeLambdaContext(
                 timeout_s=target.timeout_s, function_name=target.function_name
             )
+            # Each invoke is a cold start, as with `sam local invoke`: no runtime cached by an
+            # earlier in-process invoke (against another stack) may answer this one.
+            _reset_runtime(fn)
             try:
                 response = json.loads(json.dumps(fn(payload, context)))
             except Exception as exc:
                 return InvokeResult(None, lambda_error(exc, context.aws_request_id), target)
+            finally:
+                _reset_runtime(fn)
         return InvokeResult(response, None, target)
+
+
+def _reset_runtime(fn: Handler) -> None:
+    """Call ``reset_runtime()`` of the handler's module, if it has one."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    reset = getattr(module, "reset_runtime", None)
+    if callable(reset):
+        reset()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
