@@ -49,11 +49,11 @@ if [ ! -f "$stamp" ]; then
     fi
     echo "scan: installing $(grep -v '^#' "$SCAN_REQUIREMENTS" | xargs) into $SCAN_VENV"
     if ! "$SCAN_VENV/bin/python" -m pip install --quiet -r "$SCAN_REQUIREMENTS" \
-        >"$SCAN_VENV.pip.log" 2>&1; then
-        cat "$SCAN_VENV.pip.log" >&2
+        >"$SCAN_VENV/pip-install.log" 2>&1; then
+        cat "$SCAN_VENV/pip-install.log" >&2
         exit 2
     fi
-    rm -f "$SCAN_VENV"/.installed-* "$SCAN_VENV.pip.log"
+    rm -f "$SCAN_VENV"/.installed-*
     touch "$stamp"
 fi
 
