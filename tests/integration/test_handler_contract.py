@@ -29,7 +29,7 @@ def invoke(event: dict[str, Any], timeout_s: float = 25.0) -> dict[str, Any]:
 
 
 def headers_of(response: dict[str, Any]) -> dict[str, str]:
-    merged = {k: v for k, v in (response.get("headers") or {}).items()}
+    merged = dict((response.get("headers") or {}).items())
     for key, values in (response.get("multiValueHeaders") or {}).items():
         merged[key] = values[-1]
     return {k.lower(): v for k, v in merged.items()}
@@ -44,7 +44,8 @@ def assert_error(response: dict[str, Any], status: int, code: str) -> dict[str, 
     assert response["statusCode"] == status, response
     body = body_of(response)
     assert body["error"] == code
-    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["message"], str)
+    assert body["message"]
     assert set(body) == {"error", "message"}
     headers = headers_of(response)
     assert headers["content-type"] == "application/json"

@@ -57,10 +57,12 @@ def test_a_commit_after_losing_the_lease_is_refused(stack: LocalStack) -> None:
     committed, current = table.commit("k", owner="A", token=_token("token-of-a", later), now=later)
     # Then A's commit is refused, the refusal carries the current item, and B's token stays
     assert not committed
-    assert current is not None and current.token is not None
+    assert current is not None
+    assert current.token is not None
     assert current.token.access_token == "token-of-b"
     record = table.get("k")
-    assert record is not None and record.token is not None
+    assert record is not None
+    assert record.token is not None
     assert record.token.access_token == "token-of-b"
     assert record.lease_owner is None
 
@@ -77,7 +79,8 @@ def test_a_lease_is_refused_when_the_token_changed_since_it_was_judged(stack: Lo
     )
     # Then it is refused and handed the fresh token instead of refreshing again
     assert not acquired
-    assert current is not None and current.token is not None
+    assert current is not None
+    assert current.token is not None
     assert current.token.access_token == "fresh"
 
 
