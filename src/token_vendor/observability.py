@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
@@ -14,9 +16,10 @@ logger = Logger(service=SERVICE)
 class Telemetry:
     """What the vending logic reports: one method per event worth a log line or a metric."""
 
-    def __init__(self, log: Logger = logger, namespace: str = NAMESPACE) -> None:
+    def __init__(self, log: Logger = logger, namespace: str | None = None) -> None:
         self._log = log
-        self._namespace = namespace
+        # Per stack (the template sets it), so two stacks' alarms do not see each other's data.
+        self._namespace = namespace or os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE
 
     def _count(self, name: str, profile: str, **dimensions: str) -> None:
         with single_metric(

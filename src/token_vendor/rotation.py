@@ -364,7 +364,12 @@ def _aws_reason(exc: ClientError | BotoCoreError) -> str:
 
 
 def _count(name: str, **dimensions: str) -> None:
-    with single_metric(name=name, unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
+    with single_metric(
+        name=name,
+        unit=MetricUnit.Count,
+        value=1,
+        namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE,
+    ) as metric:
         metric.add_dimension(name="service", value=SERVICE)
         for key, value in dimensions.items():
             metric.add_dimension(name=key, value=value)

@@ -578,12 +578,19 @@ def test_alarms_cover_5xx_refresh_auth_rotation_errors_and_throttles(
             assert ("AWS/Lambda", metric, dims) in plain, (fn, metric)
 
     queries = [
-        q["Expression"] for a in found.values() for q in a.get("Metrics", []) if "Expression" in q
+        resolved(template, q["Expression"], MetricsNamespace="Team/Igni")
+        for a in found.values()
+        for q in a.get("Metrics", [])
+        if "Expression" in q
     ]
     for metric in ("RefreshFailuresWhileValid", "UpstreamAuthFailures", "RotationExchangeFailures"):
-        # One query per metric, summed over every dimension set (profile, service, kind).
-        query = f'SELECT SUM({metric}) FROM "{observability.NAMESPACE}"'  # noqa: S608
+        # One query per metric, summed over every dimension set (profile, service, kind), in
+        # the namespace the stack gives its functions.
+        query = f'SELECT SUM({metric}) FROM "Team/Igni"'  # noqa: S608
         assert query in queries, metric
+    for fn in ("TokenFunction", "RotationFunction"):
+        variables = resource_properties(template, fn)["Environment"]["Variables"]
+        assert variables["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
 
 
 def test_alarmed_metric_names_are_the_ones_the_function_emits() -> None:
@@ -615,6 +622,12 @@ def test_rotation_rule_and_prewarm_schedule(template: dict[str, Any]) -> None:
     assert pattern["detail"]["labelUpdated"] == ["AWSCURRENT"]
     secret = resolve(template, {"Ref": "IgniSecret"}, refs_for(template))
     assert resolved(template, pattern["resources"]) == [secret]
+    # With profiles, their secrets' rotations reach the function too (it ignores others).
+    with_profiles = resolved(
+        template, pattern, ProfileSecretArns="arn:aws:secretsmanager:us-east-1:1:secret:igni/*"
+    )
+    assert "resources" not in with_profiles
+    assert with_profiles["detail"]["labelUpdated"] == ["AWSCURRENT"]
     prewarm = events["Prewarm"]
     assert prewarm["Type"] == "Schedule"
     assert json.loads(prewarm["Properties"]["Input"])["action"] == "prewarm"
