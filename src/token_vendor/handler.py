@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 import time
@@ -209,7 +208,9 @@ def _rejected_token() -> str:
     if event.get("isBase64Encoded") is True:
         try:
             body = base64.b64decode(body, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:
+            # binascii.Error, UnicodeDecodeError, and the ValueError b64decode raises for a
+            # body with non-ASCII characters: all mean the flag lies about the body.
             raise InvalidRequest("the body is flagged base64 but does not decode to text") from None
     if len(body) > MAX_REJECTED_TOKEN_BYTES:
         raise InvalidRequest("the body is too large")
