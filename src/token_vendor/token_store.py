@@ -8,6 +8,7 @@ token's expiry; TTL deletion lags, so readers always compare it themselves.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -136,8 +137,18 @@ class TokenTable:
     def commit(
         self, key: str, *, owner: str, token: CachedToken, now: float
     ) -> tuple[bool, Record | None]:
-        """Store a new token and release the lease, only if `owner` still holds it (fencing)."""
-        blob, scheme = self._cipher.encrypt(token.access_token, key)
+        """Store a new token and release the lease, only if `owner` still holds it (fencing).
+
+        If KMS will not encrypt the token, the table itself may still be up: the lease is freed
+        before the failure is raised, or every other environment would wait it out (up to
+        LEASE_SECONDS) only to fail the same way.
+        """
+        try:
+            blob, scheme = self._cipher.encrypt(token.access_token, key)
+        except StoreUnavailable:
+            with contextlib.suppress(StoreUnavailable):
+                self.release(key, owner=owner)
+            raise
         values: dict[str, Any] = {
             ":owner": {"S": owner},
             ":tok": {"B": blob},
