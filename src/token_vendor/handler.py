@@ -315,8 +315,28 @@ def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- dispatch
 
 
+# Any of these makes an event an HTTP request: answered as one (a 400 if malformed), never as a
+# schedule or rotation event, whose EventBridge envelopes carry none of them.
+_API_EVENT_FIELDS = frozenset(
+    {
+        "httpMethod",
+        "requestContext",
+        "resource",
+        "path",
+        "headers",
+        "multiValueHeaders",
+        "queryStringParameters",
+        "multiValueQueryStringParameters",
+        "pathParameters",
+        "stageVariables",
+        "body",
+        "isBase64Encoded",
+    }
+)
+
+
 def _is_api_event(event: dict[str, Any]) -> bool:
-    return "httpMethod" in event or "requestContext" in event or "resource" in event
+    return not _API_EVENT_FIELDS.isdisjoint(event)
 
 
 def _api_event_problem(event: dict[str, Any]) -> str | None:
