@@ -278,6 +278,8 @@ class StubServer(ThreadingHTTPServer):
     daemon_threads = True
     # Fixtures restart the stub on the same port; don't wait out TIME_WAIT.
     allow_reuse_address = True
+    # A fleet connects at once; socketserver's default backlog of 5 resets the rest.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], state: StubState, *, quiet: bool = False) -> None:
         self.state = state

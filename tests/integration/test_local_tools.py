@@ -274,8 +274,8 @@ def test_stub_rejects_an_unknown_fault(igni_stub: StubProcess) -> None:
 
 
 def test_stub_serves_concurrent_requests_with_unique_tokens(igni_stub: StubProcess) -> None:
-    # Given a little latency so that requests overlap
-    igni_stub.configure(latency_ms=50)
+    # Given enough latency that 16 requests served one by one would take 4.8 s
+    igni_stub.configure(latency_ms=300)
     tokens: list[str] = []
     lock = threading.Lock()
 
@@ -292,9 +292,10 @@ def test_stub_serves_concurrent_requests_with_unique_tokens(igni_stub: StubProce
     for thread in threads:
         thread.join(timeout=10)
 
-    # Then all are answered, in parallel, with distinct tokens, and all are counted
+    # Then all are answered with distinct tokens, and all are counted, and in parallel: in
+    # well under the serial time (a wide margin: this checks concurrency, not speed)
     assert len(set(tokens)) == 16
-    assert time.monotonic() - started < 16 * 0.05
+    assert time.monotonic() - started < 16 * 0.3 / 2
     assert len(igni_stub.calls()) == 16
 
 
