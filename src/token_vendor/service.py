@@ -545,6 +545,11 @@ class TokenService:
             return self._secrets.current(profile.secret_id, force=force)
         except SecretUnavailable as exc:
             self._telemetry.secret_unavailable(profile.name, str(exc))
+            # The last credentials this environment read beat no token at all; if they were
+            # rotated away meanwhile, Igni says invalid_client and that is reported as such.
+            known = self._secrets.cached(profile.secret_id)
+            if known is not None:
+                return known
             raise UpstreamUnavailable(
                 "Secrets Manager is unreachable and no valid token is cached", retry_after=2
             ) from None
