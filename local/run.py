@@ -8,6 +8,12 @@ Real Igni instead of the stub: set ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID`` and
 ``IGNI_CLIENT_SECRET``; the credentials go into the (local) secret and the function exchanges them
 at https://{workspace}.igni.co/api/v1/oauth2/token (or ``IGNI_TOKEN_URL`` when set).
 
+Requests must be signed as API Gateway's ``AWS_IAM`` authorization requires (SigV4, service
+``execute-api``) with the credentials of this environment, or the documented test credentials when
+it has none; ``LOCAL_IAM_POLICY`` / ``LOCAL_IAM_POLICY_JSON`` say which caller may invoke which
+method (see local.auth). ``--profiles analytics`` (or ``LOCAL_PROFILES=analytics``) adds named
+credential profiles, each with its own stub client and secret.
+
 ``.local-state/env.json`` tells other commands (``make invoke``, the benchmark) where the running
 stack is. It holds endpoints, names and the function environment; no secret except the stub's fake
 credentials.
@@ -16,12 +22,13 @@ credentials.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
+import re
 import signal
 import sys
+import textwrap
 import threading
 import traceback
 import uuid
@@ -31,17 +38,50 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from local.api_server import ApiServer, Handler, LocalIdentity
+from local.api_server import DEFAULT_API_ID, DEFAULT_STAGE, ApiServer, Handler, LocalIdentity
+from local.auth import LocalAuth, PolicyError, local_auth, sigv4_resolver
 from local.cfn_template import REPO_ROOT, load_template, resource_properties
 from local.igni_stub import IgniStub
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer
+from local.sigv4 import (
+    DEFAULT_LOCAL_USER_ARN,
+    LOCAL_TEST_ACCESS_KEY_ID,
+    LOCAL_TEST_SECRET_ACCESS_KEY,
+)
 from local.stack import LocalStack, create_stack
 
 STATE_FILE = REPO_ROOT / ".local-state" / "env.json"
 STUB_CLIENT_ID = "local-client"
 STUB_CLIENT_SECRET = "local-secret"
 STUB_WORKSPACE = "local"
+PROFILES_VAR = "LOCAL_PROFILES"
+# The function's own rule for profile names (token_vendor.config.PROFILE_NAME); "default" is the
+# stack's own secret and "refresh" would be shadowed by the literal /token/refresh resource.
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_RESERVED_PROFILES = frozenset({"default", "refresh"})
+
+
+def parse_profiles(spec: str | None) -> tuple[str, ...]:
+    """``"analytics,billing"`` -> ("analytics", "billing"); ValueError naming a bad name."""
+    names: list[str] = []
+    for raw in (spec or "").split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if not _PROFILE_NAME.match(name) or name in _RESERVED_PROFILES:
+            raise ValueError(
+                f"profile {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+                "(not 'default' or 'refresh')"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def stub_client(profile: str) -> tuple[str, str]:
+    """The stub's (fake) client id and secret for an extra profile."""
+    return f"local-{profile}", f"local-{profile}-secret"
 
 
 @dataclass(frozen=True)
@@ -80,15 +120,21 @@ class LocalEnvironment:
         stub_port: int = 0,
         stack_name: str | None = None,
         real_igni: RealIgni | None = None,
+        profiles: Sequence[str] = (),
         quiet: bool = True,
     ) -> None:
+        if profiles and real_igni is not None:
+            raise ValueError(
+                "extra profiles need the Igni stub (each gets its own stub client); "
+                "unset IGNI_WORKSPACE or drop --profiles / LOCAL_PROFILES"
+            )
         self.host = host
         self.moto = MotoServer(host, moto_port)
         self.stub: IgniStub | None = None
+        self.profiles = tuple(profiles)
         if real_igni is None:
-            self.stub = IgniStub(
-                {STUB_CLIENT_ID: STUB_CLIENT_SECRET}, host=host, port=stub_port, quiet=quiet
-            )
+            clients = dict([(STUB_CLIENT_ID, STUB_CLIENT_SECRET), *map(stub_client, profiles)])
+            self.stub = IgniStub(clients, host=host, port=stub_port, quiet=quiet)
         self.real_igni = real_igni
         self.stack_name = stack_name or f"local-{uuid.uuid4().hex[:8]}"
         self.stack: LocalStack | None = None
@@ -109,10 +155,34 @@ class LocalEnvironment:
                 self.stack_name, endpoint_url=endpoint, **self._stack_arguments()
             )
             self.function_env = self.stack.function_env()
+            # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
+            self.function_env["IGNI_PROFILES"] = self._create_profiles(self.stack)
         except BaseException:
             self.stop()
             raise
         return self.stack
+
+    def _create_profiles(self, stack: LocalStack) -> str:
+        """One secret per extra profile, holding its stub client; IGNI_PROFILES for them."""
+        if not self.profiles or self.stub is None:
+            return ""
+        secrets_manager = stack.secretsmanager()
+        profiles: dict[str, dict[str, str]] = {}
+        for name in self.profiles:
+            client_id, client_secret = stub_client(name)
+            secret = secrets_manager.create_secret(
+                Name=f"igni-token-vendor/{stack.name}/{name}",
+                SecretString=json.dumps(
+                    {
+                        "client_id": client_id,
+                        "client_secret": client_secret,
+                        "workspace": STUB_WORKSPACE,
+                    }
+                ),
+                Tags=[{"Key": "aws:cloudformation:stack-name", "Value": stack.name}],
+            )
+            profiles[name] = {"secret_id": secret["ARN"], "token_url": self.stub.token_url}
+        return json.dumps(profiles)
 
     def _stack_arguments(self) -> dict[str, Any]:
         if self.stub is not None:
@@ -148,7 +218,7 @@ class LocalEnvironment:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def state(self, api_url: str | None, identity: LocalIdentity | None) -> dict[str, Any]:
+    def state(self, api_url: str | None, auth: LocalAuth | None) -> dict[str, Any]:
         """What .local-state/env.json holds: endpoints, names, function env; no real secret."""
         if self.stack is None:
             raise RuntimeError("not started")
@@ -162,10 +232,11 @@ class LocalEnvironment:
             "igni_workspace": self.real_igni.workspace if self.real_igni else STUB_WORKSPACE,
             "stub_base_url": self.stub.base_url if self.stub else None,
             "stub_client_id": STUB_CLIENT_ID if self.stub else None,
+            "profiles": ["default", *self.profiles],
             "stack": self.stack.names(),
             "function_env": self.function_env,
             "function_timeout_s": self.stack.function_timeout_s,
-            "identity": None if identity is None else dataclasses.asdict(identity),
+            "auth": None if auth is None else auth.state(),
         }
 
 
@@ -203,7 +274,55 @@ def write_state(path: Path, state: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def usage(api_url: str, env: LocalEnvironment, identity: LocalIdentity, state_file: Path) -> str:
+def make_api(
+    handler: Handler,
+    stack: LocalStack,
+    auth: LocalAuth,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    strict_routes: bool = False,
+    quiet: bool = False,
+) -> ApiServer:
+    """The API on ``stack`` as API Gateway serves it: SigV4 checked, the local IAM policy applied.
+
+    A request refused by either gets API Gateway's 403 and never reaches ``handler``.
+    """
+    api_id = DEFAULT_API_ID
+    verifier = auth.verifier(region=stack.region, api_id=api_id, stage=DEFAULT_STAGE)
+    return ApiServer(
+        handler,
+        sigv4_resolver(verifier),
+        host=host,
+        port=port,
+        stage=DEFAULT_STAGE,
+        api_id=api_id,
+        # requestContext.accountId: the API's owner, the stack's account.
+        identity=LocalIdentity(account_id=stack.account_id),
+        strict_routes=strict_routes,
+        quiet=quiet,
+        context_factory=lambda: FakeLambdaContext(
+            timeout_s=stack.function_timeout_s,
+            function_name=stack.function_name,
+            memory_limit_in_mb=stack.function_memory_mb,
+            region=stack.region,
+            account_id=stack.account_id,
+        ),
+    )
+
+
+def _igni_token_command() -> str:
+    """How to run the CLI from here: the venv's igni-token if installed, relative when short."""
+    script = Path(sys.executable).parent / "igni-token"
+    if not script.exists():
+        return "igni-token"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path) -> str:
     """What `make local` prints once it serves: where things are and how to call them."""
     stack = env.stack
     if stack is None:
@@ -216,37 +335,42 @@ def usage(api_url: str, env: LocalEnvironment, identity: LocalIdentity, state_fi
             real.token_url if real else None
         ) or "https://{workspace}.igni.co/api/v1/oauth2/token"
         igni = f"REAL Igni, workspace {real.workspace if real else '?'}: {url}"
+    profiles = "".join(
+        f"\n    profile {name:<12} {api_url}/token/{name}   (stub client {stub_client(name)[0]})"
+        for name in env.profiles
+    )
+    accepted = "\n".join(
+        textwrap.fill(line, width=98, initial_indent="  ", subsequent_indent="      ")
+        if not line.startswith(" ")
+        else f"  {line}"
+        for line in auth.description
+    )
+    cli = _igni_token_command()
+    test_keys = LOCAL_TEST_ACCESS_KEY_ID in auth.credentials
+    awscurl_env = (
+        f"AWS_ACCESS_KEY_ID={LOCAL_TEST_ACCESS_KEY_ID} "
+        f"AWS_SECRET_ACCESS_KEY={LOCAL_TEST_SECRET_ACCESS_KEY} \\\n    "
+        if test_keys
+        else ""
+    )
     return f"""
 Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
 
-  API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token)
+  API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token){profiles}
   AWS (moto server)      {stack.endpoint_url}   (state lost when this stops)
     table                {stack.table_name}
     secret               {stack.secret_name}
     KMS key              {stack.kms_key_arn}
-  caller identity        {identity.user_arn}
-                         (every request is attributed to it; signatures are not checked)
   state for other tools  {state_file}
 
+Signatures are checked as API Gateway's AWS_IAM does (SigV4, service execute-api, region
+{stack.region}); a missing, wrong or stale one gets 403 and never reaches the function.
+{accepted}
+
 Call it:
-  curl -s {api_url}/token
-
-  awscurl --service execute-api --region {stack.region} {api_url}/token
-
-  python - <<'PY'
-import urllib.request
-import botocore.session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-creds = botocore.session.get_session().get_credentials() or Credentials("testing", "testing")
-req = AWSRequest(method="GET", url="{api_url}/token")
-SigV4Auth(creds, "execute-api", "{stack.region}").add_auth(req)
-signed = urllib.request.Request(req.url, headers=dict(req.headers))
-with urllib.request.urlopen(signed, timeout=30) as answer:
-    print(answer.status, answer.read().decode())
-PY
-
+  {cli} get --endpoint {api_url}          (--header, --json, --profile NAME)
+  curl -i {api_url}/token                 (unsigned: 403 Missing Authentication Token)
+  {awscurl_env}awscurl --service execute-api --region {stack.region} {api_url}/token
   make invoke EVENT=events/get_token.json     (runs the handler on an event, this stack)
 
 Ctrl-C stops everything.
@@ -254,7 +378,14 @@ Ctrl-C stops everything.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local.run", description="make local")
+    parser = argparse.ArgumentParser(
+        prog="python -m local.run",
+        description="make local",
+        epilog="environment: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (the credentials accepted; "
+        "else the documented test ones), IGNI_LOCAL_CALLER_ARN, LOCAL_IAM_POLICY or "
+        "LOCAL_IAM_POLICY_JSON (which caller may invoke what), LOCAL_PROFILES, and "
+        "IGNI_WORKSPACE + IGNI_CLIENT_ID + IGNI_CLIENT_SECRET for the real Igni (docs/local.md)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000, help="API port")
     parser.add_argument("--moto-port", type=int, default=5005)
@@ -262,8 +393,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stack-name", default="local")
     parser.add_argument("--state-file", type=Path, default=STATE_FILE)
     parser.add_argument("--handler", default=None, help="default: TokenFunction's Handler")
-    parser.add_argument("--user-arn", default=LocalIdentity.user_arn)
-    parser.add_argument("--account-id", default=LocalIdentity.account_id)
+    parser.add_argument(
+        "--user-arn",
+        default=None,
+        help="the caller's ARN for the accepted credentials (default: $IGNI_LOCAL_CALLER_ARN or "
+        f"{DEFAULT_LOCAL_USER_ARN})",
+    )
+    parser.add_argument(
+        "--profiles",
+        default=os.environ.get(PROFILES_VAR, ""),
+        metavar="NAME[,NAME]",
+        help="extra credential profiles, each with its own stub client and secret, served at "
+        f"/token/NAME (default: ${PROFILES_VAR})",
+    )
     parser.add_argument(
         "--strict-routes",
         action="store_true",
@@ -273,7 +415,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         real = RealIgni.from_environ()
-    except ValueError as exc:
+        profiles = parse_profiles(args.profiles)
+        # Before moto's fake credentials reach os.environ: the developer's own are what count.
+        environ = dict(os.environ)
+        if args.user_arn:
+            environ["IGNI_LOCAL_CALLER_ARN"] = args.user_arn
+        auth = local_auth(environ)
+        env = LocalEnvironment(
+            host=args.host,
+            moto_port=args.moto_port,
+            stub_port=args.stub_port,
+            stack_name=args.stack_name,
+            real_igni=real,
+            profiles=profiles,
+            quiet=False,
+        )
+    except (ValueError, PolicyError) as exc:
         print(f"make local: {exc}", file=sys.stderr)
         return 2
 
@@ -285,38 +442,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
 
-    env = LocalEnvironment(
-        host=args.host,
-        moto_port=args.moto_port,
-        stub_port=args.stub_port,
-        stack_name=args.stack_name,
-        real_igni=real,
-        quiet=False,
-    )
-    identity = LocalIdentity(account_id=args.account_id, user_arn=args.user_arn)
     api: ApiServer | None = None
     try:
         print(f"make local: starting ({'stub' if real is None else 'real Igni'} mode)...")
         stack = env.start()
         os.environ.update(env.function_env)
         handler = load_handler(args.handler)
-        api = ApiServer(
+        api = make_api(
             handler,
+            stack,
+            auth,
             host=args.host,
             port=args.port,
-            identity=identity,
             strict_routes=args.strict_routes,
-            context_factory=lambda: FakeLambdaContext(
-                timeout_s=stack.function_timeout_s,
-                function_name=stack.function_name,
-                memory_limit_in_mb=stack.function_memory_mb,
-                region=stack.region,
-                account_id=stack.account_id,
-            ),
         )
         api.start()
-        write_state(args.state_file, env.state(api.base_url, identity))
-        print(usage(api.base_url, env, identity, args.state_file), flush=True)
+        write_state(args.state_file, env.state(api.base_url, auth))
+        print(usage(api.base_url, env, auth, args.state_file), flush=True)
         while not stop.wait(0.5):
             pass
         print("make local: stopping...", flush=True)

@@ -23,6 +23,9 @@ from typing import Any
 
 import pytest
 import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from local.api_server import (
     ApiServer,
@@ -46,6 +49,7 @@ from local.invoke import invoke_event
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer
 from local.run import LocalEnvironment, RealIgni
+from local.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.stack import LocalStack
 from tests.integration import fake_handlers
 
@@ -903,13 +907,23 @@ def test_invoke_cli_prints_only_the_response_on_stdout(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_make_local_serves_and_cleans_up(tmp_path: Path) -> None:
-    # Given `make local` on free ports with a fake handler
+    # Given `make local` on free ports with a fake handler, in a shell without AWS credentials
     state_file = tmp_path / "env.json"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")]),
     }
-    for var in ("IGNI_WORKSPACE", "IGNI_CLIENT_ID", "IGNI_CLIENT_SECRET"):
+    for var in (
+        "IGNI_WORKSPACE",
+        "IGNI_CLIENT_ID",
+        "IGNI_CLIENT_SECRET",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "LOCAL_IAM_POLICY",
+        "LOCAL_IAM_POLICY_JSON",
+        "LOCAL_PROFILES",
+    ):
         env.pop(var, None)
     proc = subprocess.Popen(
         [
@@ -942,12 +956,19 @@ def test_make_local_serves_and_cleans_up(tmp_path: Path) -> None:
             time.sleep(0.1)
         state = json.loads(state_file.read_text(encoding="utf-8"))
 
-        # When a client calls the API it reports
-        response = HTTP.request("GET", state["api_url"] + "/v1/token")
+        # When a client calls the API it reports, signed with the documented test credentials
+        url = state["api_url"] + "/v1/token"
+        request = AWSRequest(method="GET", url=url)
+        credentials = Credentials(LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY)
+        SigV4Auth(credentials, "execute-api", "us-east-1").add_auth(request)
+        response = HTTP.request("GET", url, headers=dict(request.headers.items()))
+        unsigned = HTTP.request("GET", url)
 
-        # Then the handler answered with the stack's environment
+        # Then the handler answered with the stack's environment, to the signer only
         assert state["mode"] == "stub"
+        assert unsigned.status == 403
         body = echoed(response)
+        assert body["event"]["requestContext"]["identity"]["accessKey"] == LOCAL_TEST_ACCESS_KEY_ID
         assert body["env"]["IGNI_SECRET_ID"] == state["stack"]["secret_arn"]
         assert body["env"]["IGNI_TOKEN_URL"] == state["igni_token_url"]
         # and the state file holds no credential but the stub's fake one
