@@ -38,6 +38,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import botocore.session
+from botocore.exceptions import BotoCoreError
+
 from local.api_server import DEFAULT_API_ID, DEFAULT_STAGE, ApiServer, Handler, LocalIdentity
 from local.auth import LocalAuth, PolicyError, local_auth, sigv4_resolver
 from local.cfn_template import REPO_ROOT, load_template, resource_properties
@@ -49,7 +52,7 @@ from local.sigv4 import (
     LOCAL_TEST_ACCESS_KEY_ID,
     LOCAL_TEST_SECRET_ACCESS_KEY,
 )
-from local.stack import LocalStack, create_stack
+from local.stack import DEFAULT_REGION, LocalStack, create_stack
 
 STATE_FILE = REPO_ROOT / ".local-state" / "env.json"
 STUB_CLIENT_ID = "local-client"
@@ -60,6 +63,23 @@ PROFILES_VAR = "LOCAL_PROFILES"
 # stack's own secret and "refresh" would be shadowed by the literal /token/refresh resource.
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RESERVED_PROFILES = frozenset({"default", "refresh"})
+
+
+def local_region(environ: Mapping[str, str] | None = None) -> str:
+    """The region of this environment, found as igni-token finds the one it signs for.
+
+    AWS_REGION, AWS_DEFAULT_REGION, the AWS profile's region, else us-east-1: the local API then
+    sits in the region a client in the same shell signs for, as a deployed one would.
+    """
+    env = os.environ if environ is None else environ
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if env.get(name, "").strip():
+            return env[name].strip()
+    try:
+        configured = botocore.session.Session().get_config_variable("region")
+    except BotoCoreError:  # e.g. AWS_PROFILE names a profile that does not exist
+        configured = None
+    return configured if isinstance(configured, str) and configured else DEFAULT_REGION
 
 
 def parse_profiles(spec: str | None) -> tuple[str, ...]:
@@ -119,6 +139,7 @@ class LocalEnvironment:
         moto_port: int = 0,
         stub_port: int = 0,
         stack_name: str | None = None,
+        region: str = DEFAULT_REGION,
         real_igni: RealIgni | None = None,
         profiles: Sequence[str] = (),
         quiet: bool = True,
@@ -137,6 +158,7 @@ class LocalEnvironment:
             self.stub = IgniStub(clients, host=host, port=stub_port, quiet=quiet)
         self.real_igni = real_igni
         self.stack_name = stack_name or f"local-{uuid.uuid4().hex[:8]}"
+        self.region = region
         self.stack: LocalStack | None = None
         # Taken once at start, before anyone copies it into os.environ (which would change what
         # function_env() adds, e.g. the fake credentials).
@@ -152,7 +174,10 @@ class LocalEnvironment:
             if self.stub is not None:
                 self.stub.start()
             self.stack = create_stack(
-                self.stack_name, endpoint_url=endpoint, **self._stack_arguments()
+                self.stack_name,
+                endpoint_url=endpoint,
+                region=self.region,
+                **self._stack_arguments(),
             )
             self.function_env = self.stack.function_env()
             # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
@@ -426,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             moto_port=args.moto_port,
             stub_port=args.stub_port,
             stack_name=args.stack_name,
+            region=local_region(environ),
             real_igni=real,
             profiles=profiles,
             quiet=False,

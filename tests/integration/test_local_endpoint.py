@@ -722,8 +722,9 @@ def test_the_auth_hook_retries_once_after_a_401(
 
 @pytest.mark.slow
 def test_make_local_with_a_profile_and_a_policy(tmp_path: Path) -> None:
-    # Given `make local` (python -m local.run) on free ports, in a shell without AWS credentials,
-    # with an extra profile and a policy allowing the analytics caller only its profile
+    # Given `make local` (python -m local.run) on free ports, in a shell without AWS credentials
+    # whose region is eu-central-1, with an extra profile and a policy allowing the analytics
+    # caller only its profile
     policy = tmp_path / "policy.json"
     policy.write_text(
         json.dumps(
@@ -740,7 +741,8 @@ def test_make_local_with_a_profile_and_a_policy(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     state_file = tmp_path / "env.json"
-    env = cli_env(LOCAL_IAM_POLICY=str(policy), LOCAL_PROFILES="analytics")
+    shell = cli_env(AWS_REGION="eu-central-1")
+    env = {**shell, "LOCAL_IAM_POLICY": str(policy), "LOCAL_PROFILES": "analytics"}
     for var in ("IGNI_WORKSPACE", "IGNI_CLIENT_ID", "IGNI_CLIENT_SECRET", "AWS_ENDPOINT_URL"):
         env.pop(var, None)
     proc = subprocess.Popen(
@@ -776,12 +778,16 @@ def test_make_local_with_a_profile_and_a_policy(tmp_path: Path) -> None:
         url = state["api_url"]
 
         # When the CLI asks for both profiles, and an unsigned request comes
-        default = igni_token("get", "--endpoint", url)
-        profile = igni_token("get", "--endpoint", url, "--profile", "analytics", "--json")
-        unsigned = HTTP.request("GET", url + "/token")
-        analytics_env = cli_env(
-            AWS_ACCESS_KEY_ID=ANALYTICS_KEY, AWS_SECRET_ACCESS_KEY=ANALYTICS_SECRET
+        default = igni_token("get", "--endpoint", url, env=shell)
+        profile = igni_token(
+            "get", "--endpoint", url, "--profile", "analytics", "--json", env=shell
         )
+        unsigned = HTTP.request("GET", url + "/token")
+        analytics_env = {
+            **shell,
+            "AWS_ACCESS_KEY_ID": ANALYTICS_KEY,
+            "AWS_SECRET_ACCESS_KEY": ANALYTICS_SECRET,
+        }
         denied = igni_token("get", "--endpoint", url, env=analytics_env)
         allowed = igni_token("get", "--endpoint", url, "--profile", "analytics", env=analytics_env)
 
@@ -796,7 +802,9 @@ def test_make_local_with_a_profile_and_a_policy(tmp_path: Path) -> None:
         assert "is not authorized to perform: execute-api:Invoke" in denied.stderr
         assert allowed.returncode == 0, allowed.stderr
         assert allowed.stdout.strip() == json.loads(profile.stdout)["access_token"]
-        # and the state file names the callers and the policy, no secret key
+        # and the stack is in the shell's region; the state file names the callers and the
+        # policy, no secret key
+        assert state["stack"]["region"] == "eu-central-1"
         assert state["profiles"] == ["default", "analytics"]
         assert state["auth"]["callers"][ANALYTICS_KEY] == ANALYTICS_ARN
         assert ANALYTICS_SECRET not in state_file.read_text(encoding="utf-8")

@@ -21,6 +21,7 @@ from local.auth import (
     parse_policy,
     sigv4_resolver,
 )
+from local.run import local_region
 from local.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY, LocalCredential
 
 ANALYTICS_KEY = "AKIALOCALANALYTICS01"
@@ -161,3 +162,24 @@ def test_the_resolver_answers_api_gateways_403_or_the_identity() -> None:
     assert allowed["sourceIp"] == "127.0.0.7"
     assert isinstance(test_key, dict)
     assert test_key["accessKey"] == LOCAL_TEST_ACCESS_KEY_ID
+
+
+@pytest.mark.parametrize(
+    ("environ", "region"),
+    [
+        ({"AWS_REGION": "eu-west-3", "AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-3"),
+        ({"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),
+        ({"AWS_REGION": " "}, None),
+        ({}, None),
+    ],
+)
+def test_make_local_serves_in_the_region_a_client_in_the_same_shell_signs_for(
+    environ: dict[str, str], region: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no AWS config file (its region would come next)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    # When make local picks its region / Then as igni-token would, else us-east-1
+    assert local_region(environ) == (region or "us-east-1")
