@@ -6,21 +6,35 @@ shares nothing with the others but the moto server and the Igni stub. Protocol: 
 in, `{"event": {...}, "timeout_ms": 25000}` or `{"sleep": 0.5}` or `{"reset": true}`
 (a brand-new environment in the same process), one JSON line out per line in, `{"response":
 {...}, "elapsed_ms": 1.2}`.
+
+The handler is `token_vendor.handler.lambda_handler` unless `LOCAL_HANDLER` names another as
+`module:function` (the benchmark's baselines); `reset` then calls the module's
+`reset_runtime()` if it has one.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+HANDLER_VAR = "LOCAL_HANDLER"
+DEFAULT_HANDLER = "token_vendor.handler:lambda_handler"
+
+
+def _split_handler(spec: str) -> tuple[str, str]:
+    module, sep, function = spec.partition(":")
+    if not sep or not module or not function:
+        raise ValueError(f"handler must be 'module:function', got {spec!r}")
+    return module, function
 
 
 def serve() -> None:
@@ -29,8 +43,11 @@ def serve() -> None:
     # the parent keeps in a log file); stdout carries only this protocol.
     protocol = sys.stdout
     sys.stdout = sys.stderr
+    module_name, function_name = _split_handler(os.environ.get(HANDLER_VAR) or DEFAULT_HANDLER)
     started = time.perf_counter()
-    from token_vendor import handler
+    module = importlib.import_module(module_name)
+    lambda_handler: Callable[[Any, Any], dict[str, Any]] = getattr(module, function_name)
+    reset_runtime: Callable[[], None] | None = getattr(module, "reset_runtime", None)
 
     from local.lambda_context import FakeLambdaContext
 
@@ -43,12 +60,13 @@ def serve() -> None:
             print(json.dumps({"slept": True}), file=protocol, flush=True)
             continue
         if request.get("reset"):
-            handler.reset_runtime()
+            if reset_runtime is not None:
+                reset_runtime()
             print(json.dumps({"reset": True}), file=protocol, flush=True)
             continue
         context = FakeLambdaContext(timeout_s=int(request.get("timeout_ms", 25000)) / 1000.0)
         begun = time.perf_counter()
-        response = handler.lambda_handler(request["event"], context)
+        response = lambda_handler(request["event"], context)
         elapsed = (time.perf_counter() - begun) * 1000.0
         print(json.dumps({"response": response, "elapsed_ms": elapsed}), file=protocol, flush=True)
 
@@ -56,9 +74,23 @@ def serve() -> None:
 class EnvironmentProcess:
     """The parent side: a child process that behaves as one execution environment."""
 
-    def __init__(self, env: Mapping[str, str], *, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        log_path: Path | None = None,
+        handler: str | None = None,
+    ) -> None:
+        """Start the child; `handler` ("module:function") replaces the real handler."""
         child_env = {**os.environ, **env}
         child_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+        if handler is not None:
+            _split_handler(handler)
+            child_env[HANDLER_VAR] = handler
+        elif HANDLER_VAR not in env:
+            # The real handler, whatever the parent's own environment says.
+            child_env.pop(HANDLER_VAR, None)
+        self.handler = child_env.get(HANDLER_VAR, DEFAULT_HANDLER)
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "local.environment"],
@@ -71,11 +103,18 @@ class EnvironmentProcess:
             bufsize=1,
         )
         self._lock = threading.Lock()
-        ready = self._read()
+        try:
+            ready = self._read()
+        except BaseException:
+            # A child that failed to start (or a Ctrl-C meanwhile) must not outlive us.
+            self.kill()
+            self.close()
+            raise
         self.import_ms = float(ready["import_ms"])
 
     def _read(self) -> dict[str, Any]:
-        assert self._proc.stdout is not None
+        if self._proc.stdout is None:  # pragma: no cover - Popen(stdout=PIPE) always sets it
+            raise RuntimeError("environment process has no stdout pipe")
         line = self._proc.stdout.readline()
         if not line:
             raise RuntimeError(f"environment process exited with {self._proc.poll()}")
@@ -83,7 +122,8 @@ class EnvironmentProcess:
         return message
 
     def _send(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        assert self._proc.stdin is not None
+        if self._proc.stdin is None:  # pragma: no cover - Popen(stdin=PIPE) always sets it
+            raise RuntimeError("environment process has no stdin pipe")
         with self._lock:
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
@@ -109,8 +149,8 @@ class EnvironmentProcess:
 
     def close(self) -> None:
         if self._proc.poll() is None:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
             try:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
