@@ -1,0 +1,1 @@
+"""`make bench`: the token vendor against two baselines, environments as processes."""
