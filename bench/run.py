@@ -847,7 +847,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"| `boto3` | {imp['boto3_ms']:.0f} "
         f"| {', '.join(f'{t:.0f}' for t in imp['boto3_samples_ms'])} |",
         "",
-        f"handler ÷ boto3 = {imp['ratio']:.2f} (goal ≤ {imp['goal']}: {verdict})",
+        f"handler ÷ boto3 = {imp['ratio']:.3f} (goal ≤ {imp['goal']}: {verdict})",
     ]
     kms = report.get("kms")
     if kms:
