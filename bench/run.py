@@ -66,10 +66,11 @@ START_WORKERS = 6
 # An invocation gets this long (the fake Lambda context's timeout); the vendor answers before.
 INVOKE_TIMEOUT_MS = 25_000
 IMPORT_CODE = (
-    "import sys, time\n"
+    "import json, sys, time\n"
     "started = time.perf_counter()\n"
     "__import__(sys.argv[1])\n"
-    "print((time.perf_counter() - started) * 1000.0)\n"
+    "ms = (time.perf_counter() - started) * 1000.0\n"
+    "print(json.dumps({'ms': ms, 'file': sys.modules[sys.argv[1]].__file__}))\n"
 )
 IMPORT_GOAL = 1.5
 # A request for a profile nobody configured: every variant builds its clients and answers 404
@@ -655,25 +656,38 @@ def stored_schemes(stack: LocalStack) -> list[str]:
 
 
 def measure_imports(repeats: int) -> dict[str, Any]:
-    """Median import time of the handler and of bare boto3, each in fresh interpreters."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    """Median import time of the handler and of bare boto3, each in fresh interpreters.
+
+    As in a Lambda package, the function's own modules are compiled from source on every cold
+    start (a copy of src/token_vendor without __pycache__, nothing written back: about 25 ms
+    here), while the dependencies use the bytecode pip wrote when it installed them.
+    """
     modules = ("token_vendor.handler", "boto3")
     times: dict[str, list[float]] = {m: [] for m in modules}
-    # One unrecorded round first (bytecode caches, page cache), then interleaved repeats so
-    # that a busy moment of the machine affects both alike.
-    for round_index in range(repeats + 1):
-        for module in modules:
-            done = subprocess.run(
-                [sys.executable, "-c", IMPORT_CODE, module],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=True,
-            )
-            if round_index:
-                times[module].append(float(done.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory(prefix="igni-bench-import-") as tmp:
+        package = Path(tmp) / "token_vendor"
+        shutil.copytree(
+            ROOT / "src" / "token_vendor", package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        env = {**os.environ, "PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1"}
+        # One unrecorded round first (page cache), then interleaved repeats so that a busy
+        # moment of the machine affects both alike.
+        for round_index in range(repeats + 1):
+            for module in modules:
+                done = subprocess.run(
+                    [sys.executable, "-c", IMPORT_CODE, module],
+                    cwd=tmp,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=True,
+                )
+                answer = json.loads(done.stdout.strip().splitlines()[-1])
+                if module.startswith("token_vendor") and not str(answer["file"]).startswith(tmp):
+                    raise RuntimeError(f"{module} was imported from {answer['file']}, not the copy")
+                if round_index:
+                    times[module].append(float(answer["ms"]))
     handler = statistics.median(times["token_vendor.handler"])
     boto3 = statistics.median(times["boto3"])
     return {
@@ -684,6 +698,7 @@ def measure_imports(repeats: int) -> dict[str, Any]:
         "goal": IMPORT_GOAL,
         "handler_samples_ms": [round(t, 1) for t in times["token_vendor.handler"]],
         "boto3_samples_ms": [round(t, 1) for t in times["boto3"]],
+        "own_modules": "compiled from source (no bytecode cache), as in a Lambda package",
     }
 
 
@@ -838,7 +853,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     verdict = "met" if imp["ratio"] <= imp["goal"] else "NOT met"
     lines += [
         "",
-        f"Cold-start import (fresh interpreter, median of {imp['repeats']}):",
+        f"Cold-start import (fresh interpreter, median of {imp['repeats']}; the function's "
+        "own modules compiled from source, as in a Lambda package):",
         "",
         "| import | median (ms) | samples (ms) |",
         "|---|---:|---|",
