@@ -80,7 +80,9 @@ def is_fresh(token: CachedToken, now: float, policy: Freshness) -> bool:
 
 
 def is_vendable(token: CachedToken, now: float, policy: Freshness, min_ttl: int = 0) -> bool:
-    remaining = token.expires_at - now
+    # Whole seconds, as `expires_in` tells them: a token judged vendable is never answered
+    # with `"expires_in": 0` a few milliseconds later.
+    remaining = math.floor(token.expires_at - now)
     return remaining > vend_margin(token.lifetime, policy) and remaining >= min_ttl
 
 
