@@ -11,7 +11,7 @@ All three talk to one moto server process and one Igni stub process on 127.0.0.1
 has its own stack (table, key, secret) and its own Igni client id, so the stub's call log tells
 whose upstream call each one was. By default the three variants run at the same time for each
 E (`--sequential` runs them one after another: cleaner latencies, three times as long). moto
-runs through bench/atomic_moto.py, which serializes its requests so that a conditional write is
+runs through local/atomic_moto.py, which serializes its requests so that a conditional write is
 atomic as in DynamoDB (`--moto-as-is`: moto's own server, where two lease takers can both win).
 
 Also measured: the handler's import time beside a bare ``import boto3`` (fresh interpreters,
@@ -54,7 +54,7 @@ from typing import Any
 from local.environment import EnvironmentProcess
 from local.events import load_event
 from local.igni_stub import StubProcess
-from local.moto_server import MotoServer, MotoServerError, answers_http, free_port
+from local.moto_server import MotoServer
 from local.stack import LocalStack, create_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,7 +191,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument(
         "--moto-as-is",
         action="store_true",
-        help="moto's own threaded server, whose conditional writes can race (bench/atomic_moto.py)",
+        help="moto's own threaded server, whose conditional writes can race (local/atomic_moto.py)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
@@ -594,36 +594,6 @@ def summarize(
 # ---------------------------------------------------------------------------- AWS, stubs
 
 
-class AtomicMotoServer(MotoServer):
-    """local.moto_server.MotoServer running `python -m bench.atomic_moto` instead.
-
-    Same process handling, loopback binding and log file; the server serializes requests so
-    that a conditional write is atomic, as in DynamoDB (see bench/atomic_moto.py).
-    """
-
-    def start(self) -> str:
-        if self.running:
-            return self.endpoint_url
-        port = self.port or self.requested_port or free_port(self.host)
-        if answers_http(self.host, port, timeout=0.5):
-            raise MotoServerError(f"port {port} on {self.host} is already in use")
-        self.port = port
-        self._log = self.log_path.open("ab")
-        env = dict(os.environ)
-        env.pop("AWS_ENDPOINT_URL", None)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
-        self._proc = subprocess.Popen(
-            [self.python, "-m", "bench.atomic_moto", "-H", self.host, "-p", str(port)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self._wait_until_up()
-        return self.endpoint_url
-
-
 def _new_stack(kind: str, endpoint: str, variant: Variant, stub: StubProcess) -> LocalStack:
     return create_stack(
         f"bench-{kind}-{uuid.uuid4().hex[:8]}",
@@ -953,8 +923,7 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
     report["imports"] = measure_imports(settings.import_repeats)
 
     fleet = Fleet(workdir)
-    server = MotoServer if settings.moto_as_is else AtomicMotoServer
-    moto = server(log_path=workdir / "moto-server.log")
+    moto = MotoServer(log_path=workdir / "moto-server.log", serialized=not settings.moto_as_is)
     stub: StubProcess | None = None
     interrupted = True
     try:

@@ -79,7 +79,11 @@ class MotoServer:
         log_path: Path | None = None,
         python: str = sys.executable,
         start_timeout: float = START_TIMEOUT_S,
+        serialized: bool = True,
     ) -> None:
+        # moto's threaded server can let two conditional writes on one item both succeed,
+        # which DynamoDB never does; local.atomic_moto serializes requests so that it cannot.
+        self.module = "local.atomic_moto" if serialized else "moto.server"
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -116,7 +120,8 @@ class MotoServer:
         env.setdefault("AWS_ACCESS_KEY_ID", "testing")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
         self._proc = subprocess.Popen(
-            [self.python, "-m", "moto.server", "-H", self.host, "-p", str(port)],
+            [self.python, "-m", self.module, "-H", self.host, "-p", str(port)],
+            cwd=Path(__file__).resolve().parent.parent,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

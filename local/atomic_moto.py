@@ -6,8 +6,8 @@ told they won (two ``UpdateItem`` calls with ``attribute_not_exists(lease_until)
 succeed), which DynamoDB never does for one item. The vendor's fencing then refuses the loser's
 commit, but its exchange has been made: an upstream call that AWS would not see. The benchmark
 measures the service, not that race, so by default it runs moto through this module
-(``python -m bench.atomic_moto -H 127.0.0.1 -p PORT``, the options of ``python -m moto.server``
-that local/moto_server.py uses); ``python -m bench.run --moto-as-is`` keeps moto's own server.
+(``python -m local.atomic_moto -H 127.0.0.1 -p PORT``, the options of ``python -m moto.server``);
+``MotoServer(serialized=False)`` and ``python -m bench.run --moto-as-is`` keep moto's own server.
 
 Connections are still accepted by many threads; only the application runs under one lock.
 moto's Python code holds the GIL for nearly all of a request anyway, so throughput is about
@@ -61,7 +61,7 @@ def _exit(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.atomic_moto")
+    parser = argparse.ArgumentParser(prog="python -m local.atomic_moto")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5000)
     args = parser.parse_args(argv)
