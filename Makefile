@@ -71,7 +71,7 @@ lock:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy --strict src local
+	$(VENV)/bin/mypy --strict src local bench client/igni_token_client
 	$(VENV)/bin/cfn-lint template.yaml
 
 # checkov gets its own venv (.venv-scan): its dependencies conflict with the project's pins.
@@ -94,21 +94,21 @@ $(SAM_STAMP):
 	@touch $@
 
 # sam build looks for the runtime's interpreter (python3.13) on PATH; the dev venv has one.
+# CodeUri is src/: leave no build litter there for sam build to package.
 build: $(SAM_STAMP) venv
+	rm -rf src/*.egg-info src/.mypy_cache
+	find src -name __pycache__ -type d -prune -exec rm -rf {} +
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SAM) build --template-file template.yaml
 
+# The roles are named (the key policy names the token function's role), hence NAMED_IAM.
 deploy: $(SAM_STAMP)
-	$(SAM) deploy --guided
+	$(SAM) deploy --guided --capabilities CAPABILITY_NAMED_IAM
 
 bench: venv
-	@if [ -f bench/run.py ] || [ -f bench/run/__init__.py ]; then \
-		$(PY) -m bench.run; \
-	else \
-		echo "no bench/run.py yet"; \
-	fi
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .venv-lock .aws-sam .local-state \
+	rm -rf $(VENV) $(SAM_VENV) .venv-scan .venv-lock .aws-sam .local-state \
 		.pytest_cache .mypy_cache .ruff_cache .hypothesis src/.mypy_cache
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
 		-prune -exec rm -rf {} +
