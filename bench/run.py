@@ -56,6 +56,7 @@ from local.events import load_event
 from local.igni_stub import StubProcess
 from local.moto_server import MotoServer
 from local.stack import LocalStack, create_stack
+from token_vendor.config import Freshness, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -76,6 +77,9 @@ IMPORT_GOAL = 1.5
 # A request for a profile nobody configured: every variant builds its clients and answers 404
 # without touching Secrets Manager, DynamoDB or Igni.
 WARM_UP_PROFILE = "bench-warm-up"
+# The vendor records expires_at = floor(exchange time + expires_in): a token loses the fraction
+# of a second of its exchange time, less than 1 s, 0.5 s on average.
+MEAN_WHOLE_SECOND_LOSS_S = 0.5
 # What the vendor logs when its refresh went wrong in a way that costs an extra upstream call.
 VENDOR_EVENTS = {
     "lease_lost": "refresh lease lost before commit",
@@ -139,22 +143,26 @@ class Settings:
         return self.requests / self.lifetimes
 
 
-# 3.5 lifetimes: the vendor's refreshes (every ~0.77 of a lifetime) then fall well inside or
-# well outside the round, not on its last second, so the count does not flip between runs.
+# 3.25 lifetimes of 8 s (26 s): with a refresh at 75 %, a token lifetime (below) is 5.25-6 s
+# depending on the sub-second loss, so the round spans 5 of them whatever that loss
+# (4 x 6 < 26 <= 5 x 5.25), and it ends 1-2 s after the 5th refresh (at about 24 s) and
+# some 3 s before a 6th: neither the count nor its divisor flips between runs. 50 requests: one
+# every 0.52 s per environment, 10 per environment and token lifetime.
 DEFAULTS: dict[str, Any] = {
     "envs": (1, 4, 16, 32),
-    "requests": 56,
+    "requests": 50,
     "lifetime": 8,
-    "lifetimes": 3.5,
+    "lifetimes": 3.25,
     "latency_ms": 150,
     "import_repeats": 7,
     "kms_samples": 200,
 }
+# 1.75 lifetimes (14 s): 3 token lifetimes whatever the sub-second loss (2 x 6 < 14 <= 3 x 5.25).
 QUICK: dict[str, Any] = {
     "envs": (1, 8),
-    "requests": 32,
+    "requests": 30,
     "lifetime": 8,
-    "lifetimes": 2.0,
+    "lifetimes": 1.75,
     "latency_ms": 150,
     "import_repeats": 3,
     "kms_samples": 60,
@@ -177,7 +185,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         description="Upstream calls and vend latency: token vendor vs per-environment cache "
         "vs naive, E environments as processes against moto and the Igni stub.",
     )
-    parser.add_argument("--quick", action="store_true", help="about a minute: E=1,8, 2 lifetimes")
+    parser.add_argument(
+        "--quick", action="store_true", help="about a minute: E=1,8, 1.75 lifetimes"
+    )
     parser.add_argument("--envs", type=_env_list, help="fleet sizes, e.g. 1,4,16,32 (max 32)")
     parser.add_argument("--requests", type=int, help="requests per environment and round (R)")
     parser.add_argument("--lifetime", type=int, help="token lifetime the stub issues, seconds")
@@ -268,6 +278,45 @@ def latency_summary(values: Sequence[float]) -> dict[str, Any]:
 
 def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
+
+
+# ------------------------------------------------------------------------ token lifetimes
+
+
+def freshness_env(policy: Freshness) -> dict[str, str]:
+    """The environment variables through which the vendor (and the per-env cache) read it."""
+    return {
+        "TOKEN_REFRESH_FRACTION": repr(policy.refresh_fraction),
+        "TOKEN_MIN_REMAINING_SECONDS": str(policy.min_remaining_seconds),
+        "TOKEN_MIN_REMAINING_FRACTION": repr(policy.min_remaining_fraction),
+    }
+
+
+def token_lifetimes(run_s: float, lifetime: int, policy: Freshness) -> dict[str, Any]:
+    """How many token lifetimes a round of `run_s` seconds spans: the divisor of the headline.
+
+    A token lifetime is the time one token serves before the policy replaces it:
+    refresh_fraction x the lifetime the vendor records, which is the stub's `expires_in` less
+    the fraction of a second lost to the whole-second expiry (0.5 s on average; computed here,
+    not fitted to what the round measured). The cold-start exchange opens the first one, so a
+    round spans ceil(run_s / period) of them: the calls a perfect single flight makes. The
+    range is that count for a loss of 1 s and of 0 s: when they differ, the round ends near a
+    refresh point and a count one off the divisor is timing, not a fault.
+    """
+
+    def count(loss: float) -> int:
+        period = policy.refresh_fraction * (lifetime - loss)
+        return max(1, math.ceil(run_s / period - 1e-9))
+
+    effective = lifetime - MEAN_WHOLE_SECOND_LOSS_S
+    return {
+        "run_s": round(run_s, 3),
+        "refresh_fraction": policy.refresh_fraction,
+        "effective_lifetime_s": effective,
+        "period_s": round(policy.refresh_fraction * effective, 4),
+        "elapsed": count(MEAN_WHOLE_SECOND_LOSS_S),
+        "elapsed_range": [count(0.0), count(1.0)],
+    }
 
 
 # -------------------------------------------------------------------------- environments
@@ -522,12 +571,20 @@ def run_round(
     return by_variant, wall_start
 
 
+def round_span(lanes: Mapping[str, Sequence[Lane]], wall_start: float, duration: float) -> float:
+    """From the round's start to the last request sent in it, whatever the variant."""
+    starts = [s.started for group in lanes.values() for lane in group for s in lane.samples]
+    return (max(starts) - wall_start) if starts else duration
+
+
 def summarize(
     variant: Variant,
     lanes: Sequence[Lane],
     calls: Sequence[Mapping[str, Any]],
     wall_start: float,
     settings: Settings,
+    *,
+    basis: Mapping[str, Any],
 ) -> dict[str, Any]:
     samples = [s for lane in lanes for s in lane.samples]
     ok = [s for s in samples if s.error is None]
@@ -535,9 +592,8 @@ def summarize(
     for lane in lanes:
         if lane.crashed:
             errors[f"environment crashed ({lane.crashed})"] += 1
-    ends = [s.ended for s in samples]
-    window = (max(ends) if ends else time.time()) - wall_start
-    lifetimes_elapsed = window / settings.lifetime
+    run_s = float(basis["run_s"])
+    elapsed = int(basis["elapsed"])
     mine = sorted(
         (c for c in calls if c.get("client_id") == variant.client_id), key=lambda c: c["at"]
     )
@@ -545,14 +601,13 @@ def summarize(
     per_env_tokens = [
         len({s.fingerprint for s in lane.samples if s.error is None}) for lane in lanes
     ]
-    # Mean over the environments: the per-env cache's calls are the sum of its environments'
-    # tokens, so it shows E exactly. A vendor token exchanged in the round's last moments
-    # reaches only some environments, which would lift the vendor's figure a little above 1;
-    # the default round (3.5 lifetimes) ends well after its last refresh.
-    generations = statistics.fmean(per_env_tokens) if per_env_tokens else 0.0
     expiry = {s.fingerprint: s.expires_at for s in ok if s.fingerprint and s.expires_at}
+    # The lifetime the vendor recorded: expires_at - its exchange time, which is the stub's
+    # call time less the stub's latency.
     lives = [
-        expiry[c["fingerprint"]] - float(c["at"]) for c in ok_calls if c["fingerprint"] in expiry
+        expiry[c["fingerprint"]] - (float(c["at"]) - settings.latency_ms / 1000.0)
+        for c in ok_calls
+        if c["fingerprint"] in expiry
     ]
     gaps = [float(b["at"]) - float(a["at"]) for a, b in itertools.pairwise(mine)]
     # Each environment's first token request finds no token in memory (and, for the vendor,
@@ -578,13 +633,20 @@ def summarize(
         "upstream_tier_answers": sum(1 for s in ok if s.tier == "upstream"),
         # Valid tokens whose floored expires_in reads 0 (less than a second left).
         "answers_with_expires_in_0": sum(1 for s in ok if s.expires_in == 0),
-        "window_s": round(window, 3),
-        "lifetimes_elapsed": round(lifetimes_elapsed, 3),
-        "calls_per_lifetime": round(len(mine) / lifetimes_elapsed, 3) if window > 0 else None,
-        "generations_per_env": round(generations, 3),
-        "calls_per_generation": round(len(mine) / generations, 3) if generations else None,
+        "token_lifetimes": dict(basis),
+        # The headline: upstream calls per token lifetime (see token_lifetimes()).
+        "calls_per_token_lifetime": round(len(mine) / elapsed, 3),
+        "requests_per_env_per_token_lifetime": round(len(samples) / len(lanes) / elapsed, 3)
+        if lanes
+        else None,
+        # Secondary: per nominal lifetime (the stub's expires_in), cold start included.
+        "calls_per_nominal_lifetime": round(len(mine) * settings.lifetime / run_s, 3)
+        if run_s > 0
+        else None,
+        "tokens_vended": len({s.fingerprint for s in ok}),
+        "tokens_per_env": round(statistics.fmean(per_env_tokens), 3) if per_env_tokens else None,
         "mean_gap_between_calls_s": _round(statistics.fmean(gaps), 3) if gaps else None,
-        "mean_effective_lifetime_s": _round(statistics.fmean(lives), 3) if lives else None,
+        "mean_recorded_lifetime_s": _round(statistics.fmean(lives), 3) if lives else None,
         "upstream_call_times_s": [round(float(c["at"]) - wall_start, 3) for c in mine],
         "latency": tiers,
         "first_request": cold,
@@ -742,8 +804,15 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     s = report["settings"]
+    policy = s["freshness"]
+    fraction = policy["refresh_fraction"]
+    first = report["fleet"][0]["token_lifetimes"]
     lines = [
         "# make bench: token vendor vs per-environment cache vs naive",
         "",
@@ -751,10 +820,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{report['machine']['python']} · commit {report['git']['commit'] or '?'}"
         f"{' (dirty tree)' if report['git']['dirty'] else ''}",
         "",
-        f"Each of E environments (processes) sends R={s['requests']} requests over "
-        f"{s['lifetimes']:g} token lifetimes of {s['lifetime']} s "
-        f"({s['requests_per_lifetime']:g} per environment per lifetime); Igni stub latency "
-        f"{s['latency_ms']} ms; variants run "
+        f"Each of E environments (processes) sends {s['requests']} requests over "
+        f"{s['duration_s']:g} s ({s['lifetimes']:g} x the stub's {s['lifetime']} s "
+        f"`expires_in`); Igni stub latency {s['latency_ms']} ms; the vendor and the per-env "
+        f"cache both refresh once {fraction * 100:g} % of a token's recorded lifetime has passed "
+        f"and never vend one with less than min({policy['min_remaining_seconds']} s, "
+        f"{policy['min_remaining_fraction'] * 100:g} %) of it left; variants run "
         f"{'one after another' if s['sequential'] else 'at the same time'}; moto "
         f"{'as is (its conditional writes can race)' if s['moto_as_is'] else 'serialized'}. "
         "Latency is the handler's time inside the environment, in ms: p50 / p99 (samples). "
@@ -762,51 +833,86 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "built; its first token request is on its own (for the vendor it includes waiting for "
         "the fleet's one cold exchange), the tier columns hold the requests after it.",
         "",
-        "| E | variant | requests | errors | upstream calls | calls / lifetime "
-        "| calls / generation | calls ÷ vendor's | memory hit | DynamoDB hit | miss (upstream) "
-        "| first token request |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
+        "| E | variant | requests | errors | upstream calls | token lifetimes "
+        "| **calls / token lifetime** | expected | calls ÷ vendor's | calls / nominal lifetime "
+        "| memory hit | DynamoDB hit | miss (upstream) | first token request |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for row in report["fleet"]:
-        ratio = row.get("calls_vs_vendor")
         errors = str(row["errors"]) + (f" (+{row['unsent']} unsent)" if row["unsent"] else "")
+        basis = row["token_lifetimes"]
         lines.append(
             f"| {row['environments']} | {row['variant']} | {row['requests']} | {errors} "
-            f"| {row['upstream_calls']} | {_num(row['calls_per_lifetime'])} "
-            f"| {_num(row['calls_per_generation'])} "
-            f"| {'-' if ratio is None else f'{ratio:.1f}x'} "
+            f"| {row['upstream_calls']} | {basis['elapsed']} "
+            f"| **{_num(row['calls_per_token_lifetime'])}** "
+            f"| {_num(row['expected_calls_per_token_lifetime'])} "
+            f"| {_ratio(row.get('calls_vs_vendor'))} "
+            f"| {_num(row['calls_per_nominal_lifetime'])} "
             f"| {_ms(row['latency']['memory'])} | {_ms(row['latency']['dynamodb'])} "
             f"| {_ms(row['latency']['upstream'])} | {_ms(row['first_request'])} |"
         )
+    ambiguous = sorted(
+        {
+            row["environments"]
+            for row in report["fleet"]
+            if len(set(row["token_lifetimes"]["elapsed_range"])) > 1
+        }
+    )
     lines += [
         "",
-        "calls / lifetime = upstream calls ÷ (round duration ÷ token lifetime). "
-        "calls / generation = upstream calls ÷ the number of distinct tokens an environment "
-        "was handed (mean over the environments). Issue #3 expects per lifetime: vendor 1, "
-        f"per-env E, naive RxE (here {s['requests_per_lifetime']:g}xE); see bench/README.md for "
-        "why the vendor's refresh-ahead shows as more than 1 per lifetime.",
+        "**calls / token lifetime** = upstream calls ÷ token lifetimes elapsed. A token "
+        "lifetime is the time one token serves before the policy replaces it: "
+        f"{fraction * 100:g} % of the lifetime the vendor records ({s['lifetime']} s less the "
+        f"fraction of a second the whole-second `expires_at` drops, {MEAN_WHOLE_SECOND_LOSS_S:g} s "
+        f"on average), {first['period_s']:g} s. Token lifetimes elapsed = ceil(round duration ÷ "
+        f"{first['period_s']:g} s), the cold-start exchange opening the first; the round "
+        "duration runs from its start to the last request sent, and the variants that ran "
+        "together share it. *expected* is issue #3's goal: vendor 1, per-env E, naive RxE "
+        "with R an environment's requests per token lifetime "
+        f"({s['requests']} ÷ {first['elapsed']} = {s['requests'] / first['elapsed']:g} in the "
+        "first round). *calls ÷ vendor's*: the baseline's upstream calls over the vendor's "
+        "in the same round (≈ E and ≈ RxE). *calls / nominal lifetime*: upstream calls ÷ "
+        f"(round duration ÷ {s['lifetime']} s), cold start included, for comparison with "
+        "earlier runs.",
+    ]
+    if ambiguous:
+        lines += [
+            "",
+            f"Note (E = {', '.join(map(str, ambiguous))}): with a sub-second loss of 0 or "
+            "1 s instead of 0.5 s the round would span a different number of token lifetimes "
+            "(`token_lifetimes.elapsed_range` in the JSON): it ends near a refresh point, and "
+            "a vendor count one off the divisor there is timing, not a fault.",
+        ]
+    lines += [
         "",
         "Vendor refresh cadence (lease lost, table unavailable and refresh failed are counted "
         "in the vendor's own logs: each lost lease is an exchange whose commit was refused):",
         "",
-        "| E | upstream calls | upstream-tier answers | upstream call times (s from start) "
-        "| mean gap (s) | effective lifetime (s) | gap ÷ lifetime "
-        "| lease lost | table unavailable | refresh failed |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| E | upstream calls | upstream-tier answers | tokens vended | tokens / env "
+        "| upstream call times (s from start) | mean gap (s) | recorded lifetime (s) "
+        "| gap ÷ recorded lifetime | lease lost | table unavailable | refresh failed |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["fleet"]:
         if row["variant"] != "vendor":
             continue
-        gap, life = row["mean_gap_between_calls_s"], row["mean_effective_lifetime_s"]
-        fraction = gap / life if gap and life else None
+        gap, life = row["mean_gap_between_calls_s"], row["mean_recorded_lifetime_s"]
+        share = gap / life if gap and life else None
         times = ", ".join(f"{t:.1f}" for t in row["upstream_call_times_s"])
         logged = row["logged"]
         lines.append(
             f"| {row['environments']} | {row['upstream_calls']} | {row['upstream_tier_answers']} "
-            f"| {times} | {_num(gap)} | {_num(life)} | {_num(fraction)} "
+            f"| {row['tokens_vended']} | {_num(row['tokens_per_env'])} "
+            f"| {times} | {_num(gap)} | {_num(life)} | {_num(share)} "
             f"| {logged['lease_lost']} | {logged['table_unavailable']} "
             f"| {logged['refresh_failed']} |"
         )
+    lines += [
+        "",
+        "recorded lifetime = expires_at - the exchange's start (the stub's call time less its "
+        "latency), mean over the round's tokens; tokens / env: distinct tokens an environment "
+        "was handed, mean over the environments.",
+    ]
     init = {
         row["variant"]: row["client_init"]["p50_ms"]
         for row in report["fleet"]
@@ -901,6 +1007,18 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def expected_per_token_lifetime(name: str, envs: int, requests: int, elapsed: int) -> float:
+    """Issue #3: 1 for the vendor, E for the per-env cache, R x E for the naive function.
+
+    R is an environment's scheduled requests per token lifetime (requests / lifetimes).
+    """
+    if name == "vendor":
+        return 1.0
+    if name == "per-env":
+        return float(envs)
+    return round(requests / elapsed * envs, 3)
+
+
 def run(settings: Settings, workdir: Path) -> dict[str, Any]:
     variants = _variants()
     vendor = variants[0]
@@ -935,6 +1053,14 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
             log_path=workdir / "igni-stub.log",
         )
         stacks = {v.name: _new_stack(v.name, endpoint, v, stub) for v in variants}
+        # The vendor's freshness policy as it reads it (token_vendor.config defaults unless the
+        # stack's environment sets TOKEN_REFRESH_FRACTION and co.), given to the per-env cache
+        # too: both replace a token at the same point, only the shared tier differs.
+        policy = load_config(stacks[vendor.name].function_env()).freshness
+        report["settings"]["freshness"] = asdict(policy)
+        envs = {
+            v.name: {**stacks[v.name].function_env(), **freshness_env(policy)} for v in variants
+        }
         event = load_event("get_token")
         warm_up = load_event(
             "get_token",
@@ -945,7 +1071,7 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
         for count in settings.envs:
             _progress(f"E={count}: starting environments ({len(variants) * count} in all)")
-            fleets = [(v, fleet.ensure(v, stacks[v.name].function_env(), count)) for v in variants]
+            fleets = [(v, fleet.ensure(v, envs[v.name], count)) for v in variants]
             groups = [[f] for f in fleets] if settings.sequential else [fleets]
             results: dict[str, dict[str, Any]] = {}
             for group in groups:
@@ -958,8 +1084,13 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
                 _progress(f"E={count}: {names} for {settings.duration:g} s")
                 lanes, wall_start = run_round(group, settings, event)
                 calls = stub.calls()
+                # One divisor for the variants that ran together (all three by default).
+                span = round_span(lanes, wall_start, settings.duration)
+                basis = token_lifetimes(span, settings.lifetime, policy)
                 for variant, _ in group:
-                    row = summarize(variant, lanes[variant.name], calls, wall_start, settings)
+                    row = summarize(
+                        variant, lanes[variant.name], calls, wall_start, settings, basis=basis
+                    )
                     row["client_init"] = latency_summary(init_ms[variant.name])
                     text = fleet.log_text_since(variant, logs[variant.name])
                     row["logged"] = {k: text.count(v) for k, v in VENDOR_EVENTS.items()}
@@ -971,6 +1102,9 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
                     row["calls_vs_vendor"] = (
                         round(row["upstream_calls"] / base, 2) if base else None
                     )
+                row["expected_calls_per_token_lifetime"] = expected_per_token_lifetime(
+                    variant.name, count, settings.requests, row["token_lifetimes"]["elapsed"]
+                )
                 rows.append(row)
             summary = ", ".join(
                 f"{v.name} {results[v.name]['upstream_calls']} calls" for v in variants
