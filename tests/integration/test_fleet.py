@@ -105,11 +105,11 @@ def test_at_the_end_of_a_short_lifetime_the_fleet_refreshes_once(
 def test_refresh_ahead_serves_the_current_token_while_one_environment_refreshes(
     fleet: Fleet, igni_stub: Any
 ) -> None:
-    # Given a 10 s token, past its refresh point (7.5 s) but still vendable (until 9 s)
-    igni_stub.configure(lifetime=10, latency_ms=600)
+    # Given a 20 s token, past its refresh point (15 s) but still vendable (until about 17 s)
+    igni_stub.configure(lifetime=20, latency_ms=600)
     envs = fleet(5)
     old = token_of(envs[0].invoke(load_event("get_token")))["access_token"]
-    time.sleep(7.7)
+    time.sleep(15.3)
     # When all environments ask at once
     responses = all_at_once(envs, load_event("get_token"))
     # Then one of them refreshed (one more call) and nobody was handed an expired token
@@ -174,11 +174,12 @@ def test_reports_of_a_rejected_token_coalesce_into_one_refresh(
 def test_a_refresh_failure_keeps_vending_and_the_backoff_is_shared(
     fleet: Fleet, igni_stub: Any
 ) -> None:
-    # Given a 10 s token past its refresh point, and Igni failing from then on
-    igni_stub.configure(lifetime=10)
+    # Given a 20 s token past its refresh point (15 s), still vendable for about 2 s more,
+    # and Igni failing from then on
+    igni_stub.configure(lifetime=20)
     first, second = fleet(2)
     token = token_of(first.invoke(load_event("get_token")))["access_token"]
-    time.sleep(7.6)
+    time.sleep(15.3)
     igni_stub.configure(faults=[{"status": 500}] * 20)
     # When one environment tries to refresh
     body = token_of(first.invoke(load_event("get_token")))
