@@ -21,7 +21,7 @@ from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, Ve
 from token_vendor.igni import IgniClient
 from token_vendor.observability import Telemetry, logger
 from token_vendor.secret_store import SecretStore
-from token_vendor.service import TokenService, Vended
+from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService, Vended
 from token_vendor.token_cipher import TokenCipher
 from token_vendor.token_store import MemoryTier, TokenTable
 
@@ -33,6 +33,7 @@ DEFAULT_REMAINING_MS = 25_000
 MAX_REJECTED_TOKEN_BYTES = 16 * 1024
 MAX_MIN_TTL_DIGITS = 9
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+TIERS = frozenset({MEMORY, DYNAMODB, UPSTREAM})
 KNOWN_ROUTES = (
     (("GET",), ("token",)),
     (("GET",), ("token", "*")),
@@ -432,16 +433,23 @@ def _handle_event(event: dict[str, Any], context: LambdaContext) -> dict[str, An
         for ref in dict.fromkeys(refs):
             outcome.update(runtime.service.on_secret_rotated(ref, deadline=deadline))
         logger.info("rotation handled", extra={"outcome": outcome})
-        return {
-            "ok": all(v in ("upstream", "dynamodb", "memory") for v in outcome.values()),
-            "profiles": outcome,
-        }
+        return _async_result("rotation", outcome)
     if event.get("action") == "prewarm" or source in ("aws.events", "aws.scheduler"):
         outcome = runtime.service.prewarm(deadline=deadline)
         logger.info("prewarm done", extra={"outcome": outcome})
-        return {
-            "ok": all(v in ("upstream", "dynamodb", "memory") for v in outcome.values()),
-            "profiles": outcome,
-        }
+        return _async_result("prewarm", outcome)
     logger.warning("unsupported event", extra={"source": str(source)[:128]})
     return {"ok": False, "error": "unsupported_event"}
+
+
+class AsyncEventFailed(Exception):
+    """A pre-warm or rotation invocation that did not leave every profile with a token."""
+
+
+def _async_result(kind: str, outcome: dict[str, str]) -> dict[str, Any]:
+    """Raise on failure so that Lambda retries the event, counts an error and, at last,
+    sends it to the dead-letter queue; the outcome names error codes, never a secret."""
+    failed = {name: tier for name, tier in outcome.items() if tier not in TIERS}
+    if failed:
+        raise AsyncEventFailed(f"{kind} failed for {failed}")
+    return {"ok": True, "profiles": outcome}

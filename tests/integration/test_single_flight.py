@@ -199,3 +199,33 @@ def test_prewarm_refreshes_only_a_token_past_its_refresh_point(
     # Then pre-warm refreshes it
     assert result == {"ok": True, "profiles": {"default": "upstream"}}
     assert len(igni_stub.calls()) == 2
+
+
+def test_a_failed_prewarm_raises_so_lambda_retries_and_counts_it(
+    stack: LocalStack, igni_stub: Any
+) -> None:
+    # Given Igni refusing the credentials
+    igni_stub.configure(clients={"nobody": "nothing"})
+    # When the schedule fires
+    with pytest.raises(handler.AsyncEventFailed, match="upstream_auth_failed"):
+        handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())
+    # Then the invocation failed (Lambda retries it, then the dead-letter queue gets it)
+    assert len(igni_stub.calls()) == 1
+
+
+def test_a_rotation_whose_new_key_fails_is_logged_counted_and_raised(
+    stack: LocalStack, igni_stub: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a token from the current key, then a new version Igni does not accept
+    invoke(load_event("get_token"))
+    stack.put_secret_value({"client_id": "rotated-client", "client_secret": "rotated-secret"})
+    capsys.readouterr()
+    # When Secrets Manager announces the new AWSCURRENT
+    event = load_event("secret_label_updated", secret_arn=stack.secret_arn)
+    with pytest.raises(handler.AsyncEventFailed, match="rotation failed"):
+        handler.lambda_handler(event, FakeLambdaContext())
+    # Then the failure is counted as RotationExchangeFailures (the alarm's metric)
+    emitted = capsys.readouterr().out
+    metrics = [json.loads(line) for line in emitted.splitlines() if '"_aws"' in line]
+    assert any(m.get("RotationExchangeFailures") == [1.0] for m in metrics)
+    assert "rotated-secret" not in emitted
