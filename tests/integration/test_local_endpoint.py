@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,6 +46,7 @@ from local.sigv4 import (
 )
 from local.stack import LocalStack
 from tests.conftest import LoadEvent
+from tests.local_run import start_local_run
 from tests.openapi_check import assert_matches_openapi
 from token_vendor import handler as vendor
 
@@ -745,36 +745,8 @@ def test_make_local_with_a_profile_and_a_policy(tmp_path: Path) -> None:
     env = {**shell, "LOCAL_IAM_POLICY": str(policy), "LOCAL_PROFILES": "analytics"}
     for var in ("IGNI_WORKSPACE", "IGNI_CLIENT_ID", "IGNI_CLIENT_SECRET", "AWS_ENDPOINT_URL"):
         env.pop(var, None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "local.run",
-            "--port",
-            "0",
-            "--moto-port",
-            "0",
-            "--stub-port",
-            "0",
-            "--stack-name",
-            "e2e",
-            "--state-file",
-            str(state_file),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, state = start_local_run("--stack-name", "e2e", env=env, state_file=state_file, timeout=60)
     try:
-        deadline = time.monotonic() + 60
-        while not state_file.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "make local did not write its state file"
-            time.sleep(0.1)
-        state = json.loads(state_file.read_text(encoding="utf-8"))
         url = state["api_url"]
 
         # When the CLI asks for both profiles, and an unsigned request comes

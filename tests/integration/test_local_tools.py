@@ -52,6 +52,7 @@ from local.run import LocalEnvironment, RealIgni
 from local.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.stack import LocalStack
 from tests.integration import fake_handlers
+from tests.local_run import start_local_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LoadEvent = Callable[..., dict[str, Any]]
@@ -925,37 +926,14 @@ def test_make_local_serves_and_cleans_up(tmp_path: Path) -> None:
         "LOCAL_PROFILES",
     ):
         env.pop(var, None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "local.run",
-            "--port",
-            "0",
-            "--moto-port",
-            "0",
-            "--stub-port",
-            "0",
-            "--state-file",
-            str(state_file),
-            "--handler",
-            "tests.integration.fake_handlers:echo",
-        ],
-        cwd=REPO_ROOT,
+    proc, state = start_local_run(
+        "--handler",
+        "tests.integration.fake_handlers:echo",
         env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        state_file=state_file,
+        timeout=30,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not state_file.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "make local did not write its state file"
-            time.sleep(0.1)
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-
         # When a client calls the API it reports, signed with the documented test credentials
         url = state["api_url"] + "/v1/token"
         request = AWSRequest(method="GET", url=url)
