@@ -276,6 +276,8 @@ def test_token_role_has_item_level_dynamodb_actions_on_the_table_only(
     ]
     assert len(dynamo) == 1
     assert set(as_list(dynamo[0]["Action"])) <= ITEM_LEVEL_DYNAMODB
+    # and no more than what token_store.py calls
+    assert set(as_list(dynamo[0]["Action"])) == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
     assert dynamo[0]["Resource"] == {"Fn::GetAtt": ["TokenTable", "Arn"]}
 
 
