@@ -16,6 +16,7 @@ DEFAULT_PROFILE = "default"
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A URL template, not a password (ruff S105, bandit B105).
 IGNI_TOKEN_URL_TEMPLATE = "https://{workspace}.igni.co/api/v1/oauth2/token"  # noqa: S105  # nosec B105
+_ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _PROFILE_FIELDS = frozenset({"secret_id", "workspace", "token_url", "scope"})
 
@@ -148,6 +149,37 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         aws_connect_timeout=_float(env, "AWS_CONNECT_TIMEOUT", 1.0, 0.1, 5.0),
         aws_read_timeout=_float(env, "AWS_READ_TIMEOUT", 2.0, 0.1, 10.0),
         aws_max_attempts=_int(env, "AWS_MAX_ATTEMPTS", 3, 1, 5),
+    )
+
+
+def same_secret(configured: str, other: str) -> bool:
+    """Whether two references (names or ARNs, full or partial) name the same secret."""
+    return configured == other or _secret_name(configured) == _secret_name(other)
+
+
+def _secret_name(ref: str) -> str:
+    if ref.startswith("arn:") and ":secret:" in ref:
+        return _ARN_SUFFIX.sub("", ref.split(":secret:", 1)[1])
+    return ref
+
+
+def profile_for_secret(secret_id: str, env: Mapping[str, str] | None = None) -> Profile:
+    """The profile whose secret this is (from IGNI_PROFILES), else the default profile's
+    settings (IGNI_WORKSPACE, IGNI_TOKEN_URL, IGNI_SCOPE) for it: how the vendor exchanges it."""
+    env = os.environ if env is None else env
+    extra = {key: value for key, value in env.items() if key == "IGNI_PROFILES"}
+    if extra:
+        for profile in _load_profiles(extra).values():
+            if same_secret(profile.secret_id, secret_id):
+                return profile
+    return _profile(
+        DEFAULT_PROFILE,
+        {
+            "secret_id": secret_id,
+            "workspace": env.get("IGNI_WORKSPACE", ""),
+            "token_url": env.get("IGNI_TOKEN_URL", ""),
+            "scope": env.get("IGNI_SCOPE", ""),
+        },
     )
 
 

@@ -42,7 +42,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from token_vendor.config import DEFAULT_PROFILE, Profile, token_url_for
+from token_vendor.config import profile_for_secret, token_url_for
 from token_vendor.errors import ConfigurationError, VendorError
 from token_vendor.freshness import effective_expiry, fingerprint
 from token_vendor.igni import IgniClient
@@ -232,7 +232,8 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
     clients = get_clients()
     credentials = _read_pending(clients.secretsmanager, versions)
     try:
-        url = token_url_for(_profile(versions.secret_id), credentials.workspace)
+        profile = profile_for_secret(versions.secret_id)
+        url = token_url_for(profile, credentials.workspace)
     except ConfigurationError as exc:
         raise RotationError(f"cannot test the staged credentials: {exc.message}") from None
     issued_at = time.time()
@@ -242,7 +243,7 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
             credentials.client_id,
             credentials.client_secret,
             deadline=deadline,
-            scope=os.environ.get("IGNI_SCOPE", "").strip() or None,
+            scope=profile.scope,
             on_attempt=lambda outcome, ms: logger.info(
                 "igni token request",
                 extra={"outcome": outcome, "upstream_latency_ms": round(ms, 1)},
@@ -336,15 +337,6 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _profile(secret_id: str) -> Profile:
-    """Where the vendor exchanges this secret: the same variables as the token function."""
-    token_url = os.environ.get("IGNI_TOKEN_URL", "").strip() or None
-    workspace = os.environ.get("IGNI_WORKSPACE", "").strip() or None
-    return Profile(
-        name=DEFAULT_PROFILE, secret_id=secret_id, workspace=workspace, token_url=token_url
-    )
 
 
 def _token_note(versions: _Versions) -> dict[str, str]:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import math
 import random
-import re
 import threading
 import time
 import uuid
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from token_vendor.config import Config, Profile, token_url_for
+from token_vendor.config import Config, Profile, same_secret, token_url_for
 from token_vendor.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -52,7 +51,6 @@ UPSTREAM = "upstream"
 MIN_EXCHANGE_SECONDS = 1.0
 # A forced re-read of the secret (to learn whether a version is newer) at most this often.
 SECRET_RECHECK_SECONDS = 5.0
-_ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 
 
 @dataclass(frozen=True)
@@ -200,7 +198,7 @@ class TokenService:
         """Drop tokens minted from other versions and exchange the new credentials at once."""
         outcome: dict[str, str] = {}
         for profile in self._config.profiles.values():
-            if not _same_secret(profile.secret_id, secret_ref):
+            if not same_secret(profile.secret_id, secret_ref):
                 continue
             key = cache_key(profile)
             try:
@@ -570,15 +568,3 @@ class TokenService:
     def _vended(self, profile: Profile, token: CachedToken, tier: str) -> Vended:
         self._telemetry.vended(profile.name, tier)
         return Vended(token=token, tier=tier)
-
-
-def _same_secret(configured: str, event_ref: str) -> bool:
-    """Whether an event's secret (name or ARN) is the configured one (name or ARN)."""
-    return configured == event_ref or _secret_name(configured) == _secret_name(event_ref)
-
-
-def _secret_name(ref: str) -> str:
-    if ref.startswith("arn:") and ":secret:" in ref:
-        name = ref.split(":secret:", 1)[1]
-        return _ARN_SUFFIX.sub("", name)
-    return ref

@@ -502,3 +502,35 @@ def test_rotation_logs_neither_the_key_nor_the_token(
     assert other_client(igni_stub)[1] not in out
     assert "eyJ" not in out  # no JWT
     assert fingerprint(other_client(igni_stub)[1]) not in out
+
+
+def test_a_profile_secret_is_tested_where_its_profile_exchanges_it(
+    stack: LocalStack, igni_stub: Any, rotation: Rotation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the secret belongs to profile `analytics` (its own token URL and scope), while the
+    # default profile's settings point somewhere that would fail the test
+    monkeypatch.setenv(
+        "IGNI_PROFILES",
+        json.dumps(
+            {
+                "analytics": {
+                    "secret_id": stack.secret_name,
+                    "token_url": igni_stub.token_url,
+                    "scope": "reports:read",
+                }
+            }
+        ),
+    )
+    monkeypatch.setenv("IGNI_TOKEN_URL", "http://igni.example.com/api/v1/oauth2/token")
+    rotation.enable()
+    staged = rotation.stage(creds(igni_stub, other=True))
+    # When the rotation runs
+    outcomes = rotation.run(staged)
+    # Then testSecret exchanged the staged key at the profile's URL, with its scope
+    assert outcomes == ["staged", "nothing_to_set", "tested", "finished"]
+    last = igni_stub.calls()[-1]
+    assert (last["client_id"], last["scope"], last["status"]) == (
+        other_client(igni_stub)[0],
+        "reports:read",
+        200,
+    )

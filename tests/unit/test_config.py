@@ -137,3 +137,26 @@ def test_token_url_is_built_from_the_workspace_of_the_profile_or_the_secret() ->
         token_url_for(profile, None)
     with pytest.raises(ConfigurationError, match="workspace"):
         token_url_for(profile, "evil.com/x?")
+
+
+def test_a_secret_is_recognised_by_name_full_arn_or_partial_arn() -> None:
+    from token_vendor.config import same_secret
+
+    arn = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:igni/analytics-AbC123"
+    assert same_secret("igni/analytics", arn)
+    assert same_secret(arn, "igni/analytics")
+    assert same_secret("arn:aws:secretsmanager:eu-west-1:111122223333:secret:igni/analytics", arn)
+    assert not same_secret("igni/billing", arn)
+
+
+def test_a_secret_outside_the_profiles_gets_the_default_profiles_settings() -> None:
+    from token_vendor.config import profile_for_secret
+
+    env = {
+        "IGNI_WORKSPACE": "acme",
+        "IGNI_SCOPE": "all",
+        "IGNI_PROFILES": '{"analytics": {"secret_id": "igni/analytics", "scope": "reports"}}',
+    }
+    assert profile_for_secret("igni/analytics", env).scope == "reports"
+    other = profile_for_secret("igni/default", env)
+    assert (other.name, other.workspace, other.scope) == ("default", "acme", "all")
