@@ -6,8 +6,9 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from token_vendor.errors import ConfigurationError
@@ -18,6 +19,7 @@ PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IGNI_TOKEN_URL_TEMPLATE = "https://{workspace}.igni.co/api/v1/oauth2/token"  # noqa: S105  # nosec B105
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_N = TypeVar("_N", int, float)
 _PROFILE_FIELDS = frozenset({"secret_id", "workspace", "token_url", "scope"})
 
 
@@ -246,26 +248,30 @@ def _profile(name: str, entry: object) -> Profile:
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number") from None
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name} must be between {low} and {high}")
-    return value
+    return _number(env, name, default, low, high, parse=float, kind="a number")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return _number(env, name, default, low, high, parse=int, kind="a whole number")
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: _N,
+    low: _N,
+    high: _N,
+    *,
+    parse: Callable[[str], _N],
+    kind: str,
+) -> _N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number") from None
+        raise ConfigurationError(f"{name} must be {kind}") from None
     if not low <= value <= high:
         raise ConfigurationError(f"{name} must be between {low} and {high}")
     return value
