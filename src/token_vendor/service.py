@@ -282,13 +282,12 @@ class TokenService:
                 record = current if current is not None else self._table.get(key)
                 continue
             try:
-                vended = self._refresh_holding_lease(profile, key, record, deadline, lease)
-            except (UpstreamAuthFailed, UpstreamUnavailable, UpstreamBadResponse) as exc:
+                vended = self._refresh_holding_lease(
+                    profile, key, record, deadline, lease, still_vending=stale is not None
+                )
+            except (UpstreamAuthFailed, UpstreamUnavailable, UpstreamBadResponse):
                 if stale is None:
                     raise
-                self._telemetry.refresh_failed(
-                    profile.name, exc.kind, exc.message, still_vending=True
-                )
                 return self._vended(profile, stale, DYNAMODB)
             if not is_vendable(vended.token, self._wall(), self._policy, min_ttl):
                 raise InvalidRequest(
@@ -343,7 +342,14 @@ class TokenService:
                 return record
 
     def _refresh_holding_lease(
-        self, profile: Profile, key: str, record: Record | None, deadline: float, lease: float
+        self,
+        profile: Profile,
+        key: str,
+        record: Record | None,
+        deadline: float,
+        lease: float,
+        *,
+        still_vending: bool = False,
     ) -> Vended:
         """Exchange and commit; on failure share the backoff and release the lease."""
         # The exchange must finish before the lease runs out, or a second holder could start.
@@ -354,10 +360,12 @@ class TokenService:
         except UpstreamAuthFailed as exc:
             version = self._known_version(profile) or ""
             self._telemetry.auth_failed(profile.name, version)
-            self._record_failure(key, failures + 1, exc, auth_version=version, profile=profile)
+            self._record_failure(
+                key, failures + 1, exc, profile, still_vending, auth_version=version
+            )
             raise
         except (UpstreamUnavailable, UpstreamBadResponse) as exc:
-            self._record_failure(key, failures + 1, exc, profile=profile)
+            self._record_failure(key, failures + 1, exc, profile, still_vending)
             raise
         except BaseException:
             self._release_quietly(key)
@@ -425,10 +433,12 @@ class TokenService:
         key: str,
         failures: int,
         exc: VendorError,
-        *,
         profile: Profile,
+        still_vending: bool,
+        *,
         auth_version: str | None = None,
     ) -> None:
+        """Count the failure once, share the backoff through the item, release the lease."""
         now = self._wall()
         capped = min(
             self._config.refresh_backoff_max_seconds,
@@ -437,7 +447,7 @@ class TokenService:
         backoff = capped * (0.5 + 0.5 * self._jitter())
         if exc.retry_after is not None:
             backoff = max(backoff, float(exc.retry_after))
-        self._telemetry.refresh_failed(profile.name, exc.kind, exc.message, still_vending=False)
+        self._telemetry.refresh_failed(profile.name, exc.kind, exc.message, still_vending)
         try:
             self._table.record_failure(
                 key,

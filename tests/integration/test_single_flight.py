@@ -229,3 +229,32 @@ def test_a_rotation_whose_new_key_fails_is_logged_counted_and_raised(
     metrics = [json.loads(line) for line in emitted.splitlines() if '"_aws"' in line]
     assert any(m.get("RotationExchangeFailures") == [1.0] for m in metrics)
     assert "rotated-secret" not in emitted
+
+
+def test_a_refresh_failure_while_valid_is_counted_once(
+    stack: LocalStack, igni_stub: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a token past its refresh point (aged in the table) and Igni failing
+    token = body(invoke(load_event("get_token")))["access_token"]
+    key = cache_key(load_config().profiles["default"])
+    issued = int(time.time()) - 172800 * 8 // 10
+    stack.dynamodb().update_item(
+        TableName=stack.table_name,
+        Key={"pk": {"S": key}},
+        UpdateExpression="SET issued_at = :issued, expires_at = :expires",
+        ExpressionAttributeValues={
+            ":issued": {"N": str(issued)},
+            ":expires": {"N": str(issued + 172800)},
+        },
+    )
+    igni_stub.configure(faults=[{"status": 500}] * 3)
+    handler.reset_runtime()
+    capsys.readouterr()
+    # When a caller asks
+    assert body(invoke(load_event("get_token")))["access_token"] == token
+    # Then the failed refresh is one RefreshFailures, and one RefreshFailuresWhileValid
+    metrics = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
+    ]
+    assert sum(1 for m in metrics if "RefreshFailures" in m) == 1
+    assert sum(1 for m in metrics if "RefreshFailuresWhileValid" in m) == 1
