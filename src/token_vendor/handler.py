@@ -273,11 +273,10 @@ def _json(
     )
 
 
-def error_body(
-    status: int, code: str, message: str, retry_after: int | None = None
-) -> tuple[dict[str, Any], dict[str, str]]:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return {"error": code, "message": message}, headers
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[str]:
+    return _json(status, {"error": code, "message": message}, headers)
 
 
 @app.exception_handler(VendorError)  # type: ignore[untyped-decorator]
@@ -287,8 +286,8 @@ def handle_vendor_error(exc: VendorError) -> Response[str]:
     retry_after = exc.retry_after
     if exc.status == 503 and retry_after is None:
         retry_after = 1
-    body, headers = error_body(exc.status, exc.code, exc.message, retry_after)
-    return _json(exc.status, body, headers)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return _error(exc.status, exc.code, exc.message, headers)
 
 
 @app.not_found
@@ -296,10 +295,13 @@ def handle_not_found(_: NotFoundError) -> Response[str]:
     method = str(app.current_event.http_method).upper()
     allowed = _allowed_methods(app.current_event.path)
     if allowed and method not in allowed:
-        body, _headers = error_body(405, "method_not_allowed", f"{method} is not allowed here")
-        return _json(405, body, {"Allow": ", ".join(sorted(allowed))})
-    body, _headers = error_body(404, "not_found", "no such resource; try GET /token")
-    return _json(404, body)
+        return _error(
+            405,
+            "method_not_allowed",
+            f"{method} is not allowed here",
+            {"Allow": ", ".join(sorted(allowed))},
+        )
+    return _error(404, "not_found", "no such resource; try GET /token")
 
 
 def _allowed_methods(path: str) -> set[str]:
@@ -316,12 +318,12 @@ def _allowed_methods(path: str) -> set[str]:
 
 
 def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:
-    body, headers = error_body(status, code, message)
+    """An answer built before (or without) the resolver, in the resolver's shape."""
     return {
         "statusCode": status,
-        "headers": {"Content-Type": "application/json", **NO_STORE, **headers},
+        "headers": {"Content-Type": "application/json", **NO_STORE},
         "multiValueHeaders": {},
-        "body": json.dumps(body),
+        "body": json.dumps({"error": code, "message": message}),
         "isBase64Encoded": False,
     }
 
