@@ -1,61 +1,43 @@
-"""Read template.yaml with PyYAML, short-form intrinsic tags included, and resolve simple values.
+"""template.yaml read with cfn-lint's loader, and the few intrinsics the local stack resolves.
 
-``yaml.safe_load`` rejects ``!Ref`` and friends; :func:`load_template` turns each short form into
-the long form CloudFormation itself uses (``!Ref X`` -> ``{"Ref": "X"}``, ``!GetAtt A.B`` ->
-``{"Fn::GetAtt": ["A", "B"]}``, ``!Sub s`` -> ``{"Fn::Sub": s}``, ...), so the local stack is built
-from the same definitions that get deployed instead of a copy that can drift.
+cfn-lint turns each short form into CloudFormation's long form (``!Ref X`` -> ``{"Ref": "X"}``,
+``!GetAtt A.B`` -> ``{"Fn::GetAtt": ["A", "B"]}``), so the local stack is built from the same
+definitions that get deployed instead of a copy that can drift.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev pins
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+CACHE_DIR = REPO_ROOT / ".local-state" / "templates"
 
 Template = dict[str, Any]
-
-# Short forms that are not "Fn::<Name>".
-_NOT_FN = {"Ref": "Ref", "Condition": "Condition"}
-
-
-class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]  # yaml is untyped here
-    """SafeLoader plus CloudFormation's ``!Tag`` short forms."""
-
-
-def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:
-    name = tag_suffix
-    key = _NOT_FN.get(name, f"Fn::{name}")
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-        if name == "GetAtt":
-            # "!GetAtt Res.Attr" (Attr may itself hold dots) means ["Res", "Attr"].
-            value = str(value).split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    elif isinstance(node, yaml.MappingNode):
-        value = loader.construct_mapping(node, deep=True)
-    else:  # pragma: no cover - PyYAML has no other node kind
-        raise yaml.constructor.ConstructorError(
-            None, None, f"bad node for !{name}", node.start_mark
-        )
-    return {key: value}
-
-
-_CfnLoader.add_multi_constructor("!", _construct_intrinsic)
+Route = tuple[str, str]  # (METHOD or ANY, resource path such as /token/{profile})
 
 
 def load_template(path: Path | str = TEMPLATE_PATH) -> Template:
     """Parse a CloudFormation/SAM template; intrinsic functions come back in long form."""
-    with Path(path).open(encoding="utf-8") as fh:
-        # _CfnLoader only adds constructors for tags to SafeLoader: nothing can be executed.
-        data = yaml.load(fh, Loader=_CfnLoader)  # noqa: S506
+    raw = Path(path).read_bytes()
+    # cfn-lint imports sympy and networkx (about 2 s): parse once per template content.
+    cache = CACHE_DIR / f"{hashlib.sha256(raw).hexdigest()[:32]}.json"
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
+
+        data = json.loads(json.dumps(loads(raw.decode("utf-8"), str(path))))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.replace(cache)
     if not isinstance(data, dict) or "Resources" not in data:
         raise ValueError(f"{path} is not a CloudFormation template (no Resources)")
     return cast(Template, data)
@@ -92,9 +74,35 @@ def parameter_defaults(template: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _api_events(function: Mapping[str, Any]) -> list[dict[str, Any]]:
+    events = (function.get("Properties") or {}).get("Events") or {}
+    return [
+        e.get("Properties") or {}
+        for e in events.values()
+        if isinstance(e, dict) and e.get("Type") == "Api"
+    ]
+
+
+def api_routes(template: Mapping[str, Any]) -> list[Route]:
+    """(METHOD, path) of every ``Api`` event of every serverless function: what the API declares."""
+    return [
+        (str(props["Method"]).upper(), str(props["Path"]))
+        for fn in resources_of_type(template, "AWS::Serverless::Function").values()
+        for props in _api_events(fn)
+    ]
+
+
+def api_function(template: Mapping[str, Any]) -> str:
+    """The logical id of the function behind the API (the one with ``Api`` events)."""
+    for logical_id, fn in resources_of_type(template, "AWS::Serverless::Function").items():
+        if _api_events(fn):
+            return logical_id
+    raise ValueError("template has no function with Api events")
+
+
 def evaluate_condition(template: Mapping[str, Any], name: str, refs: Mapping[str, Any]) -> bool:
     """Evaluate a named condition (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition)."""
-    return bool(_eval_condition(template, template["Conditions"][name], refs))
+    return _eval_condition(template, template["Conditions"][name], refs)
 
 
 def _eval_condition(template: Mapping[str, Any], expr: Any, refs: Mapping[str, Any]) -> bool:
@@ -102,7 +110,7 @@ def _eval_condition(template: Mapping[str, Any], expr: Any, refs: Mapping[str, A
         ((fn, args),) = expr.items()
         if fn == "Fn::Equals":
             left, right = (resolve(template, a, refs) for a in args)
-            return bool(str(left) == str(right))
+            return str(left) == str(right)
         if fn == "Fn::Not":
             return not _eval_condition(template, args[0], refs)
         if fn == "Fn::And":
@@ -112,9 +120,6 @@ def _eval_condition(template: Mapping[str, Any], expr: Any, refs: Mapping[str, A
         if fn == "Condition":
             return evaluate_condition(template, args, refs)
     raise ValueError(f"unsupported condition expression {expr!r}")
-
-
-_SUB_VAR = re.compile(r"\$\{([^}!]+)\}")
 
 
 def resolve(template: Mapping[str, Any], value: Any, refs: Mapping[str, Any]) -> Any:
@@ -143,33 +148,15 @@ def _lookup(refs: Mapping[str, Any], name: str) -> Any:
     return refs[name]
 
 
-def _ref(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
-    return _lookup(refs, str(args))
+_SUB_VAR = re.compile(r"\$\{([^}!]+)\}")
 
 
-def _get_att(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
-    logical_id, attribute = args
-    return _lookup(refs, f"{logical_id}.{attribute}")
-
-
-def _sub(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
-    if isinstance(args, list):
-        text, local_vars = (
-            args[0],
-            {k: resolve(template, v, refs) for k, v in (args[1] or {}).items()},
-        )
-    else:
-        text, local_vars = args, {}
-    scope = {**refs, **local_vars}
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1).strip()
-        if name in scope:
-            return str(scope[name])
-        # "${Res.Attr}" in Fn::Sub is a GetAtt.
-        return str(_lookup(scope, name))
-
-    return _SUB_VAR.sub(replace, str(text)).replace("${!", "${")
+def _sub(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> str:
+    text, local_vars = (args[0], args[1] or {}) if isinstance(args, list) else (args, {})
+    scope = {**refs, **{k: resolve(template, v, refs) for k, v in local_vars.items()}}
+    # "${Res.Attr}" is a GetAtt, found under "Res.Attr" like any other name.
+    replaced = _SUB_VAR.sub(lambda m: str(_lookup(scope, m.group(1).strip())), str(text))
+    return replaced.replace("${!", "${")
 
 
 def _if(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
@@ -178,39 +165,13 @@ def _if(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
     return resolve(template, chosen, refs)
 
 
-def _join(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
-    delimiter, items = args
-    return str(delimiter).join(str(i) for i in resolve(template, items, refs))
-
-
-def _select(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
-    index, items = args
-    return resolve(template, items, refs)[int(resolve(template, index, refs))]
-
-
-def _split(template: Mapping[str, Any], args: Any, refs: Mapping[str, Any]) -> Any:
-    delimiter, text = args
-    return str(resolve(template, text, refs)).split(str(delimiter))
-
-
 _Resolver = Callable[[Mapping[str, Any], Any, Mapping[str, Any]], Any]
 _RESOLVERS: dict[str, _Resolver] = {
-    "Ref": _ref,
-    "Fn::GetAtt": _get_att,
+    "Ref": lambda t, args, refs: _lookup(refs, str(args)),
+    "Fn::GetAtt": lambda t, args, refs: _lookup(refs, f"{args[0]}.{args[1]}"),
     "Fn::Sub": _sub,
     "Fn::If": _if,
-    "Fn::Join": _join,
-    "Fn::Select": _select,
-    "Fn::Split": _split,
+    "Fn::Join": lambda t, args, refs: str(args[0]).join(str(i) for i in resolve(t, args[1], refs)),
+    "Fn::Select": lambda t, args, refs: resolve(t, args[1], refs)[int(resolve(t, args[0], refs))],
+    "Fn::Split": lambda t, args, refs: str(resolve(t, args[1], refs)).split(str(args[0])),
 }
-
-
-def api_routes(template: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(METHOD, path) of every ``Api`` event of every serverless function, in template order."""
-    routes: list[tuple[str, str]] = []
-    for fn in resources_of_type(template, "AWS::Serverless::Function").values():
-        for event in ((fn.get("Properties") or {}).get("Events") or {}).values():
-            if isinstance(event, dict) and event.get("Type") == "Api":
-                props = event.get("Properties") or {}
-                routes.append((str(props["Method"]).upper(), str(props["Path"])))
-    return routes
