@@ -1,32 +1,20 @@
-"""Who may call ``make local``'s API: SigV4 credentials, and a local stand-in for IAM policies.
+"""Who may call ``make local``'s API: the accepted credentials, and a local stand-in for IAM.
 
-API Gateway (``AWS_IAM``) refuses a request whose SigV4 signature is missing, malformed, wrong or
-stale, and then asks IAM whether the caller may ``execute-api:Invoke`` the method. Locally:
-
-* the signature is checked by :class:`local.sigv4.LocalSigV4Verifier` against the credentials of
-  ``make local``'s own environment (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), or the
-  documented test credentials when those are unset (:func:`local.sigv4.local_credentials`);
-* IAM is imitated with a map of caller -> allowed methods, from ``LOCAL_IAM_POLICY`` (the path of
-  a JSON file) or ``LOCAL_IAM_POLICY_JSON`` (the JSON itself). Without either, every caller whose
-  signature verifies is allowed everything, as a caller with ``execute-api:Invoke`` on ``*``.
-
-The policy is either the map alone::
-
-    {"AKIAIGNILOCALTESTKEY": ["GET/token", "POST/token/refresh"],
-     "arn:aws:iam::123456789012:user/analytics": ["GET/token/analytics"]}
-
-or the map under ``"allow"``, with extra callers (their own access keys) under ``"callers"``::
+API Gateway (``AWS_IAM``) refuses a request whose SigV4 signature is missing, wrong or stale,
+then asks IAM whether the caller may ``execute-api:Invoke`` the method. Locally the signature is
+checked (:mod:`local.gateway.sigv4`) against the credentials of ``make local``'s environment, or
+the documented test credentials when it has none, and IAM is a map of caller -> allowed methods
+from ``LOCAL_IAM_POLICY`` (a JSON file) or ``LOCAL_IAM_POLICY_JSON`` (the JSON itself)::
 
     {"callers": {"AKIALOCALANALYTICS01": {"secret_key": "analytics-local-secret",
                                           "user_arn": "arn:aws:iam::123456789012:user/analytics"}},
      "allow": {"AKIAIGNILOCALTESTKEY": ["*"],
-               "arn:aws:iam::123456789012:user/analytics": ["GET/token/analytics",
-                                                            "POST/token/analytics/refresh"]}}
+               "arn:aws:iam::123456789012:user/analytics": ["GET/token/analytics"]}}
 
-A caller is named by access key id or user ARN (``"*"``: every caller not named otherwise); an
-allowed method is ``METHOD/resource/path`` (``*`` matches anything, ``/`` included) or a whole
-``arn:aws:execute-api:...`` ARN (see :func:`local.sigv4.authorize`). A caller the map does not
-name is denied, like an IAM principal without a policy.
+(or the ``allow`` map alone). A caller is named by access key id or user ARN (``"*"``: every
+caller not named otherwise); a method is ``METHOD/resource/path`` or a whole execute-api ARN,
+``*`` matching any characters. A caller the map does not name is denied. Without a policy, every
+caller whose signature verifies may invoke everything.
 """
 
 from __future__ import annotations
@@ -34,39 +22,190 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from local.api_server import HttpRequest, HttpResponse, IdentityResolver
-from local.sigv4 import (
+from local.gateway.sigv4 import (
+    DEFAULT_LOCAL_USER_ARN,
     LOCAL_ACCOUNT_ID,
+    LOCAL_TEST_ACCESS_KEY_ID,
+    LOCAL_TEST_SECRET_ACCESS_KEY,
+    MAX_SKEW_SECONDS,
     AuthError,
+    CallerIdentity,
+    Headers,
     LocalCredential,
-    LocalSigV4Verifier,
-    local_credentials,
+    verify_request,
 )
-
-__all__ = [
-    "POLICY_FILE_VAR",
-    "POLICY_JSON_VAR",
-    "LocalAuth",
-    "LocalPolicy",
-    "PolicyError",
-    "load_policy",
-    "local_auth",
-    "parse_policy",
-    "sigv4_resolver",
-]
 
 POLICY_FILE_VAR = "LOCAL_IAM_POLICY"
 POLICY_JSON_VAR = "LOCAL_IAM_POLICY_JSON"
-
-# AWS access key ids: 16 to 128 upper-case letters and digits.
 _ACCESS_KEY = re.compile(r"^[A-Z0-9]{16,128}$")
 _ARN = re.compile(r"^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:\S+$")
 _CALLER_FIELDS = frozenset({"secret_key", "user_arn", "session_token", "user_id"})
+
+
+def strip_stage(path: str, stage: str) -> str:
+    """The API resource path of a request path: '/v1/token' and '/token' both give '/token'."""
+    prefix = f"/{stage}"
+    if path == prefix:
+        return "/"
+    return path[len(prefix) :] if path.startswith(prefix + "/") else path
+
+
+# --- IAM's execute-api:Invoke, imitated -----------------------------------------------------
+
+
+def method_arn(
+    method: str,
+    resource_path: str,
+    *,
+    region: str = "us-east-1",
+    account_id: str = LOCAL_ACCOUNT_ID,
+    api_id: str = "local",
+    stage: str = "v1",
+) -> str:
+    """``arn:aws:execute-api:REGION:ACCOUNT:API_ID/STAGE/METHOD/resource/path``."""
+    path = resource_path.lstrip("/")
+    return f"arn:aws:execute-api:{region}:{account_id}:{api_id}/{stage}/{method.upper()}/{path}"
+
+
+def authorize(
+    identity: CallerIdentity,
+    method: str,
+    resource_path: str,
+    allowed: Mapping[str, Iterable[str]] | None,
+    *,
+    region: str = "us-east-1",
+    api_id: str = "local",
+    stage: str = "v1",
+) -> bool:
+    """Would IAM allow ``execute-api:Invoke`` on the method? ``allowed=None``: no policy, yes.
+
+    As in IAM, ``*`` matches any run of characters (``/`` included), ``?`` one character, and the
+    match is case-sensitive. ``resource_path`` is without the stage (``/token/analytics``).
+    """
+    if allowed is None:
+        return True
+    patterns = next(
+        (allowed[k] for k in (identity.access_key, identity.user_arn, "*") if k in allowed), None
+    )
+    if patterns is None:
+        return False
+    short = f"{method.upper()}/{resource_path.lstrip('/')}"
+    where = {"region": region, "api_id": api_id, "stage": stage}
+    full = method_arn(method, resource_path, account_id=identity.account_id, **where)
+    return any(_iam_pattern(p).fullmatch(full if p.startswith("arn:") else short) for p in patterns)
+
+
+def _iam_pattern(pattern: str) -> re.Pattern[str]:
+    wild = {"*": ".*", "?": "."}
+    return re.compile("".join(wild.get(c) or re.escape(c) for c in pattern), re.DOTALL)
+
+
+def not_authorized_error(
+    identity: CallerIdentity,
+    method: str,
+    resource_path: str,
+    *,
+    region: str = "us-east-1",
+    api_id: str = "local",
+    stage: str = "v1",
+) -> AuthError:
+    """API Gateway's 403 when IAM says no: capital ``Message``, the account masked."""
+    masked = "********" + identity.account_id[-4:]
+    where = {"region": region, "api_id": api_id, "stage": stage}
+    resource = method_arn(method, resource_path, account_id=masked, **where)
+    return AuthError(
+        f"User: {identity.user_arn} is not authorized to perform: execute-api:Invoke "
+        f"on resource: {resource}",
+        "AccessDeniedException",
+        message_key="Message",
+    )
+
+
+@dataclass(frozen=True)
+class LocalSigV4Verifier:
+    """The signature, then the policy: one :meth:`check` per request, as API Gateway does.
+
+    A path under ``/{stage}`` is verified as sent (the caller signed it) and authorized without
+    the stage.
+    """
+
+    credentials: Mapping[str, str | LocalCredential]
+    region: str = "us-east-1"
+    allowed: Mapping[str, Iterable[str]] | None = None
+    api_id: str = "local"
+    stage: str = "v1"
+    max_skew: int = MAX_SKEW_SECONDS
+
+    def check(
+        self,
+        method: str,
+        raw_path: str,
+        query_string: str,
+        headers: Headers,
+        body: bytes | None,
+        *,
+        source_ip: str = "127.0.0.1",
+        now: datetime | float | None = None,
+    ) -> CallerIdentity | AuthError:
+        """Pass the path and query exactly as received."""
+        result = verify_request(
+            method,
+            raw_path,
+            query_string,
+            headers,
+            body,
+            self.credentials,
+            self.region,
+            now=now,
+            max_skew=self.max_skew,
+            source_ip=source_ip,
+        )
+        if isinstance(result, AuthError):
+            return result
+        resource = strip_stage(raw_path, self.stage)
+        where = {"region": self.region, "api_id": self.api_id, "stage": self.stage}
+        if not authorize(result, method, resource, self.allowed, **where):
+            return not_authorized_error(result, method, resource, **where)
+        return result
+
+
+# --- make local's credentials and policy ----------------------------------------------------
+
+
+def local_credentials(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[dict[str, LocalCredential], str]:
+    """The credentials ``make local`` accepts, and a sentence saying which.
+
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``), else the
+    documented test credentials; the caller is ``IGNI_LOCAL_CALLER_ARN`` or the default local
+    user. Read the environment before moto's fake credentials are set in it.
+    """
+    env = os.environ if environ is None else environ
+    arn = env.get("IGNI_LOCAL_CALLER_ARN") or DEFAULT_LOCAL_USER_ARN
+    access_key = env.get("AWS_ACCESS_KEY_ID")
+    secret_key = env.get("AWS_SECRET_ACCESS_KEY")
+    if access_key and secret_key:
+        token = env.get("AWS_SESSION_TOKEN") or None
+        masked = f"{access_key[:4]}…{access_key[-4:]}" if len(access_key) > 8 else "****"
+        return (
+            {access_key: LocalCredential(secret_key, session_token=token, user_arn=arn)},
+            "Accepting SigV4 signatures made with the AWS credentials of this environment "
+            f"(AWS_ACCESS_KEY_ID {masked}{', with a session token' if token else ''}) as {arn}.",
+        )
+    return (
+        {LOCAL_TEST_ACCESS_KEY_ID: LocalCredential(LOCAL_TEST_SECRET_ACCESS_KEY, user_arn=arn)},
+        "No AWS credentials in this environment: accepting SigV4 signatures made with the "
+        f"documented local test credentials AWS_ACCESS_KEY_ID={LOCAL_TEST_ACCESS_KEY_ID} "
+        f"AWS_SECRET_ACCESS_KEY={LOCAL_TEST_SECRET_ACCESS_KEY} as {arn} "
+        "(igni-token uses them by itself against a loopback endpoint when it has no credentials).",
+    )
 
 
 class PolicyError(ValueError):
@@ -83,27 +222,26 @@ class LocalPolicy:
 
 
 def _caller(key: str, entry: object, where: str) -> LocalCredential:
+    where = f"{where}: callers: {key}"
     if not _ACCESS_KEY.match(key):
-        raise PolicyError(f"{where}: callers: {key!r} is not an access key id (A-Z, 0-9, 16+)")
+        raise PolicyError(f"{where}: {key!r} is not an access key id (A-Z, 0-9, 16+)")
     if not isinstance(entry, dict):
-        raise PolicyError(f"{where}: callers: {key}: must be an object with a secret_key")
+        raise PolicyError(f"{where}: must be an object with a secret_key")
     unknown = set(entry) - _CALLER_FIELDS
     if unknown:
-        raise PolicyError(f"{where}: callers: {key}: unknown field {sorted(unknown)[0]!r}")
-    for name in _CALLER_FIELDS:
-        if name in entry and not isinstance(entry[name], str):
-            raise PolicyError(f"{where}: callers: {key}: {name} must be a string")
-    secret = entry.get("secret_key")
-    if not secret:
-        raise PolicyError(f"{where}: callers: {key}: secret_key is required")
+        raise PolicyError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    not_text = sorted(
+        name for name in _CALLER_FIELDS & set(entry) if not isinstance(entry[name], str)
+    )
+    if not_text:
+        raise PolicyError(f"{where}: {not_text[0]} must be a string")
+    if not entry.get("secret_key"):
+        raise PolicyError(f"{where}: secret_key is required")
     arn = entry.get("user_arn") or f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:user/{key.lower()}"
     if not _ARN.match(arn):
-        raise PolicyError(f"{where}: callers: {key}: user_arn {arn!r} is not an IAM or STS ARN")
+        raise PolicyError(f"{where}: user_arn {arn!r} is not an IAM or STS ARN")
     return LocalCredential(
-        secret_key=secret,
-        session_token=entry.get("session_token") or None,
-        user_arn=arn,
-        user_id=entry.get("user_id") or None,
+        entry["secret_key"], entry.get("session_token") or None, arn, entry.get("user_id") or None
     )
 
 
@@ -126,16 +264,16 @@ def _allowed(raw: object, where: str) -> dict[str, tuple[str, ...]]:
 
 def parse_policy(document: object, source: str) -> LocalPolicy:
     """A policy from its parsed JSON; PolicyError naming ``source`` and the entry if unusable."""
-    if isinstance(document, dict) and ("allow" in document or "callers" in document):
-        unknown = set(document) - {"allow", "callers"}
-        if unknown:
-            raise PolicyError(f"{source}: unknown top-level field {sorted(unknown)[0]!r}")
-        raw_callers = document.get("callers") or {}
-        if not isinstance(raw_callers, dict):
-            raise PolicyError(f"{source}: callers must map an access key id to its secret_key")
-        callers = {key: _caller(key, entry, source) for key, entry in raw_callers.items()}
-        return LocalPolicy(_allowed(document.get("allow", {}), source), callers, source)
-    return LocalPolicy(_allowed(document, source), {}, source)
+    if not (isinstance(document, dict) and ("allow" in document or "callers" in document)):
+        return LocalPolicy(_allowed(document, source), {}, source)
+    unknown = set(document) - {"allow", "callers"}
+    if unknown:
+        raise PolicyError(f"{source}: unknown top-level field {sorted(unknown)[0]!r}")
+    raw_callers = document.get("callers") or {}
+    if not isinstance(raw_callers, dict):
+        raise PolicyError(f"{source}: callers must map an access key id to its secret_key")
+    callers = {key: _caller(key, entry, source) for key, entry in raw_callers.items()}
+    return LocalPolicy(_allowed(document.get("allow", {}), source), callers, source)
 
 
 def load_policy(environ: Mapping[str, str] | None = None) -> LocalPolicy | None:
@@ -177,23 +315,15 @@ class LocalAuth:
 
     def state(self) -> dict[str, Any]:
         """For .local-state/env.json: access key ids, ARNs and the policy; no secret key."""
+        allowed = self.allowed
         return {
             "callers": {key: cred.user_arn for key, cred in self.credentials.items()},
-            "iam_policy": None
-            if self.allowed is None
-            else {k: list(v) for k, v in self.allowed.items()},
+            "iam_policy": None if allowed is None else {k: list(v) for k, v in allowed.items()},
         }
 
 
-def _named(allowed: Mapping[str, tuple[str, ...]], key: str, cred: LocalCredential) -> bool:
-    return key in allowed or cred.user_arn in allowed or "*" in allowed
-
-
 def local_auth(environ: Mapping[str, str] | None = None) -> LocalAuth:
-    """Credentials and policy for ``make local``, from its environment.
-
-    Call it before moto's fake credentials are put in ``os.environ``.
-    """
+    """Credentials and policy for ``make local``, from its environment (before moto's is set)."""
     env = os.environ if environ is None else environ
     credentials, sentence = local_credentials(env)
     lines = [sentence]
@@ -211,19 +341,9 @@ def local_auth(environ: Mapping[str, str] | None = None) -> LocalAuth:
         lines.append(f"Also accepting {key} (from {policy.source}) as {cred.user_arn}.")
     lines.append(f"Local IAM policy from {policy.source}:")
     lines.extend(f"  {caller}: {', '.join(methods)}" for caller, methods in policy.allowed.items())
-    for key, cred in credentials.items():
-        if not _named(policy.allowed, key, cred):
-            lines.append(f"  (the policy names neither {key} nor {cred.user_arn}: all denied)")
+    lines.extend(
+        f"  (the policy names neither {key} nor {cred.user_arn}: all denied)"
+        for key, cred in credentials.items()
+        if not {key, cred.user_arn, "*"} & set(policy.allowed)
+    )
     return LocalAuth(credentials, policy.allowed, lines)
-
-
-def sigv4_resolver(verifier: LocalSigV4Verifier) -> IdentityResolver:
-    """An ApiServer identity resolver: API Gateway's 403 for a refused request, else the caller."""
-
-    def resolve(request: HttpRequest) -> dict[str, Any] | HttpResponse:
-        result = verifier.check_http(request)
-        if isinstance(result, AuthError):
-            return HttpResponse(result.status, result.header_pairs, result.body_json.encode())
-        return dict(result.as_request_context_identity())
-
-    return resolve

@@ -1,23 +1,16 @@
-"""What API Gateway (REST API, Lambda proxy integration, AWS_IAM auth) does, on loopback.
+"""What API Gateway (REST API, AWS_IAM auth, Lambda proxy integration) does, on loopback.
 
-Each HTTP request becomes a version 1.0 proxy event, the handler runs in-process on it with a
-fresh fake Lambda context, and its proxy response becomes the HTTP answer. The three steps are
-separate functions so each can be tested alone and replaced:
+A request goes through API Gateway's steps in its order:
 
-* ``identity_resolver(request)`` decides who is calling. API Gateway does this with SigV4 under
-  AWS_IAM; the default resolver here trusts every request and returns the configured local
-  identity. A SigV4-verifying resolver slots in without other changes: it returns either the
-  ``requestContext.identity`` dict for the verified caller or an :class:`HttpResponse` (a 403)
-  that is sent without invoking the handler.
-* :func:`request_to_event` builds the proxy event.
-* :func:`proxy_response_to_http` checks and translates the handler's answer; a malformed one is a
-  502 ``{"message": "Internal server error"}``, as API Gateway answers.
-
-Differences from API Gateway, on purpose: requests to paths or methods the template does not
-route are still passed to the handler (so its 404/405 answers can be tried) unless
-``strict_routes`` is set, in which case they get API Gateway's 403 "Missing Authentication
-Token". The 29 s integration timeout cannot pre-empt an in-process call; a call that outlives the
-function's timeout is answered 502 afterwards, as Lambda's kill would be.
+1. framing: a method it does not know or a Transfer-Encoding is 501, a chunked body 411, a body
+   over 10 MB 413, all JSON like every answer this server makes itself;
+2. routing: a path or method the API in template.yaml does not declare is 403
+   ``{"message": "Missing Authentication Token"}``, signed or not, before any signature check;
+3. the SigV4 signature and the local IAM policy (:mod:`local.gateway.auth`): a refusal is
+   API Gateway's 403 and never reaches the function;
+4. the version 1.0 proxy event, the handler run in-process with a fresh Lambda context, one
+   invocation at a time, and its proxy response translated back; a malformed one, an exception
+   or a run longer than the function's timeout is a 502 ``{"message": "Internal server error"}``.
 """
 
 from __future__ import annotations
@@ -35,59 +28,33 @@ import traceback
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from local.lambda_context import FakeLambdaContext
+from werkzeug.wrappers import Response
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 3000
+from local.cfn_template import Route, api_routes, load_template
+from local.gateway.auth import LocalSigV4Verifier, strip_stage
+from local.gateway.sigv4 import LOCAL_ACCOUNT_ID, MISSING_TOKEN, AuthError
+from local.lambda_context import FakeLambdaContext
+from local.serving import HEADERS_KEY, json_response, serve_in_thread, server
+
 DEFAULT_STAGE = "v1"
 DEFAULT_API_ID = "local0api1"
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[dict[str, Any], Any], Any]
-Route = tuple[str, str]  # (METHOD or ANY, resource path such as /token or /items/{id})
-
-
-@dataclass(frozen=True)
-class LocalIdentity:
-    """The IAM caller that API Gateway would have authenticated from the SigV4 signature."""
-
-    account_id: str = "123456789012"
-    user_arn: str = "arn:aws:iam::123456789012:user/local-developer"
-    # What API Gateway puts in caller/user: the IAM user's unique id (AIDA...), or for an
-    # assumed role "AROA...:session-name".
-    user_id: str = "AIDAQLOCALDEVELOPER01"
-    access_key: str = "AKIAQLOCALDEVELOPER1"
-
-    def event_identity(self, source_ip: str, user_agent: str | None) -> dict[str, Any]:
-        """``requestContext.identity`` as API Gateway fills it for an AWS_IAM-signed request."""
-        return {
-            "cognitoIdentityPoolId": None,
-            "accountId": self.account_id,
-            "cognitoIdentityId": None,
-            "caller": self.user_id,
-            "sourceIp": source_ip,
-            "principalOrgId": None,
-            "accessKey": self.access_key,
-            "cognitoAuthenticationType": None,
-            "cognitoAuthenticationProvider": None,
-            "userArn": self.user_arn,
-            "userAgent": user_agent,
-            "user": self.user_id,
-        }
 
 
 @dataclass(frozen=True)
 class HttpRequest:
-    """One HTTP request as received, with what a SigV4 verifier needs kept raw."""
+    """One HTTP request as received: raw target, headers in order with repeats, body bytes."""
 
     method: str
     target: str  # The request target exactly as sent: raw path and query.
-    headers: tuple[tuple[str, str], ...]  # In order, names as sent, duplicates kept.
+    headers: tuple[tuple[str, str], ...]
     body: bytes
     client_ip: str
     server_port: int
@@ -97,79 +64,30 @@ class HttpRequest:
         return urllib.parse.urlsplit(self.target).path or "/"
 
     @property
-    def path(self) -> str:
-        return urllib.parse.unquote(self.raw_path)
-
-    @property
     def query(self) -> str:
         return urllib.parse.urlsplit(self.target).query
 
     def header(self, name: str) -> str | None:
         """The last value of a header, case-insensitively (API Gateway keeps the last one)."""
-        found = None
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                found = value
-        return found
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return values[-1] if values else None
 
 
-@dataclass
-class HttpResponse:
-    """An HTTP answer: status, headers in order (duplicates allowed), body bytes."""
-
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-
-    @classmethod
-    def json(
-        cls, status: int, obj: object, headers: Sequence[tuple[str, str]] = ()
-    ) -> HttpResponse:
-        return cls(
-            status, [("Content-Type", "application/json"), *headers], json.dumps(obj).encode()
-        )
-
-    def header(self, name: str) -> str | None:
-        found = None
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                found = value
-        return found
+def error_response(status: int, message: str) -> Response:
+    """An answer of the gateway itself; the connection closes (a body may be left unread)."""
+    return json_response(status, {"message": message}, [("Connection", "close")])
 
 
-IdentityResolver = Callable[[HttpRequest], dict[str, Any] | HttpResponse]
+def auth_response(error: AuthError) -> Response:
+    return Response(error.body_json, error.status, list(error.headers.items()))
 
 
-def static_identity_resolver(identity: LocalIdentity) -> IdentityResolver:
-    """Trust every request and attribute it to ``identity`` (no signature is checked)."""
-
-    def resolve(request: HttpRequest) -> dict[str, Any] | HttpResponse:
-        return identity.event_identity(request.client_ip, request.header("User-Agent"))
-
-    return resolve
-
-
-def internal_server_error() -> HttpResponse:
+def internal_server_error() -> Response:
     """API Gateway's answer when the function fails or answers something malformed."""
-    return HttpResponse.json(502, {"message": "Internal server error"})
-
-
-def missing_authentication_token() -> HttpResponse:
-    """API Gateway's answer (under AWS_IAM) for a path or method it does not route."""
-    return HttpResponse.json(403, {"message": "Missing Authentication Token"})
+    return json_response(502, {"message": "Internal server error"})
 
 
 # --- routing ------------------------------------------------------------------------------------
-
-
-def strip_stage(path: str, stage: str) -> str:
-    """'/v1/token' and '/token' both mean the resource path '/token'."""
-    prefix = f"/{stage}"
-    if path == prefix:
-        return "/"
-    if path.startswith(prefix + "/"):
-        return path[len(prefix) :]
-    return path
 
 
 def _route_regex(resource: str) -> re.Pattern[str]:
@@ -184,34 +102,27 @@ def _route_regex(resource: str) -> re.Pattern[str]:
     return re.compile("^/" + "/".join(parts) + "$")
 
 
-def _specificity(route: Route) -> tuple[int, int]:
-    resource = route[1]
-    return resource.count("+}"), resource.count("{")
-
-
 def match_route(
-    routes: Sequence[Route], method: str | None, path: str
+    routes: Sequence[Route], method: str, path: str
 ) -> tuple[str, dict[str, str] | None] | None:
-    """(resource, pathParameters) of the route for ``path`` and ``method``, else None.
+    """(resource, pathParameters) of the declared route for ``method`` and ``path``, else None.
 
     As in API Gateway, a literal segment beats a path variable, which beats a greedy
-    ``{proxy+}``: GET /token/refresh is not /token/{profile} when /token/refresh exists.
-    ``method`` None matches any method.
+    ``{proxy+}``: /token/refresh is not /token/{profile} when /token/refresh is declared.
     """
-    for route_method, resource in sorted(routes, key=_specificity):
-        if method is not None and route_method not in {method.upper(), "ANY"}:
-            continue
+    resources = sorted({r for _, r in routes}, key=lambda r: (r.count("+}"), r.count("{"), r))
+    for resource in resources:
         match = _route_regex(resource).match(path)
         if match:
+            # The resource is found first; without the method on it, API Gateway answers 403.
+            methods = {m for m, r in routes if r == resource}
+            if not {method.upper(), "ANY"} & methods:
+                return None
             return resource, (match.groupdict() or None)
     return None
 
 
 # --- request -> event ---------------------------------------------------------------------------
-
-
-def _trace_id() -> str:
-    return f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}"
 
 
 def request_to_event(
@@ -221,33 +132,25 @@ def request_to_event(
     resource: str,
     path_parameters: Mapping[str, str] | None = None,
     stage: str = DEFAULT_STAGE,
-    account_id: str = "123456789012",
+    account_id: str = LOCAL_ACCOUNT_ID,
     api_id: str = DEFAULT_API_ID,
     request_id: str | None = None,
-    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The REST API (payload version 1.0) Lambda proxy event for ``request``."""
-    now = now or datetime.now(UTC)
-    path = strip_stage(request.path, stage)
-
-    names: list[str] = []
+    now = datetime.now(UTC)
+    path = strip_stage(urllib.parse.unquote(request.raw_path), stage)
     multi_headers: dict[str, list[str]] = {}
     for name, value in request.headers:
-        if name not in multi_headers:
-            names.append(name)
-            multi_headers[name] = []
-        multi_headers[name].append(value)
+        multi_headers.setdefault(name, []).append(value)
 
-    # Headers API Gateway adds on its way to the integration.
-    def add(name: str, value: str) -> None:
-        existing = next((n for n in names if n.lower() == name.lower()), None)
+    def add(name: str, value: str) -> None:  # Headers API Gateway adds on the way.
+        existing = next((n for n in multi_headers if n.lower() == name.lower()), None)
         if existing is None:
-            names.append(name)
             multi_headers[name] = [value]
         elif name.lower() == "x-forwarded-for":
             multi_headers[existing] = [f"{multi_headers[existing][-1]}, {value}"]
 
-    add("X-Amzn-Trace-Id", _trace_id())
+    add("X-Amzn-Trace-Id", f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}")
     add("X-Forwarded-For", request.client_ip)
     add("X-Forwarded-Port", str(request.server_port))
     add("X-Forwarded-Proto", "http")
@@ -256,11 +159,9 @@ def request_to_event(
     for key, value in urllib.parse.parse_qsl(request.query, keep_blank_values=True):
         multi_query.setdefault(key, []).append(value)
 
-    body: str | None
+    body: str | None = None
     is_base64 = False
-    if not request.body:
-        body = None
-    else:
+    if request.body:
         try:
             body = request.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -272,8 +173,8 @@ def request_to_event(
         "resource": resource,
         "path": path,
         "httpMethod": request.method,
-        "headers": {n: multi_headers[n][-1] for n in names} or None,
-        "multiValueHeaders": {n: multi_headers[n] for n in names} or None,
+        "headers": {n: v[-1] for n, v in multi_headers.items()},
+        "multiValueHeaders": multi_headers,
         "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
         "multiValueQueryStringParameters": multi_query or None,
         "pathParameters": dict(path_parameters) if path_parameters else None,
@@ -316,7 +217,7 @@ def _header_value(name: str, value: object) -> str:
     raise MalformedProxyResponse(f"header {name!r} has a non-scalar value {value!r}")
 
 
-def proxy_response_to_http(result: object) -> HttpResponse:
+def proxy_response_to_http(result: object) -> Response:
     """Translate a proxy response; MalformedProxyResponse where API Gateway would answer 502."""
     if not isinstance(result, dict):
         raise MalformedProxyResponse(f"expected an object, got {type(result).__name__}")
@@ -335,31 +236,28 @@ def proxy_response_to_http(result: object) -> HttpResponse:
         except binascii.Error as exc:
             raise MalformedProxyResponse("isBase64Encoded but body is not base64") from exc
 
-    headers: list[tuple[str, str]] = []
     multi = result.get("multiValueHeaders") or {}
     single = result.get("headers") or {}
     if not isinstance(multi, dict) or not isinstance(single, dict):
         raise MalformedProxyResponse("headers and multiValueHeaders must be objects")
-    # API Gateway merges the two; a name present in both takes multiValueHeaders' values.
-    multi_names = {str(n).lower() for n in multi}
+    headers: list[tuple[str, str]] = []
     for name, values in multi.items():
         if not isinstance(values, list):
             raise MalformedProxyResponse(f"multiValueHeaders[{name!r}] must be a list")
         headers.extend((str(name), _header_value(name, v)) for v in values)
+    # API Gateway merges the two; a name in both takes multiValueHeaders' values.
+    multi_names = {str(n).lower() for n in multi}
     headers.extend(
         (str(n), _header_value(n, v))
         for n, v in single.items()
         if str(n).lower() not in multi_names
     )
-    # The server sets framing headers itself; the function cannot.
-    headers = [
-        (n, v)
-        for n, v in headers
-        if n.lower() not in {"content-length", "transfer-encoding", "connection"}
-    ]
+    # The server frames the answer itself; the function cannot.
+    framing = {"content-length", "transfer-encoding", "connection"}
+    headers = [(n, v) for n, v in headers if n.lower() not in framing]
     if not any(n.lower() == "content-type" for n, _ in headers):
         headers.append(("Content-Type", "application/json"))
-    return HttpResponse(status, headers, raw)
+    return Response(raw, status, headers)
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -371,72 +269,92 @@ class ApiServer:
     def __init__(
         self,
         handler: Handler,
-        identity_resolver: IdentityResolver | None = None,
+        verifier: LocalSigV4Verifier,
         *,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        host: str = "127.0.0.1",
+        port: int = 3000,
         stage: str = DEFAULT_STAGE,
-        identity: LocalIdentity | None = None,
-        routes: Sequence[Route] | None = None,
-        strict_routes: bool = False,
-        context_factory: Callable[[], FakeLambdaContext] | None = None,
         api_id: str = DEFAULT_API_ID,
+        account_id: str = LOCAL_ACCOUNT_ID,
+        routes: Sequence[Route] | None = None,
+        context_factory: Callable[[], FakeLambdaContext] = FakeLambdaContext,
         quiet: bool = False,
     ) -> None:
         self.handler = handler
-        self.identity = identity or LocalIdentity()
-        self.identity_resolver = identity_resolver or static_identity_resolver(self.identity)
+        self.verifier = verifier
         self.host = host
         self.requested_port = port
         self.stage = stage
-        if routes is None:
-            from local.cfn_template import api_routes, load_template
-
-            routes = api_routes(load_template())
-        self.routes = list(routes)
-        self.strict_routes = strict_routes
-        self.context_factory = context_factory or FakeLambdaContext
         self.api_id = api_id
+        self.account_id = account_id
+        self.routes = list(api_routes(load_template()) if routes is None else routes)
+        self.context_factory = context_factory
         self.quiet = quiet
         # One Lambda execution environment handles one invocation at a time.
         self._invoke_lock = threading.Lock()
-        self._server: _Server | None = None
+        self._http: Any = None
         self._thread: threading.Thread | None = None
 
-    # The whole request -> response path, without sockets (tests call it directly).
-    def handle(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """The WSGI application."""
         request_id = str(uuid.uuid4())
-        response = self._handle(request, request_id)
-        response.headers.append(("x-amzn-RequestId", request_id))
-        return response
+        response = self.handle(environ, request_id)
+        response.headers["x-amzn-RequestId"] = request_id
+        return response(environ, start_response)
 
-    def _handle(self, request: HttpRequest, request_id: str) -> HttpResponse:
-        path = strip_stage(request.path, self.stage)
-        matched = match_route(self.routes, request.method, path)
+    def handle(self, environ: dict[str, Any], request_id: str) -> Response:
+        method = environ["REQUEST_METHOD"]
+        if method not in METHODS:
+            return error_response(501, f"Unsupported method {method!r}")
+        encoding = environ.get("HTTP_TRANSFER_ENCODING", "").strip().lower()
+        if encoding == "chunked":
+            return error_response(
+                411, "A chunked request body is not supported: send Content-Length"
+            )
+        if encoding:
+            return error_response(501, f"Unsupported Transfer-Encoding {encoding!r}")
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit():
+            return error_response(400, "Bad Content-Length")
+        if int(length) > MAX_PAYLOAD_BYTES:
+            return error_response(413, "Request Too Long")
+
+        request = HttpRequest(
+            method,
+            environ["REQUEST_URI"],
+            environ[HEADERS_KEY],
+            environ["wsgi.input"].read(int(length)) if int(length) else b"",
+            environ["REMOTE_ADDR"],
+            int(environ["SERVER_PORT"]),
+        )
+        resource_path = strip_stage(urllib.parse.unquote(request.raw_path), self.stage)
+        matched = match_route(self.routes, method, resource_path)
         if matched is None:
-            if self.strict_routes:
-                return missing_authentication_token()
-            # Passed on as if the resource had an ANY method (or, unknown, were its own path).
-            matched = match_route(self.routes, None, path) or (path, None)
+            return auth_response(AuthError(MISSING_TOKEN, "MissingAuthenticationTokenException"))
         resource, path_parameters = matched
-
-        identity = self.identity_resolver(request)
-        if isinstance(identity, HttpResponse):
-            return identity
-
+        identity = self.verifier.check(
+            method,
+            request.raw_path,
+            request.query,
+            request.headers,
+            request.body,
+            source_ip=request.client_ip,
+        )
+        if isinstance(identity, AuthError):
+            return auth_response(identity)
         event = request_to_event(
             request,
-            identity,
+            identity.as_request_context_identity(),
             resource=resource,
             path_parameters=path_parameters,
             stage=self.stage,
-            account_id=self.identity.account_id,
+            account_id=self.account_id,
             api_id=self.api_id,
             request_id=request_id,
         )
         return self.invoke(event)
 
-    def invoke(self, event: dict[str, Any]) -> HttpResponse:
+    def invoke(self, event: dict[str, Any]) -> Response:
         """Run the handler on a proxy event as Lambda would and translate its answer."""
         with self._invoke_lock:
             context = self.context_factory()
@@ -444,8 +362,9 @@ class ApiServer:
             try:
                 # Lambda hands the function JSON and serialises its answer to JSON: round-trip
                 # both so that anything the real service would choke on fails here too.
-                result = self.handler(json.loads(json.dumps(event)), context)
-                result = json.loads(json.dumps(result))
+                result = json.loads(
+                    json.dumps(self.handler(json.loads(json.dumps(event)), context))
+                )
             except Exception:
                 self._log("handler raised:\n" + traceback.format_exc())
                 return internal_server_error()
@@ -465,39 +384,24 @@ class ApiServer:
         if not self.quiet:
             sys.stderr.write(f"api: {message}\n")
 
-    # --- lifecycle ----------------------------------------------------------------------------
-
-    def _bind(self) -> _Server:
-        if self._server is None:
-            self._server = _Server((self.host, self.requested_port), self)
-        return self._server
-
     def start(self) -> int:
-        """Serve in a daemon thread; returns the port."""
-        server = self._bind()
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="api", daemon=True
-        )
-        self._thread.start()
+        """Listen, and serve in a daemon thread; returns the port."""
+        self._http = server(self.host, self.requested_port, self, name="api", quiet=self.quiet)
+        self._thread = serve_in_thread(self._http, "api")
         return self.port
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until :meth:`stop` is called from another one (or Ctrl-C)."""
-        self._bind().serve_forever(poll_interval=0.2)
-
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
 
     @property
     def port(self) -> int:
-        return int(self._bind().server_address[1])
+        return int(self._http.port)
 
     @property
     def base_url(self) -> str:
@@ -509,83 +413,3 @@ class ApiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], api: ApiServer) -> None:
-        self.api = api
-        super().__init__(address, _RequestHandler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up before the answer is its business, not a server error.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "LocalApiGateway/1.0"
-    # Socket timeout: an idle keep-alive connection (or a stalled client) frees its thread.
-    timeout = 60
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Only the request line and status: no header (Authorization) or body is logged.
-        if not self.server.api.quiet:
-            sys.stderr.write(f"api: {self.address_string()} {format % args}\n")
-
-    def _serve(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._write(HttpResponse.json(400, {"message": "Bad Content-Length"}))
-            return
-        if length > MAX_PAYLOAD_BYTES:
-            self.close_connection = True
-            self._write(HttpResponse.json(413, {"message": "Request Too Long"}))
-            return
-        request = HttpRequest(
-            method=self.command,
-            target=self.path,
-            headers=tuple(self.headers.items()),
-            body=self.rfile.read(length) if length else b"",
-            client_ip=self.client_address[0],
-            server_port=self.server.server_address[1],
-        )
-        self._write(self.server.api.handle(request))
-
-    def _write(self, response: HttpResponse) -> None:
-        self.send_response(response.status)
-        for name, value in response.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
-
-    def do_OPTIONS(self) -> None:
-        self._serve()

@@ -33,17 +33,17 @@ from botocore.credentials import Credentials
 from igni_token_client import TokenClient, TokenVendorError, request_with_token
 from igni_token_client.auth import IgniBearerAuth
 
-from local.api_server import ApiServer, Handler, proxy_response_to_http
-from local.auth import POLICY_JSON_VAR, LocalAuth, local_auth
-from local.igni_stub import StubProcess, token_fingerprint
-from local.run import make_api
-from local.sigv4 import (
+from local.gateway.auth import POLICY_JSON_VAR, LocalAuth, local_auth
+from local.gateway.server import ApiServer, Handler, proxy_response_to_http
+from local.gateway.sigv4 import (
     INVALID_TOKEN,
     LOCAL_TEST_ACCESS_KEY_ID,
     LOCAL_TEST_SECRET_ACCESS_KEY,
     MISSING_TOKEN,
     SIGNATURE_MISMATCH,
 )
+from local.igni_stub import StubProcess, token_fingerprint
+from local.run import make_api
 from local.stack import LocalStack
 from tests.conftest import LoadEvent
 from tests.local_run import start_local_run
@@ -450,7 +450,8 @@ def test_the_cli_gets_and_refreshes_tokens_without_aws_credentials(
 
 
 def test_the_cli_exit_codes_for_403_and_404(api: ApiServer, igni_stub: StubProcess) -> None:
-    # When the CLI signs with the wrong secret, asks for an unknown profile, or an unknown path
+    # When the CLI signs with the wrong secret, asks for an unknown profile, or a path the API
+    # does not declare
     wrong = igni_token(
         "get",
         "--endpoint",
@@ -458,7 +459,7 @@ def test_the_cli_exit_codes_for_403_and_404(api: ApiServer, igni_stub: StubProce
         env=cli_env(AWS_ACCESS_KEY_ID=LOCAL_TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY="wrong"),
     )
     unknown_profile = igni_token("get", "--endpoint", api.base_url, "--profile", "nope")
-    not_found = igni_token("get", "--endpoint", api.base_url + "/elsewhere")
+    undeclared = igni_token("get", "--endpoint", api.base_url + "/elsewhere")
 
     # Then each has its own exit code and a one-line message naming the error
     assert wrong.returncode == 12, wrong.stderr
@@ -466,8 +467,8 @@ def test_the_cli_exit_codes_for_403_and_404(api: ApiServer, igni_stub: StubProce
     assert wrong.stdout == ""
     assert unknown_profile.returncode == 14, unknown_profile.stderr
     assert "HTTP 404 unknown_profile" in unknown_profile.stderr
-    assert not_found.returncode == 13, not_found.stderr
-    assert "HTTP 404 not_found" in not_found.stderr
+    assert undeclared.returncode == 12, undeclared.stderr
+    assert "HTTP 403 gateway_forbidden: Missing Authentication Token" in undeclared.stderr
     assert igni_stub.calls() == []
 
 
@@ -564,8 +565,8 @@ def test_each_answer_of_the_contract_matches_openapi(
     assert limited.body["error"] == "refresh_rate_limited"
     assert int(limited.headers["retry-after"]) >= 1
 
-    # When requests are malformed, unknown or use the wrong method
-    # Then 400, 404 (both kinds) and 405 of the contract
+    # When requests are malformed or name an unknown profile
+    # Then 400 and 404 of the contract
     assert call(api, "GET", "/token?min_ttl=soon", "/token").body["error"] == "invalid_request"
     bad_body = call(api, "POST", "/token/refresh", "/token/refresh", body=b"[]")
     assert bad_body.body["error"] == "invalid_request"
@@ -578,11 +579,42 @@ def test_each_answer_of_the_contract_matches_openapi(
         body=b'{"rejected_token":"x"}',
     )
     assert nope_refresh.body["error"] == "unknown_profile"
-    assert call(api, "GET", "/v1/nothing-here", "/nothing-here").body["error"] == "not_found"
-    not_allowed = call(api, "DELETE", "/token", "/token")
-    assert not_allowed.status == 405
-    assert "GET" in not_allowed.headers["allow"]
-    assert call(api, "POST", "/token", "/token").status == 405
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/nothing-here"), ("DELETE", "/token")])
+def test_undeclared_paths_and_methods_are_api_gateways_403(
+    api: ApiServer, igni_stub: StubProcess, method: str, path: str
+) -> None:
+    # When a signed request names a path or method the API does not declare
+    request = AWSRequest(method=method, url=api.base_url + path)
+    SigV4Auth(TEST_KEYS, "execute-api", "us-east-1").add_auth(request)
+    response = HTTP.request(method, api.base_url + path, headers=dict(request.headers.items()))
+    # Then API Gateway answers it, as deployed: the function's 404/405 are never seen
+    assert response.status == 403
+    assert response.json() == {"message": MISSING_TOKEN}
+    assert igni_stub.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "code"),
+    [("get_unknown_path", 404, "not_found"), ("delete_token", 405, "method_not_allowed")],
+)
+@pytest.mark.usefixtures("stack")
+def test_the_functions_own_404_and_405_match_openapi(
+    load_event: LoadEvent,
+    lambda_context: Any,
+    event: str,
+    status: int,
+    code: str,
+) -> None:
+    # Given an event API Gateway would not send (it answers 403 first), invoked directly
+    loaded = load_event(event)
+    response = proxy_response_to_http(vendor.lambda_handler(loaded, lambda_context))
+    # Then the function's fallback answer is what openapi.yaml documents for it
+    method, resource = loaded["httpMethod"], loaded["resource"]
+    answer = check(method, resource, response.status_code, response.headers, response.get_data())
+    assert answer.status == status
+    assert answer.body["error"] == code
 
 
 @pytest.mark.parametrize(
@@ -635,7 +667,7 @@ def test_the_functions_access_denied_matches_openapi(
     result = vendor.lambda_handler(load_event("get_token_no_identity"), lambda_context)
     response = proxy_response_to_http(result)
     # Then its 403 access_denied is what openapi.yaml documents
-    answer = check("GET", "/token", response.status, dict(response.headers), response.body)
+    answer = check("GET", "/token", response.status_code, response.headers, response.get_data())
     assert answer.status == 403
     assert answer.body["error"] == "access_denied"
 

@@ -1,4 +1,4 @@
-"""`make local`'s credentials and local IAM policy (local.auth), without a server."""
+"""`make local`'s credentials and local IAM policy (local.gateway.auth), without a server."""
 
 from __future__ import annotations
 
@@ -10,19 +10,24 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from local.api_server import HttpRequest, HttpResponse
-from local.auth import (
+from local.gateway.auth import (
     POLICY_FILE_VAR,
     POLICY_JSON_VAR,
+    LocalAuth,
     LocalPolicy,
     PolicyError,
     load_policy,
     local_auth,
     parse_policy,
-    sigv4_resolver,
+)
+from local.gateway.sigv4 import (
+    LOCAL_TEST_ACCESS_KEY_ID,
+    LOCAL_TEST_SECRET_ACCESS_KEY,
+    AuthError,
+    CallerIdentity,
+    LocalCredential,
 )
 from local.run import local_region
-from local.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY, LocalCredential
 
 ANALYTICS_KEY = "AKIALOCALANALYTICS01"
 ANALYTICS_ARN = "arn:aws:iam::123456789012:user/analytics"
@@ -126,42 +131,42 @@ def test_a_policy_caller_cannot_replace_the_accepted_credentials() -> None:
         local_auth({POLICY_JSON_VAR: json.dumps(policy)})
 
 
-def _request(credentials: Credentials | None, path: str = "/v1/token") -> HttpRequest:
-    url = f"http://127.0.0.1:3000{path}"
-    signed = AWSRequest(method="GET", url=url)
+def _check(
+    auth: LocalAuth, credentials: Credentials | None, path: str = "/v1/token"
+) -> CallerIdentity | AuthError:
+    signed = AWSRequest(method="GET", url=f"http://127.0.0.1:3000{path}")
     if credentials is not None:
         SigV4Auth(credentials, "execute-api", "us-east-1").add_auth(signed)
     headers = (("Host", "127.0.0.1:3000"), *signed.headers.items())
-    return HttpRequest("GET", path, tuple(headers), b"", "127.0.0.7", 3000)
+    verifier = auth.verifier(region="us-east-1", api_id="api", stage="v1")
+    return verifier.check("GET", path, "", headers, b"", source_ip="127.0.0.7")
 
 
-def test_the_resolver_answers_api_gateways_403_or_the_identity() -> None:
-    # Given the resolver make local installs, with the policy allowing analytics one profile
+def test_the_verifier_answers_api_gateways_403_or_the_identity() -> None:
+    # Given the verifier make local installs, with the policy allowing analytics one profile
     auth = local_auth({POLICY_JSON_VAR: json.dumps(RICH_POLICY)})
-    resolve = sigv4_resolver(auth.verifier(region="us-east-1", api_id="api", stage="v1"))
     analytics = Credentials(ANALYTICS_KEY, "analytics-secret")
 
     # When requests come unsigned, from analytics for /token and for its profile
-    unsigned = resolve(_request(None))
-    denied = resolve(_request(analytics))
-    allowed = resolve(_request(analytics, "/v1/token/analytics"))
-    test_key = resolve(
-        _request(Credentials(LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY))
-    )
+    unsigned = _check(auth, None)
+    denied = _check(auth, analytics)
+    allowed = _check(auth, analytics, "/v1/token/analytics")
+    test_key = _check(auth, Credentials(LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY))
 
     # Then refusals are API Gateway's answers, and the allowed get requestContext.identity
-    assert isinstance(unsigned, HttpResponse)
+    assert isinstance(unsigned, AuthError)
     assert unsigned.status == 403
-    assert json.loads(unsigned.body) == {"message": "Missing Authentication Token"}
-    assert unsigned.header("x-amzn-ErrorType") == "MissingAuthenticationTokenException"
-    assert isinstance(denied, HttpResponse)
-    assert json.loads(denied.body)["Message"].endswith("api/v1/GET/token")
-    assert isinstance(allowed, dict)
-    assert allowed["userArn"] == ANALYTICS_ARN
-    assert allowed["accessKey"] == ANALYTICS_KEY
-    assert allowed["sourceIp"] == "127.0.0.7"
-    assert isinstance(test_key, dict)
-    assert test_key["accessKey"] == LOCAL_TEST_ACCESS_KEY_ID
+    assert json.loads(unsigned.body_json) == {"message": "Missing Authentication Token"}
+    assert unsigned.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+    assert isinstance(denied, AuthError)
+    assert denied.body["Message"].endswith("api/v1/GET/token")
+    assert isinstance(allowed, CallerIdentity)
+    identity = allowed.as_request_context_identity()
+    assert identity["userArn"] == ANALYTICS_ARN
+    assert identity["accessKey"] == ANALYTICS_KEY
+    assert identity["sourceIp"] == "127.0.0.7"
+    assert isinstance(test_key, CallerIdentity)
+    assert test_key.access_key == LOCAL_TEST_ACCESS_KEY_ID
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,15 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from local.sigv4 import (
+from local.gateway.auth import (
+    LocalSigV4Verifier,
+    authorize,
+    local_credentials,
+    method_arn,
+    not_authorized_error,
+    strip_stage,
+)
+from local.gateway.sigv4 import (
     DEFAULT_LOCAL_USER_ARN,
     INVALID_TOKEN,
     LOCAL_TEST_ACCESS_KEY_ID,
@@ -26,11 +34,6 @@ from local.sigv4 import (
     AuthError,
     CallerIdentity,
     LocalCredential,
-    LocalSigV4Verifier,
-    authorize,
-    local_credentials,
-    method_arn,
-    not_authorized_error,
     verify_request,
 )
 
@@ -546,7 +549,7 @@ def test_not_authorized_error_is_api_gateways_capitalised_message() -> None:
         "arn:aws:execute-api:us-east-1:********9012:local/v1/GET/token/analytics"
     }
     assert error.headers["x-amzn-ErrorType"] == "AccessDeniedException"
-    assert error.as_proxy_response()["statusCode"] == 403
+    assert json.loads(error.body_json) == error.body
 
 
 def test_method_arn() -> None:
@@ -589,8 +592,8 @@ def test_verifier_passes_signature_errors_through() -> None:
     ("raw", "resource"),
     [("/v1/token", "/token"), ("/token", "/token"), ("/v1", "/"), ("/v1x/token", "/v1x/token")],
 )
-def test_resource_path_strips_only_the_stage(raw: str, resource: str) -> None:
-    assert LocalSigV4Verifier({}).resource_path(raw) == resource
+def test_strip_stage_strips_only_the_stage(raw: str, resource: str) -> None:
+    assert strip_stage(raw, "v1") == resource
 
 
 # ---------------------------------------------------------------------------- local credentials
@@ -641,37 +644,20 @@ def test_the_client_falls_back_to_the_same_test_credentials() -> None:
     assert client_module.LOCAL_TEST_SECRET_ACCESS_KEY == LOCAL_TEST_SECRET_ACCESS_KEY
 
 
-@dataclass(frozen=True)
-class ReceivedRequest:
-    """Shaped like local.api_server.HttpRequest: headers as ordered pairs, raw path and query."""
-
-    method: str
-    raw_path: str
-    query: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    client_ip: str
-
-
-def test_check_http_takes_the_servers_request_object() -> None:
+def test_check_takes_the_request_as_the_server_received_it() -> None:
     # Given a signed request as the local server records it (header pairs, raw path and query)
     wire = sign(path="/v1/token", query="min_ttl=30")
-    received = ReceivedRequest(
-        wire.method, wire.path, wire.query, tuple(wire.headers.items()), wire.body, "127.0.0.9"
-    )
+    pairs = tuple(wire.headers.items())
     verifier = LocalSigV4Verifier(CREDENTIALS, REGION, api_id="local0api1")
     # When it is checked
-    result = verifier.check_http(received)
+    result = verifier.check("GET", wire.path, wire.query, pairs, b"", source_ip="127.0.0.9")
     # Then the caller is identified, with the client's address
     assert isinstance(result, CallerIdentity)
     assert result.source_ip == "127.0.0.9"
-    # And a tampered copy is refused with a response the server can send as is
-    tampered = ReceivedRequest(
-        "GET", "/v1/token", "min_ttl=0", received.headers, b"", received.client_ip
-    )
-    refused = verifier.check_http(tampered)
+    # And a tampered copy is refused with the headers API Gateway sends
+    refused = verifier.check("GET", "/v1/token", "min_ttl=0", pairs, b"")
     assert isinstance(refused, AuthError)
-    assert refused.header_pairs == [
+    assert list(refused.headers.items()) == [
         ("Content-Type", "application/json"),
         ("x-amzn-ErrorType", "InvalidSignatureException"),
     ]
