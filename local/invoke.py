@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local.api_server import Handler
 from local.events import event_path, load_event, substitute_secret
+from local.gateway.server import Handler
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import answers_http
 from local.run import STATE_FILE, LocalEnvironment, load_handler

@@ -1,22 +1,12 @@
 """``make local``: the whole service on loopback, no Docker, no AWS account.
 
-Starts a moto server (AWS), an Igni stub (unless real Igni credentials are given), creates the
-stack's table, key and secret from template.yaml, points the function's environment at them and
-serves the function on http://127.0.0.1:3000 the way API Gateway invokes it, until Ctrl-C.
-
-Real Igni instead of the stub: set ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID`` and
-``IGNI_CLIENT_SECRET``; the credentials go into the (local) secret and the function exchanges them
-at https://{workspace}.igni.co/api/v1/oauth2/token (or ``IGNI_TOKEN_URL`` when set).
-
-Requests must be signed as API Gateway's ``AWS_IAM`` authorization requires (SigV4, service
-``execute-api``) with the credentials of this environment, or the documented test credentials when
-it has none; ``LOCAL_IAM_POLICY`` / ``LOCAL_IAM_POLICY_JSON`` say which caller may invoke which
-method (see local.auth). ``--profiles analytics`` (or ``LOCAL_PROFILES=analytics``) adds named
-credential profiles, each with its own stub client and secret.
-
-``.local-state/env.json`` tells other commands (``make invoke``, the benchmark) where the running
-stack is. It holds endpoints, names and the function environment; no secret except the stub's fake
-credentials.
+A moto server (AWS), the Igni stub (unless ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID`` and
+``IGNI_CLIENT_SECRET`` name the real Igni), the stack's table, key and secret created from
+template.yaml, and the API function served on http://127.0.0.1:3000 as API Gateway serves it
+(:mod:`local.gateway`), until Ctrl-C. ``--profiles`` / ``LOCAL_PROFILES`` adds credential
+profiles, each with its own stub client and secret. ``.local-state/env.json`` tells other
+commands (``make invoke``, the benchmark) where the stack is: endpoints, names and the function
+environment, no secret but the stub's fake credentials.
 """
 
 from __future__ import annotations
@@ -35,23 +25,19 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import botocore.session
 from botocore.exceptions import BotoCoreError
 
-from local.api_server import DEFAULT_API_ID, DEFAULT_STAGE, ApiServer, Handler, LocalIdentity
-from local.auth import LocalAuth, PolicyError, local_auth, sigv4_resolver
-from local.cfn_template import REPO_ROOT, load_template, resource_properties
-from local.igni_stub import IgniStub
+from local.cfn_template import REPO_ROOT, api_function, load_template, resource_properties
+from local.gateway.auth import LocalAuth, PolicyError, local_auth
+from local.gateway.server import DEFAULT_API_ID, DEFAULT_STAGE, ApiServer, Handler
+from local.gateway.sigv4 import DEFAULT_LOCAL_USER_ARN, LOCAL_TEST_ACCESS_KEY_ID
+from local.gateway.sigv4 import LOCAL_TEST_SECRET_ACCESS_KEY as TEST_SECRET
+from local.igni_stub import StubProcess
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer
-from local.sigv4 import (
-    DEFAULT_LOCAL_USER_ARN,
-    LOCAL_TEST_ACCESS_KEY_ID,
-    LOCAL_TEST_SECRET_ACCESS_KEY,
-)
 from local.stack import DEFAULT_REGION, LocalStack, create_stack
 
 STATE_FILE = REPO_ROOT / ".local-state" / "env.json"
@@ -59,17 +45,15 @@ STUB_CLIENT_ID = "local-client"
 STUB_CLIENT_SECRET = "local-secret"
 STUB_WORKSPACE = "local"
 PROFILES_VAR = "LOCAL_PROFILES"
-# The function's own rule for profile names (token_vendor.config.PROFILE_NAME); "default" is the
-# stack's own secret and "refresh" would be shadowed by the literal /token/refresh resource.
+# The function's rule for profile names; "default" is the stack's own secret and "refresh"
+# would be shadowed by the literal /token/refresh resource.
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_RESERVED_PROFILES = frozenset({"default", "refresh"})
 
 
 def local_region(environ: Mapping[str, str] | None = None) -> str:
-    """The region of this environment, found as igni-token finds the one it signs for.
+    """AWS_REGION, AWS_DEFAULT_REGION, the AWS profile's region, else us-east-1.
 
-    AWS_REGION, AWS_DEFAULT_REGION, the AWS profile's region, else us-east-1: the local API then
-    sits in the region a client in the same shell signs for, as a deployed one would.
+    The region igni-token in the same shell signs for, as a deployed API would sit in.
     """
     env = os.environ if environ is None else environ
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
@@ -85,11 +69,8 @@ def local_region(environ: Mapping[str, str] | None = None) -> str:
 def parse_profiles(spec: str | None) -> tuple[str, ...]:
     """``"analytics,billing"`` -> ("analytics", "billing"); ValueError naming a bad name."""
     names: list[str] = []
-    for raw in (spec or "").split(","):
-        name = raw.strip()
-        if not name:
-            continue
-        if not _PROFILE_NAME.match(name) or name in _RESERVED_PROFILES:
+    for name in filter(None, (raw.strip() for raw in (spec or "").split(","))):
+        if not _PROFILE_NAME.match(name) or name in {"default", "refresh"}:
             raise ValueError(
                 f"profile {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
                 "(not 'default' or 'refresh')"
@@ -149,35 +130,41 @@ class LocalEnvironment:
                 "extra profiles need the Igni stub (each gets its own stub client); "
                 "unset IGNI_WORKSPACE or drop --profiles / LOCAL_PROFILES"
             )
-        self.host = host
+        self.host, self.stub_port, self.quiet = host, stub_port, quiet
         self.moto = MotoServer(host, moto_port)
-        self.stub: IgniStub | None = None
-        self.profiles = tuple(profiles)
-        if real_igni is None:
-            clients = dict([(STUB_CLIENT_ID, STUB_CLIENT_SECRET), *map(stub_client, profiles)])
-            self.stub = IgniStub(clients, host=host, port=stub_port, quiet=quiet)
+        self.stub: StubProcess | None = None
         self.real_igni = real_igni
+        self.profiles = tuple(profiles)
         self.stack_name = stack_name or f"local-{uuid.uuid4().hex[:8]}"
         self.region = region
         self.stack: LocalStack | None = None
-        # Taken once at start, before anyone copies it into os.environ (which would change what
-        # function_env() adds, e.g. the fake credentials).
+        # Taken once at start, before anyone copies it into os.environ.
         self.function_env: dict[str, str] = {}
 
     @property
     def mode(self) -> str:
-        return "stub" if self.stub is not None else "igni"
+        return "stub" if self.real_igni is None else "igni"
 
     def start(self) -> LocalStack:
         try:
             endpoint = self.moto.start()
-            if self.stub is not None:
-                self.stub.start()
+            real = self.real_igni or RealIgni(STUB_WORKSPACE, STUB_CLIENT_ID, STUB_CLIENT_SECRET)
+            if self.real_igni is None:
+                clients = [(STUB_CLIENT_ID, STUB_CLIENT_SECRET), *map(stub_client, self.profiles)]
+                self.stub = StubProcess(
+                    dict(clients), host=self.host, port=self.stub_port, quiet=self.quiet
+                )
             self.stack = create_stack(
                 self.stack_name,
                 endpoint_url=endpoint,
                 region=self.region,
-                **self._stack_arguments(),
+                secret_value={
+                    "client_id": real.client_id,
+                    "client_secret": real.client_secret,
+                    "workspace": real.workspace,
+                },
+                igni_workspace=None if self.stub else real.workspace,
+                igni_token_url=self.stub.token_url if self.stub else real.token_url,
             )
             self.function_env = self.stack.function_env()
             # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
@@ -191,46 +178,18 @@ class LocalEnvironment:
         """One secret per extra profile, holding its stub client; IGNI_PROFILES for them."""
         if not self.profiles or self.stub is None:
             return ""
-        secrets_manager = stack.secretsmanager()
         profiles: dict[str, dict[str, str]] = {}
         for name in self.profiles:
             client_id, client_secret = stub_client(name)
-            secret = secrets_manager.create_secret(
+            secret = stack.secretsmanager().create_secret(
                 Name=f"igni-token-vendor/{stack.name}/{name}",
                 SecretString=json.dumps(
-                    {
-                        "client_id": client_id,
-                        "client_secret": client_secret,
-                        "workspace": STUB_WORKSPACE,
-                    }
+                    {"client_id": client_id, "client_secret": client_secret, "workspace": "local"}
                 ),
                 Tags=[{"Key": "aws:cloudformation:stack-name", "Value": stack.name}],
             )
             profiles[name] = {"secret_id": secret["ARN"], "token_url": self.stub.token_url}
         return json.dumps(profiles)
-
-    def _stack_arguments(self) -> dict[str, Any]:
-        if self.stub is not None:
-            return {
-                "secret_value": {
-                    "client_id": STUB_CLIENT_ID,
-                    "client_secret": STUB_CLIENT_SECRET,
-                    "workspace": STUB_WORKSPACE,
-                },
-                "igni_token_url": self.stub.token_url,
-            }
-        real = self.real_igni
-        if real is None:  # pragma: no cover - __init__ sets one of the two
-            raise RuntimeError("neither the stub nor real Igni")
-        return {
-            "secret_value": {
-                "client_id": real.client_id,
-                "client_secret": real.client_secret,
-                "workspace": real.workspace,
-            },
-            "igni_workspace": real.workspace,
-            "igni_token_url": real.token_url,
-        }
 
     def stop(self) -> None:
         if self.stub is not None:
@@ -247,16 +206,17 @@ class LocalEnvironment:
         """What .local-state/env.json holds: endpoints, names, function env; no real secret."""
         if self.stack is None:
             raise RuntimeError("not started")
+        stub = self.stub
         return {
             "mode": self.mode,
             "pid": os.getpid(),
             "api_url": api_url,
             "moto_endpoint": self.moto.endpoint_url,
             "moto_log": str(self.moto.log_path),
-            "igni_token_url": self.stub.token_url if self.stub else self.stack.igni_token_url,
+            "igni_token_url": stub.token_url if stub else self.stack.igni_token_url,
             "igni_workspace": self.real_igni.workspace if self.real_igni else STUB_WORKSPACE,
-            "stub_base_url": self.stub.base_url if self.stub else None,
-            "stub_client_id": STUB_CLIENT_ID if self.stub else None,
+            "stub_base_url": stub.base_url if stub else None,
+            "stub_client_id": STUB_CLIENT_ID if stub else None,
             "profiles": ["default", *self.profiles],
             "stack": self.stack.names(),
             "function_env": self.function_env,
@@ -265,38 +225,24 @@ class LocalEnvironment:
         }
 
 
-def handler_spec(template_path: Path | None = None) -> str:
-    """The function's Handler from template.yaml, e.g. ``token_vendor.handler.lambda_handler``."""
-    template = load_template(template_path) if template_path else load_template()
-    return str(resource_properties(template, "TokenFunction")["Handler"])
-
-
 def load_handler(spec: str | None = None) -> Handler:
     """Import a handler named ``package.module.function`` (Lambda's form) or ``module:function``.
 
-    Import it only after the function's environment is set: modules may read it at import.
+    None: the API function's Handler in template.yaml. Import it only after the function's
+    environment is set: modules may read it at import.
     """
-    spec = spec or handler_spec()
+    if spec is None:
+        template = load_template()
+        spec = str(resource_properties(template, api_function(template))["Handler"])
     module_name, sep, attr = spec.partition(":")
     if not sep:
         module_name, _, attr = spec.rpartition(".")
-    src = str(REPO_ROOT / "src")
-    if src not in sys.path:
-        # Works from a plain checkout too, not only after `pip install -e .`.
-        sys.path.insert(0, src)
-    module = importlib.import_module(module_name)
-    handler = getattr(module, attr)
+    if str(REPO_ROOT / "src") not in sys.path:  # a plain checkout, without `pip install -e .`
+        sys.path.insert(0, str(REPO_ROOT / "src"))
+    handler = getattr(importlib.import_module(module_name), attr)
     if not callable(handler):
         raise TypeError(f"{spec} is not callable")
     return handler  # type: ignore[no-any-return]
-
-
-def write_state(path: Path, state: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    # Replace in one step so a reader never sees half a file.
-    tmp.replace(path)
 
 
 def make_api(
@@ -306,25 +252,15 @@ def make_api(
     *,
     host: str = "127.0.0.1",
     port: int = 3000,
-    strict_routes: bool = False,
     quiet: bool = False,
 ) -> ApiServer:
-    """The API on ``stack`` as API Gateway serves it: SigV4 checked, the local IAM policy applied.
-
-    A request refused by either gets API Gateway's 403 and never reaches ``handler``.
-    """
-    api_id = DEFAULT_API_ID
-    verifier = auth.verifier(region=stack.region, api_id=api_id, stage=DEFAULT_STAGE)
+    """The API on ``stack`` as API Gateway serves it: routes, SigV4 and the local IAM policy."""
     return ApiServer(
         handler,
-        sigv4_resolver(verifier),
+        auth.verifier(region=stack.region, api_id=DEFAULT_API_ID, stage=DEFAULT_STAGE),
         host=host,
         port=port,
-        stage=DEFAULT_STAGE,
-        api_id=api_id,
-        # requestContext.accountId: the API's owner, the stack's account.
-        identity=LocalIdentity(account_id=stack.account_id),
-        strict_routes=strict_routes,
+        account_id=stack.account_id,  # requestContext.accountId: the API owner's
         quiet=quiet,
         context_factory=lambda: FakeLambdaContext(
             timeout_s=stack.function_timeout_s,
@@ -336,26 +272,14 @@ def make_api(
     )
 
 
-def _igni_token_command() -> str:
-    """How to run the CLI from here: the venv's igni-token if installed, relative when short."""
-    script = Path(sys.executable).parent / "igni-token"
-    if not script.exists():
-        return "igni-token"
-    try:
-        return str(script.relative_to(Path.cwd()))
-    except ValueError:
-        return str(script)
-
-
 def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path) -> str:
     """What `make local` prints once it serves: where things are and how to call them."""
-    stack = env.stack
+    stack, stub, real = env.stack, env.stub, env.real_igni
     if stack is None:
         raise RuntimeError("not started")
-    if env.stub is not None:
-        igni = f"Igni stub at {env.stub.token_url} (client {STUB_CLIENT_ID}; fake token every call)"
+    if stub is not None:
+        igni = f"Igni stub at {stub.token_url} (client {STUB_CLIENT_ID}; fake token every call)"
     else:
-        real = env.real_igni
         url = (
             real.token_url if real else None
         ) or "https://{workspace}.igni.co/api/v1/oauth2/token"
@@ -365,44 +289,42 @@ def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path
         for name in env.profiles
     )
     accepted = "\n".join(
-        textwrap.fill(line, width=98, initial_indent="  ", subsequent_indent="      ")
-        if not line.startswith(" ")
-        else f"  {line}"
+        f"  {line}"
+        if line.startswith(" ")
+        else textwrap.fill(line, 98, initial_indent="  ", subsequent_indent="      ")
         for line in auth.description
     )
-    cli = _igni_token_command()
-    test_keys = LOCAL_TEST_ACCESS_KEY_ID in auth.credentials
-    awscurl_env = (
-        f"AWS_ACCESS_KEY_ID={LOCAL_TEST_ACCESS_KEY_ID} "
-        f"AWS_SECRET_ACCESS_KEY={LOCAL_TEST_SECRET_ACCESS_KEY} \\\n    "
-        if test_keys
-        else ""
+    cli = Path(sys.executable).parent / "igni-token"
+    key, secret = (
+        (LOCAL_TEST_ACCESS_KEY_ID, TEST_SECRET)
+        if LOCAL_TEST_ACCESS_KEY_ID in auth.credentials
+        else ("$AWS_ACCESS_KEY_ID", "$AWS_SECRET_ACCESS_KEY")
     )
     return f"""
 Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
 
   API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token){profiles}
   AWS (moto server)      {stack.endpoint_url}   (state lost when this stops)
-    table                {stack.table_name}
-    secret               {stack.secret_name}
-    KMS key              {stack.kms_key_arn}
+    table {stack.table_name}, secret {stack.secret_name}, KMS key {stack.kms_key_arn}
   state for other tools  {state_file}
 
+Routes are template.yaml's: any other path or method is 403 Missing Authentication Token.
 Signatures are checked as API Gateway's AWS_IAM does (SigV4, service execute-api, region
 {stack.region}); a missing, wrong or stale one gets 403 and never reaches the function.
 {accepted}
 
 Call it:
-  {cli} get --endpoint {api_url}          (--header, --json, --profile NAME)
-  curl -i {api_url}/token                 (unsigned: 403 Missing Authentication Token)
-  {awscurl_env}awscurl --service execute-api --region {stack.region} {api_url}/token
+  {cli if cli.exists() else "igni-token"} get --endpoint {api_url}   (--json, --profile NAME)
+  curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{key}:{secret}" {api_url}/v1/token
+  AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} \\
+    awscurl --service execute-api --region {stack.region} {api_url}/token
   make invoke EVENT=events/get_token.json     (runs the handler on an event, this stack)
 
 Ctrl-C stops everything.
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m local.run",
         description="make local",
@@ -411,36 +333,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "LOCAL_IAM_POLICY_JSON (which caller may invoke what), LOCAL_PROFILES, and "
         "IGNI_WORKSPACE + IGNI_CLIENT_ID + IGNI_CLIENT_SECRET for the real Igni (docs/local.md)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3000, help="API port")
-    parser.add_argument("--moto-port", type=int, default=5005)
-    parser.add_argument("--stub-port", type=int, default=8089)
-    parser.add_argument("--stack-name", default="local")
-    parser.add_argument("--state-file", type=Path, default=STATE_FILE)
-    parser.add_argument("--handler", default=None, help="default: TokenFunction's Handler")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=3000, help="API port")
+    add("--moto-port", type=int, default=5005)
+    add("--stub-port", type=int, default=8089)
+    add("--stack-name", default="local")
+    add("--state-file", type=Path, default=STATE_FILE)
+    add("--handler", default=None, help="default: the API function's Handler")
+    add(
         "--user-arn",
-        default=None,
-        help="the caller's ARN for the accepted credentials (default: $IGNI_LOCAL_CALLER_ARN or "
-        f"{DEFAULT_LOCAL_USER_ARN})",
+        help=f"the caller's ARN (default: $IGNI_LOCAL_CALLER_ARN or {DEFAULT_LOCAL_USER_ARN})",
     )
-    parser.add_argument(
+    add(
         "--profiles",
         default=os.environ.get(PROFILES_VAR, ""),
         metavar="NAME[,NAME]",
-        help="extra credential profiles, each with its own stub client and secret, served at "
-        f"/token/NAME (default: ${PROFILES_VAR})",
+        help=f"extra credential profiles, served at /token/NAME (default: ${PROFILES_VAR})",
     )
-    parser.add_argument(
-        "--strict-routes",
-        action="store_true",
-        help="answer unrouted paths 403 like API Gateway instead of passing them on",
-    )
-    args = parser.parse_args(argv)
+    # Routing is always API Gateway's now; the flag is accepted so that older commands still run.
+    add("--strict-routes", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     try:
         real = RealIgni.from_environ()
-        profiles = parse_profiles(args.profiles)
         # Before moto's fake credentials reach os.environ: the developer's own are what count.
         environ = dict(os.environ)
         if args.user_arn:
@@ -453,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack_name=args.stack_name,
             region=local_region(environ),
             real_igni=real,
-            profiles=profiles,
+            profiles=parse_profiles(args.profiles),
             quiet=False,
         )
     except (ValueError, PolicyError) as exc:
@@ -461,29 +381,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     api: ApiServer | None = None
     try:
         print(f"make local: starting ({'stub' if real is None else 'real Igni'} mode)...")
         stack = env.start()
         os.environ.update(env.function_env)
-        handler = load_handler(args.handler)
-        api = make_api(
-            handler,
-            stack,
-            auth,
-            host=args.host,
-            port=args.port,
-            strict_routes=args.strict_routes,
-        )
+        api = make_api(load_handler(args.handler), stack, auth, host=args.host, port=args.port)
         api.start()
-        write_state(args.state_file, env.state(api.base_url, auth))
+        args.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(env.state(api.base_url, auth), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(args.state_file)  # in one step: a reader never sees half a file
         print(usage(api.base_url, env, auth, args.state_file), flush=True)
         while not stop.wait(0.5):
             pass
@@ -496,17 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if api is not None:
             api.stop()
         env.stop()
-        _remove_state(args.state_file)
+        try:  # The state file goes if this process wrote it (another `make local` may own it).
+            if json.loads(args.state_file.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                args.state_file.unlink()
+        except (OSError, ValueError):
+            pass
     return 0
-
-
-def _remove_state(path: Path) -> None:
-    """Remove the state file if this process wrote it (another `make local` may own it)."""
-    try:
-        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass
 
 
 if __name__ == "__main__":

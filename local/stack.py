@@ -27,11 +27,10 @@ from botocore.config import Config
 
 from local.cfn_template import (
     TEMPLATE_PATH,
-    Template,
+    api_function,
     load_template,
     parameter_defaults,
     resolve,
-    resource,
     resource_properties,
 )
 
@@ -44,7 +43,6 @@ DEFAULT_REGION = "us-east-1"
 TABLE_ID = "TokenTable"
 KEY_ID = "TokenKey"
 SECRET_ID = "IgniSecret"
-FUNCTION_ID = "TokenFunction"
 
 # Local AWS calls go to loopback only: fail fast instead of botocore's 60 s and 10 attempts.
 _BOTO_CONFIG = Config(
@@ -146,14 +144,6 @@ class LocalStack:
         answer = self.secretsmanager().put_secret_value(SecretId=self.secret_arn, SecretString=text)
         return answer["VersionId"]
 
-    def delete(self) -> None:
-        """Remove the table and secret and schedule the key's deletion (moto keeps it listed)."""
-        self.dynamodb().delete_table(TableName=self.table_name)
-        self.secretsmanager().delete_secret(
-            SecretId=self.secret_arn, ForceDeleteWithoutRecovery=True
-        )
-        self.kms().schedule_key_deletion(KeyId=self.kms_key_id, PendingWindowInDays=7)
-
 
 def _table_request(props: Mapping[str, Any], table_name: str) -> dict[str, Any]:
     """CreateTable arguments from the AWS::DynamoDB::Table Properties (already resolved)."""
@@ -163,43 +153,15 @@ def _table_request(props: Mapping[str, Any], table_name: str) -> dict[str, Any]:
         "AttributeDefinitions": props["AttributeDefinitions"],
         "BillingMode": props.get("BillingMode", "PROVISIONED"),
     }
-    if request["BillingMode"] == "PROVISIONED":
-        request["ProvisionedThroughput"] = props["ProvisionedThroughput"]
-    for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+    for key in ("ProvisionedThroughput", "GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
         if props.get(key):
             request[key] = props[key]
-    sse = props.get("SSESpecification")
-    if sse and sse.get("SSEEnabled"):
-        # CloudFormation says SSEEnabled where the API says Enabled.
+    sse = props.get("SSESpecification") or {}
+    if sse.get("SSEEnabled"):  # CloudFormation's SSEEnabled is the API's Enabled.
         request["SSESpecification"] = {"Enabled": True, "SSEType": sse.get("SSEType", "KMS")}
         if sse.get("KMSMasterKeyId"):
             request["SSESpecification"]["KMSMasterKeyId"] = sse["KMSMasterKeyId"]
-    stream = props.get("StreamSpecification")
-    if stream:
-        request["StreamSpecification"] = {
-            "StreamEnabled": True,
-            "StreamViewType": stream["StreamViewType"],
-        }
     return request
-
-
-def _function_env(
-    template: Template, refs: Mapping[str, Any]
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """Resolve the function's Environment.Variables; returns (env, {name: unresolved})."""
-    variables = (resource_properties(template, FUNCTION_ID).get("Environment") or {}).get(
-        "Variables"
-    ) or {}
-    env: dict[str, str] = {}
-    unresolved: dict[str, Any] = {}
-    for name, value in variables.items():
-        try:
-            resolved = resolve(template, value, refs)
-        except (KeyError, ValueError):
-            unresolved[name] = value
-            continue
-        env[name] = str(resolved).lower() if isinstance(resolved, bool) else str(resolved)
-    return env, unresolved
 
 
 def create_stack(
@@ -279,17 +241,28 @@ def create_stack(
     # The template's Ref to the secret (IGNI_SECRET_ID) is its ARN.
     refs.update({SECRET_ID: secret["ARN"], f"{SECRET_ID}.Id": secret["ARN"]})
 
-    function_name = f"{name}-{FUNCTION_ID}"
-    refs[FUNCTION_ID] = function_name
-    env, unresolved = _function_env(template, refs)
-    if unresolved:
-        warnings.warn(
-            f"local stack: could not resolve {sorted(unresolved)} of {FUNCTION_ID}'s environment "
-            "from template.yaml; extend local/stack.py's refs",
-            stacklevel=2,
-        )
+    # The function behind the API: its environment (over Globals', as SAM merges them), resolved.
+    function_id = api_function(template)
+    function_name = f"{name}-{function_id}"
+    refs[function_id] = function_name
     globals_fn = (template.get("Globals") or {}).get("Function") or {}
-    function = resource(template, FUNCTION_ID).get("Properties") or {}
+    function = resource_properties(template, function_id)
+    variables = {
+        **((globals_fn.get("Environment") or {}).get("Variables") or {}),
+        **((function.get("Environment") or {}).get("Variables") or {}),
+    }
+    env: dict[str, str] = {}
+    for var, value in variables.items():
+        try:
+            resolved = resolve(template, value, refs)
+        except (KeyError, ValueError):
+            warnings.warn(
+                f"local stack: cannot resolve {var} of {function_id}'s environment; "
+                "extend local/stack.py's refs",
+                stacklevel=2,
+            )
+            continue
+        env[var] = str(resolved).lower() if isinstance(resolved, bool) else str(resolved)
     return LocalStack(
         name=name,
         endpoint_url=endpoint_url,

@@ -1,13 +1,13 @@
-"""The local tools themselves, for real: Igni stub, moto server, stack, API emulation, invoke.
+"""The local tools themselves, for real: Igni stub, moto server, stack, events, invoke, make local.
 
 Everything runs as it does for ``make local`` and the other integration tests: the stub and moto
-as processes over HTTP, the API server on a loopback socket. The handlers here are trivial fakes
-(tests/integration/fake_handlers.py) so these tests do not depend on the real function.
+as processes over HTTP. The handlers here are trivial fakes (tests/integration/fake_handlers.py)
+so these tests do not depend on the real function. The API Gateway emulation is tested in
+test_local_gateway.py.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,6 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from local.api_server import (
-    ApiServer,
-    HttpRequest,
-    HttpResponse,
-    LocalIdentity,
-    MalformedProxyResponse,
-    proxy_response_to_http,
-    request_to_event,
-)
 from local.cfn_template import (
     api_routes,
     load_template,
@@ -44,12 +35,12 @@ from local.cfn_template import (
     resource_properties,
 )
 from local.events import EVENTS_DIR, PLACEHOLDER_SECRET_ARN, PLACEHOLDER_SECRET_NAME
+from local.gateway.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.igni_stub import StubProcess, decode_jwt_segment, parse_clients, token_fingerprint
 from local.invoke import invoke_event
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer
 from local.run import LocalEnvironment, RealIgni
-from local.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.stack import LocalStack
 from tests.integration import fake_handlers
 from tests.local_run import start_local_run
@@ -459,244 +450,7 @@ def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None
     assert not server.running
 
 
-# --- API Gateway emulation ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def echo_api() -> Iterator[ApiServer]:
-    api = ApiServer(fake_handlers.echo, port=0, quiet=True)
-    api.start()
-    try:
-        yield api
-    finally:
-        api.stop()
-
-
-def echoed(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:
-    assert response.status == 200, response.data
-    return json.loads(response.data)  # type: ignore[no-any-return]
-
-
-@pytest.mark.parametrize("prefix", ["", "/v1"])
-def test_api_turns_a_get_into_a_rest_proxy_event(echo_api: ApiServer, prefix: str) -> None:
-    # When a client GETs /token with a repeated query parameter, with or without the stage
-    response = HTTP.request(
-        "GET",
-        f"{echo_api.base_url}{prefix}/token?min_ttl=60&x=1&x=2",
-        headers={"User-Agent": "pytest-agent", "X-Custom": "yes"},
-    )
-
-    # Then the handler got a version 1.0 REST proxy event for the /token resource
-    event = echoed(response)["event"]
-    assert event["resource"] == "/token"
-    assert event["path"] == "/token"
-    assert event["httpMethod"] == "GET"
-    assert event["queryStringParameters"] == {"min_ttl": "60", "x": "2"}
-    assert event["multiValueQueryStringParameters"] == {"min_ttl": ["60"], "x": ["1", "2"]}
-    assert event["headers"]["X-Custom"] == "yes"
-    assert event["multiValueHeaders"]["X-Custom"] == ["yes"]
-    assert event["headers"]["X-Forwarded-For"] == "127.0.0.1"
-    assert event["headers"]["X-Amzn-Trace-Id"].startswith("Root=1-")
-    assert event["pathParameters"] is None
-    assert event["stageVariables"] is None
-    assert event["body"] is None
-    assert event["isBase64Encoded"] is False
-    ctx = event["requestContext"]
-    assert ctx["stage"] == "v1"
-    assert ctx["path"] == "/v1/token"
-    assert ctx["resourcePath"] == "/token"
-    assert ctx["httpMethod"] == "GET"
-    assert ctx["accountId"] == "123456789012"
-    assert ctx["apiId"]
-    assert ctx["requestId"] == response.headers["x-amzn-RequestId"]
-    # and the caller identity is filled as API Gateway does under AWS_IAM
-    identity = ctx["identity"]
-    assert identity["userArn"] == "arn:aws:iam::123456789012:user/local-developer"
-    assert identity["accountId"] == "123456789012"
-    assert identity["caller"] == identity["user"]
-    assert identity["accessKey"].startswith("AKIA")
-    assert identity["sourceIp"] == "127.0.0.1"
-    assert identity["userAgent"] == "pytest-agent"
-    assert identity["cognitoIdentityId"] is None
-    assert identity["cognitoAuthenticationType"] is None
-    # and it ran with a fresh context counting down from 25 s
-    context = echoed(response)["context"]
-    assert 20_000 < context["remaining_ms"] <= 25_000
-
-
-def test_api_passes_bodies_and_translates_responses_back(echo_api: ApiServer) -> None:
-    # When a client POSTs a JSON body to /token/refresh
-    response = HTTP.request(
-        "POST",
-        f"{echo_api.base_url}/v1/token/refresh",
-        body=b'{"rejected_token": "eyJ"}',
-        headers={"Content-Type": "application/json"},
-    )
-
-    # Then the event carries it as text under the refresh resource
-    event = echoed(response)["event"]
-    assert event["resource"] == "/token/refresh"
-    assert event["body"] == '{"rejected_token": "eyJ"}'
-    assert event["isBase64Encoded"] is False
-    # and the proxy response's headers and multi-value headers both reach the client
-    assert response.headers["Cache-Control"] == "no-store"
-    assert response.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
-    assert response.headers["Content-Type"] == "application/json"
-
-
-def test_api_base64_encodes_binary_request_bodies() -> None:
-    # Given a request whose body is not UTF-8
-    request = HttpRequest("POST", "/token/refresh", (("Host", "h"),), b"\xff\xfe", "1.2.3.4", 3000)
-
-    # When it becomes an event
-    event = request_to_event(request, {"userArn": "arn"}, resource="/token/refresh")
-
-    # Then the body is base64 and flagged so
-    assert event["isBase64Encoded"] is True
-    assert base64.b64decode(event["body"]) == b"\xff\xfe"
-
-
-def test_api_decodes_base64_response_bodies() -> None:
-    # Given an API whose handler answers bytes, base64-encoded
-    with ApiServer(fake_handlers.binary, port=0, quiet=True) as api:
-        # When a client calls it
-        response = HTTP.request("GET", f"{api.base_url}/token")
-
-    # Then the client gets the raw bytes and the handler's status
-    assert response.status == 201
-    assert response.data == b"\x00\x01\xfe\xff"
-    assert response.headers["Content-Type"] == "application/octet-stream"
-
-
-@pytest.mark.parametrize(
-    "result",
-    [
-        None,
-        {"body": "no status"},
-        {"statusCode": 200, "body": {"not": "a string"}},
-        {"statusCode": 200, "headers": {"X": ["list"]}},
-        {"statusCode": 200, "body": "!!", "isBase64Encoded": True},
-    ],
-)
-def test_malformed_proxy_responses_are_rejected(result: object) -> None:
-    with pytest.raises(MalformedProxyResponse):
-        proxy_response_to_http(result)
-
-
-def test_proxy_response_defaults_like_api_gateway() -> None:
-    # When a handler answers only a status
-    response = proxy_response_to_http({"statusCode": 204})
-
-    # Then the body is empty and the content type defaults to JSON
-    assert response.status == 204
-    assert response.body == b""
-    assert response.header("Content-Type") == "application/json"
-
-
-def test_api_answers_502_when_the_handler_fails() -> None:
-    # Given handlers that raise or answer something that is not a proxy response
-    for handler in (fake_handlers.boom, lambda event, context: {"body": "no status"}):
-        with ApiServer(handler, port=0, quiet=True) as api:
-            # When a client calls
-            response = HTTP.request("GET", f"{api.base_url}/token")
-
-        # Then it gets API Gateway's 502
-        assert response.status == 502
-        assert response.json() == {"message": "Internal server error"}
-
-
-def test_identity_resolver_can_refuse_before_the_handler_runs() -> None:
-    # Given a resolver that refuses unsigned requests, as a SigV4 check will
-    invoked: list[dict[str, Any]] = []
-
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        invoked.append(event)
-        return {"statusCode": 200, "body": "{}"}
-
-    def resolver(request: HttpRequest) -> dict[str, Any] | HttpResponse:
-        if request.header("Authorization") is None:
-            return HttpResponse.json(403, {"message": "Missing Authentication Token"})
-        return LocalIdentity(user_arn="arn:aws:iam::123456789012:user/signed").event_identity(
-            request.client_ip, request.header("User-Agent")
-        )
-
-    with ApiServer(handler, resolver, port=0, quiet=True) as api:
-        # When one request is unsigned and one "signed"
-        refused = HTTP.request("GET", f"{api.base_url}/token")
-        allowed = HTTP.request(
-            "GET", f"{api.base_url}/token", headers={"Authorization": "AWS4-HMAC-SHA256 x"}
-        )
-
-    # Then the unsigned one never reached the handler and the other carries the resolved caller
-    assert refused.status == 403
-    assert allowed.status == 200
-    assert len(invoked) == 1
-    assert invoked[0]["requestContext"]["identity"]["userArn"].endswith("user/signed")
-
-
-def test_api_serialises_invocations_like_one_execution_environment() -> None:
-    # Given a slow handler that counts how many invocations overlap
-    state = {"active": 0, "max": 0}
-    lock = threading.Lock()
-
-    def slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        with lock:
-            state["active"] += 1
-            state["max"] = max(state["max"], state["active"])
-        time.sleep(0.05)
-        with lock:
-            state["active"] -= 1
-        return {"statusCode": 200, "body": "{}"}
-
-    with ApiServer(slow, port=0, quiet=True) as api:
-        # When four clients call at once
-        threads = [
-            threading.Thread(target=HTTP.request, args=("GET", f"{api.base_url}/token"))
-            for _ in range(4)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=10)
-
-    # Then the handler ran one invocation at a time
-    assert state["max"] == 1
-
-
-def test_unrouted_paths_reach_the_handler_unless_strict(echo_api: ApiServer) -> None:
-    # When a client calls a path the template does not route
-    loose = HTTP.request("DELETE", f"{echo_api.base_url}/v1/nope")
-
-    # Then by default the handler sees it (so its 404/405 can be tried locally)
-    event = echoed(loose)["event"]
-    assert event["resource"] == "/nope"
-    assert event["httpMethod"] == "DELETE"
-
-    # But with strict routes it gets API Gateway's own 403
-    with ApiServer(fake_handlers.echo, port=0, quiet=True, strict_routes=True) as strict:
-        refused = HTTP.request("DELETE", f"{strict.base_url}/v1/nope")
-        routed = HTTP.request("GET", f"{strict.base_url}/v1/token")
-    assert refused.status == 403
-    assert refused.json() == {"message": "Missing Authentication Token"}
-    assert routed.status == 200
-
-
-def test_api_routes_path_parameters_with_literal_segments_first(echo_api: ApiServer) -> None:
-    # Given the template's routes, where /token/{profile} sits beside /token/refresh
-    routes = api_routes(load_template())
-    if ("GET", "/token/{profile}") not in routes:
-        pytest.skip("template has no /token/{profile} route")
-
-    # When clients call a profile's token, and POST the literal refresh path
-    profile = echoed(HTTP.request("GET", f"{echo_api.base_url}/v1/token/reporting"))["event"]
-    refresh = echoed(HTTP.request("POST", f"{echo_api.base_url}/v1/token/refresh"))["event"]
-
-    # Then the variable is a path parameter, and the literal resource wins over the variable
-    assert profile["resource"] == "/token/{profile}"
-    assert profile["pathParameters"] == {"profile": "reporting"}
-    assert profile["requestContext"]["resourcePath"] == "/token/{profile}"
-    assert refresh["resource"] == "/token/refresh"
-    assert refresh["pathParameters"] is None
+# --- Lambda context ---------------------------------------------------------------------------
 
 
 def test_fake_context_counts_down() -> None:
@@ -854,6 +608,11 @@ def test_invoke_reports_a_raising_handler_like_lambda(tmp_path: Path) -> None:
     assert result.error is not None
     assert result.error["errorType"] == "RuntimeError"
     assert result.error["errorMessage"] == "boom"
+
+
+def echoed(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:
+    assert response.status == 200, response.data
+    return json.loads(response.data)  # type: ignore[no-any-return]
 
 
 def _python(

@@ -1,4 +1,4 @@
-"""The Igni exchange over real HTTP to the in-process stub: happy path, retries, deadlines."""
+"""The Igni exchange over real HTTP to the stub process: happy path, retries, deadlines."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ from collections.abc import Iterator
 import pytest
 import urllib3
 
-from local.igni_stub import IgniStub
+from local.igni_stub import StubProcess
 from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
 from token_vendor.igni import IgniClient
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[IgniStub]:
-    with IgniStub({"cid": "csecret"}, lifetime=172800) as running:
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProcess]:
+    log_path = tmp_path_factory.mktemp("igni-client-stub") / "stub.log"
+    with StubProcess({"cid": "csecret"}, lifetime=172800, log_path=log_path) as running:
         yield running
 
 
 @pytest.fixture(autouse=True)
-def _reset(stub: IgniStub) -> None:
+def _reset(stub: StubProcess) -> None:
     stub.reset()
 
 
@@ -41,7 +42,7 @@ def _deadline(seconds: float = 10.0) -> float:
     return time.monotonic() + seconds
 
 
-def test_the_exchange_follows_the_seed_document(stub: IgniStub) -> None:
+def test_the_exchange_follows_the_seed_document(stub: StubProcess) -> None:
     # Given the stub that checks headers, grant type and credentials
     # When the client exchanges valid credentials with a scope
     issued = _client().exchange(
@@ -56,7 +57,7 @@ def test_the_exchange_follows_the_seed_document(stub: IgniStub) -> None:
     ]
 
 
-def test_invalid_client_is_not_retried(stub: IgniStub) -> None:
+def test_invalid_client_is_not_retried(stub: StubProcess) -> None:
     client = _client()
     with pytest.raises(UpstreamAuthFailed, match="invalid_client"):
         client.exchange(stub.token_url, "cid", "wrong", deadline=_deadline())
@@ -67,7 +68,7 @@ def test_invalid_client_is_not_retried(stub: IgniStub) -> None:
     "fault", [{"status": 500}, {"status": 503}, {"status": 429}, {"close": True}, {"status": 502}]
 )
 def test_transient_failures_are_retried_with_backoff(
-    stub: IgniStub, fault: dict[str, object]
+    stub: StubProcess, fault: dict[str, object]
 ) -> None:
     # Given one transient failure before a normal answer
     stub.configure(faults=[fault])
@@ -80,14 +81,16 @@ def test_transient_failures_are_retried_with_backoff(
     assert len(client.outcomes) == 2  # type: ignore[attr-defined]
 
 
-def test_retry_after_is_honoured_within_the_deadline(stub: IgniStub) -> None:
+def test_retry_after_is_honoured_within_the_deadline(stub: StubProcess) -> None:
     stub.configure(faults=[{"status": 429, "retry_after": 1}])
     started = time.monotonic()
     _client().exchange(stub.token_url, "cid", "csecret", deadline=_deadline())
     assert time.monotonic() - started >= 0.95
 
 
-def test_retry_after_beyond_the_deadline_gives_up_at_once_with_retry_after(stub: IgniStub) -> None:
+def test_retry_after_beyond_the_deadline_gives_up_at_once_with_retry_after(
+    stub: StubProcess,
+) -> None:
     # Given Igni asks for 30 s of patience but only 3 s are left
     stub.configure(faults=[{"status": 503, "retry_after": 30}])
     started = time.monotonic()
@@ -99,14 +102,14 @@ def test_retry_after_beyond_the_deadline_gives_up_at_once_with_retry_after(stub:
     assert caught.value.kind == "server_error"
 
 
-def test_attempts_are_bounded(stub: IgniStub) -> None:
+def test_attempts_are_bounded(stub: StubProcess) -> None:
     stub.configure(faults=[{"status": 500}] * 5)
     with pytest.raises(UpstreamUnavailable):
         _client(max_attempts=3).exchange(stub.token_url, "cid", "csecret", deadline=_deadline())
     assert len(stub.calls()) == 3
 
 
-def test_a_slow_igni_is_cut_by_the_read_timeout(stub: IgniStub) -> None:
+def test_a_slow_igni_is_cut_by_the_read_timeout(stub: StubProcess) -> None:
     stub.configure(faults=[{"delay_ms": 3000}] * 3)
     started = time.monotonic()
     with pytest.raises(UpstreamUnavailable, match="timeout"):
@@ -116,7 +119,7 @@ def test_a_slow_igni_is_cut_by_the_read_timeout(stub: IgniStub) -> None:
     assert time.monotonic() - started < 2.5
 
 
-def test_the_whole_exchange_fits_in_the_deadline(stub: IgniStub) -> None:
+def test_the_whole_exchange_fits_in_the_deadline(stub: StubProcess) -> None:
     stub.configure(faults=[{"delay_ms": 5000}] * 3)
     started = time.monotonic()
     with pytest.raises(UpstreamUnavailable):
@@ -155,7 +158,7 @@ def test_unreachable_igni_is_unavailable() -> None:
     ],
 )
 def test_unusable_answers_are_bad_responses(
-    stub: IgniStub, fault: dict[str, object], message: str
+    stub: StubProcess, fault: dict[str, object], message: str
 ) -> None:
     stub.configure(faults=[fault])
     with pytest.raises(UpstreamBadResponse, match=message):
