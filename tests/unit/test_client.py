@@ -1,7 +1,7 @@
 """igni_token_client: caching, single flight, refresh, the bearer auth hooks and the CLI.
 
 The vendor is a small http.server stub on loopback that counts requests and checks no signature
-(one test has it check them with local.sigv4, to prove the client and the verifier agree).
+(one test has it check them with local.gateway, to prove the client and the verifier agree).
 """
 
 from __future__ import annotations
@@ -457,8 +457,9 @@ def test_no_credentials_for_a_deployed_endpoint(monkeypatch: pytest.MonkeyPatch)
 
 def test_signature_is_accepted_by_the_local_verifier(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a stub that verifies SigV4 like make local, and a client with session credentials
-    sigv4 = pytest.importorskip("local.sigv4")
-    verifier = sigv4.LocalSigV4Verifier(
+    sigv4 = pytest.importorskip("local.gateway.sigv4")
+    auth = pytest.importorskip("local.gateway.auth")
+    verifier = auth.LocalSigV4Verifier(
         {"ASIACLIENTSESSION001": sigv4.LocalCredential("session-secret", session_token="tkn")},
         region="eu-central-1",
     )
@@ -496,11 +497,12 @@ def test_loopback_without_credentials_uses_the_local_test_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given no AWS credentials and a loopback endpoint that accepts the documented test keys
-    sigv4 = pytest.importorskip("local.sigv4")
+    sigv4 = pytest.importorskip("local.gateway.sigv4")
+    auth = pytest.importorskip("local.gateway.auth")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    accepted, _ = sigv4.local_credentials({})
-    verifier = sigv4.LocalSigV4Verifier(accepted)
+    accepted, _ = auth.local_credentials({})
+    verifier = auth.LocalSigV4Verifier(accepted)
     logic = Vendor()
 
     def verify_then_answer(seen: Seen) -> Reply:
