@@ -41,9 +41,10 @@ DEFAULT_ENDPOINT: Final = "http://127.0.0.1:3000"
 DEFAULT_REGION: Final = "us-east-1"
 SERVICE: Final = "execute-api"
 
-# `make local` accepts these when its own environment has no AWS credentials (local/gateway/sigv4.py holds
-# the same values). The client signs with them only for a loopback endpoint and only when the
-# credential chain finds nothing, so that `make local` + `igni-token get` works on a fresh machine.
+# `make local` accepts these when its own environment has no AWS credentials
+# (local/gateway/sigv4.py holds the same values). The client signs with them only for a loopback
+# endpoint and only when the credential chain finds nothing, so that `make local` +
+# `igni-token get` works on a fresh machine.
 LOCAL_TEST_ACCESS_KEY_ID: Final = "AKIAIGNILOCALTESTKEY"
 LOCAL_TEST_SECRET_ACCESS_KEY: Final = "IgniLocalTestSecretKeyNotAnAwsSecret0000"  # noqa: S105
 
