@@ -1,26 +1,11 @@
 """A stub of Igni's OAuth2 token endpoint, run as its own process, with a control API for tests.
 
-It answers ``POST .../api/v1/oauth2/token`` as the Igni API document describes (a Laravel
-Passport style server): a form-encoded client-credentials grant in, ``{"token_type": "Bearer",
-"expires_in": L, "access_token": <JWT>}`` out, 401 ``invalid_client`` for unknown credentials.
-
-One way to run it: :class:`StubProcess` starts ``python -m local.igni_stub --port 0 --clients
-id:secret,...``, which prints one line ``READY <port>`` once it listens. Tests steer it through
-a JSON control API under ``/_stub/``:
-
-``GET /_stub/calls``
-    ``{"count": n, "calls": [{"client_id", "scope", "status", "at", "fingerprint"}],
-    "faults_pending": k}``: never the secret or the token, only a fingerprint (the first 12 hex
-    digits of the token's SHA-256). ``status`` is null when the stub closed the connection.
-``POST /_stub/reset``
-    Forget calls and pending faults; back to the start-up configuration.
-``POST /_stub/config``
-    Any of ``{"clients": {"id": "secret"}, "lifetime": int, "latency_ms": int, "exp_offset": int,
-    "faults": [...]}``. ``faults`` is a FIFO queue, one consumed per token request: ``{"status":
-    500}``, ``{"status": 429, "retry_after": 1}``, ``{"garbage": true}`` (200, not JSON),
-    ``{"body": {...}, "status": 200}``, ``{"close": true}`` (no answer at all) or ``{"delay_ms":
-    5000}`` (then the normal answer; it combines with the others).
-``GET /_stub/config`` (client ids only), ``GET /_stub/health``.
+It answers ``POST .../api/v1/oauth2/token`` as the Igni API document describes (a Passport-style
+server): a form-encoded client-credentials grant in, ``{"token_type": "Bearer", "expires_in": L,
+"access_token": <JWT>}`` out, 401 ``invalid_client`` for unknown credentials. The one way to run
+it is :class:`StubProcess` (``python -m local.igni_stub``, which prints ``READY <port>``). The
+control API under ``/_stub/`` (calls, config with a fault queue, reset, health) is described in
+docs/local.md; its call log holds token fingerprints, never a secret or a token.
 """
 
 from __future__ import annotations
@@ -30,10 +15,11 @@ import base64
 import collections
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import secrets
-import selectors
+import select
 import signal
 import socket
 import subprocess
@@ -43,10 +29,8 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
 import urllib3
@@ -100,15 +84,9 @@ def make_jwt(client_id: str, scopes: Sequence[str], lifetime: int, exp_offset: i
     jti = secrets.token_hex(40)  # Passport's 80-hex-digit token id, in header and payload.
     now = int(time.time())
     header = {"typ": "JWT", "alg": "RS256", "jti": jti}
-    payload = {
-        "aud": client_id,
-        "jti": jti,
-        "iat": now,
-        "nbf": now,
-        "exp": now + lifetime + exp_offset,
-        "sub": "",
-        "scopes": list(scopes),
-    }
+    exp = now + lifetime + exp_offset
+    payload = {"aud": client_id, "jti": jti, "iat": now, "nbf": now, "exp": exp, "sub": ""}
+    payload["scopes"] = list(scopes)
     parts = [json.dumps(p, separators=(",", ":")).encode() for p in (header, payload)]
     return ".".join([*map(_b64url, parts), _b64url(secrets.token_bytes(256))])
 
@@ -116,9 +94,7 @@ def make_jwt(client_id: str, scopes: Sequence[str], lifetime: int, exp_offset: i
 def decode_jwt_segment(token: str, index: int) -> JsonObject:
     """Decode segment ``index`` (0 header, 1 payload) of a JWT; for tests and debugging."""
     segment = token.split(".")[index]
-    return cast(
-        JsonObject, json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    )
+    return cast(JsonObject, json.loads(base64.urlsafe_b64decode(segment + "==")))
 
 
 def validate_fault(fault: object) -> None:
@@ -137,214 +113,154 @@ def validate_fault(fault: object) -> None:
             raise ValueError(f"fault {key} must be a non-negative number, got {value!r}")
 
 
-@dataclass(frozen=True)
-class StubConfig:
-    clients: dict[str, str]
-    lifetime: int = DEFAULT_LIFETIME
-    latency_ms: int = 0
-    exp_offset: int = 0
+class StubApp:
+    """The stub as a WSGI application: configuration, fault queue and call log, under one lock."""
 
-
-@dataclass
-class StubState:
-    """Configuration, fault queue and call log, shared by the server's request threads."""
-
-    initial: StubConfig
-    config: StubConfig = field(init=False)
-    faults: collections.deque[JsonObject] = field(default_factory=collections.deque)
-    calls: list[JsonObject] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    # Bumped by reset(): a slow request that began before a reset must not count after it.
-    generation: int = 0
-
-    def __post_init__(self) -> None:
-        self.config = self.initial
-
-    def reset(self) -> None:
-        with self.lock:
-            self.generation += 1
-            self.config = self.initial
-            self.faults.clear()
-            self.calls.clear()
+    def __init__(self, clients: Mapping[str, str], lifetime: int, latency_ms: int) -> None:
+        self.initial = {"clients": dict(clients), "lifetime": lifetime, "latency_ms": latency_ms}
+        self.initial["exp_offset"] = 0
+        self.config: JsonObject = dict(self.initial)
+        self.faults: collections.deque[JsonObject] = collections.deque()
+        self.calls: list[JsonObject] = []
+        self.lock = threading.Lock()
+        # Bumped by reset: a slow request that began before a reset must not count after it.
+        self.generation = 0
 
     def configure(self, update: object) -> None:
         """Apply a ``/_stub/config`` body; raise ValueError, changing nothing, if it is invalid."""
         if not isinstance(update, dict):
             raise ValueError("expected an object")  # noqa: TRY004 - the control API's 400
-        unknown = set(update) - {"clients", "lifetime", "latency_ms", "exp_offset", "faults"}
+        unknown = set(update) - {*self.initial, "faults"}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        clients = update.get("clients")
-        if clients is not None and not (
-            isinstance(clients, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in clients.items())
+        clients = update.get("clients", {})
+        if not isinstance(clients, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in clients.items()
         ):
             raise ValueError("clients must be an object of id -> secret strings")
-        changes: dict[str, Any] = {} if clients is None else {"clients": dict(clients)}
         for key in ("lifetime", "latency_ms", "exp_offset"):
-            if key in update:
-                if not isinstance(update[key], int) or isinstance(update[key], bool):
-                    raise ValueError(f"{key} must be an integer")
-                changes[key] = update[key]
-        faults = update.get("faults")
-        if faults is not None:
-            if not isinstance(faults, list):
-                raise ValueError("faults must be a list")
-            for fault in faults:
-                validate_fault(fault)
+            if key in update and (type(update[key]) is not int):
+                raise ValueError(f"{key} must be an integer")
+        faults = update.get("faults", [])
+        if not isinstance(faults, list):
+            raise ValueError("faults must be a list")  # noqa: TRY004 - the control API's 400
+        for fault in faults:
+            validate_fault(fault)
         with self.lock:
-            self.config = replace(self.config, **changes)
-            if faults is not None:
+            self.config.update({k: v for k, v in update.items() if k != "faults"})
+            if "faults" in update:
                 self.faults = collections.deque(faults)
 
     def record(
-        self,
-        client_id: str | None,
-        scope: str | None,
-        status: int | None,
-        token: str | None,
-        gen: int,
+        self, gen: int, client_id: str | None, scope: str | None, status: int | None, token: Any
     ) -> None:
-        fingerprint = token_fingerprint(token) if token else None
+        fingerprint = token_fingerprint(token) if isinstance(token, str) and token else None
         entry = {"client_id": client_id, "scope": scope, "status": status, "at": time.time()}
         with self.lock:
             if gen == self.generation:
                 self.calls.append({**entry, "fingerprint": fingerprint})
 
-    def snapshot(self) -> JsonObject:
-        with self.lock:
-            calls = [dict(c) for c in self.calls]
-            return {"count": len(calls), "calls": calls, "faults_pending": len(self.faults)}
-
-    def public_config(self) -> JsonObject:
-        with self.lock:
-            config = self.config
-            return {
-                "clients": sorted(config.clients),
-                "lifetime": config.lifetime,
-                "latency_ms": config.latency_ms,
-                "exp_offset": config.exp_offset,
-                "faults_pending": len(self.faults),
-            }
-
-
-def _media_types(header: str | None) -> list[str]:
-    return [part.split(";", 1)[0].strip().lower() for part in (header or "").split(",") if part]
-
-
-class StubApp:
-    """The stub as a WSGI application: token requests and control calls."""
-
-    def __init__(self, state: StubState) -> None:
-        self.state = state
-
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
-        response = self.route(request)
+        response = self.route(Request(environ))
         response.headers["Cache-Control"] = "no-store"
         return response(environ, start_response)
 
     def route(self, request: Request) -> Response:
-        path, method, state = request.path, request.method, self.state
+        path, method = request.path, request.method
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return json_response(400, {"error": "invalid_request", "message": "Bad Content-Length"})
         if path.endswith(TOKEN_PATH_SUFFIX):
             if method == "POST":
                 return self.token(request)
-            headers = [("Allow", "POST")]
-            return json_response(
-                405, {"error": "method_not_allowed", "message": "Use POST"}, headers
-            )
-        if (method, path) == ("GET", CONTROL_PREFIX + "calls"):
-            return json_response(200, state.snapshot())
-        if (method, path) == ("GET", CONTROL_PREFIX + "config"):
-            return json_response(200, state.public_config())
-        if (method, path) == ("GET", CONTROL_PREFIX + "health"):
-            return json_response(200, {"ok": True})
-        if (method, path) == ("POST", CONTROL_PREFIX + "reset"):
-            state.reset()
-            return json_response(200, {"ok": True})
-        if (method, path) == ("POST", CONTROL_PREFIX + "config"):
+            body = {"error": "method_not_allowed", "message": "Use POST"}
+            return json_response(405, body, [("Allow", "POST")])
+        control = path.removeprefix(CONTROL_PREFIX) if path.startswith(CONTROL_PREFIX) else None
+        if method == "POST" and control == "config":
             try:
-                state.configure(json.loads(request.get_data() or b"{}"))
+                self.configure(json.loads(request.get_data() or b"{}"))
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
                 return json_response(400, {"error": "invalid_config", "message": str(exc)})
-            return json_response(200, state.public_config())
-        return json_response(
-            404, {"error": "not_found", "message": f"No route for {method} {path}"}
-        )
+        if method == "POST" and control == "reset":
+            with self.lock:
+                self.generation += 1
+                self.config, self.faults, self.calls = dict(self.initial), collections.deque(), []
+        with self.lock:
+            config = {**self.config, "clients": sorted(self.config["clients"])}
+            pending = {"faults_pending": len(self.faults)}
+            calls = {"count": len(self.calls), "calls": [dict(c) for c in self.calls], **pending}
+        answers = {"calls": calls, "config": {**config, **pending}, "health": {"ok": True}}
+        answer = answers.get(control or "") if method == "GET" else None
+        if method == "POST" and control in ("config", "reset"):
+            answer = answers["config"] if control == "config" else answers["health"]
+        if answer is None:
+            message = f"No route for {method} {path}"
+            return json_response(404, {"error": "not_found", "message": message})
+        return json_response(200, answer)
 
     def token(self, request: Request) -> Response:
-        state = self.state
         # The fault is taken first so that "the next request fails" holds whatever the request is.
-        with state.lock:
-            fault = state.faults.popleft() if state.faults else None
-            config, gen = state.config, state.generation
+        with self.lock:
+            fault = self.faults.popleft() if self.faults else {}
+            config, gen = dict(self.config), self.generation
         form = urllib.parse.parse_qs(request.get_data().decode("utf-8", "replace"), True)
         client_id = form.get("client_id", [None])[0]
         scope = form.get("scope", [None])[0]
-        fault = fault or {}
-        delay_ms = fault.get("delay_ms", 0) + config.latency_ms
+        delay_ms = fault.get("delay_ms", 0) + config["latency_ms"]
         if delay_ms:
             time.sleep(delay_ms / 1000)
 
         status = int(fault.get("status", 200))
         extra = [("Retry-After", str(fault["retry_after"]))] if "retry_after" in fault else []
         if fault.get("close"):
-            state.record(client_id, scope, None, None, gen)
+            self.record(gen, client_id, scope, None, None)
             # A load balancer resetting the connection: no status line at all.
             with contextlib.suppress(OSError):
                 request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
             return Response(b"", 200, [("Connection", "close")])
         if fault.get("garbage"):
-            state.record(client_id, scope, status, None, gen)
-            return Response(
-                b"<html><body>502 Bad Gateway</body></html>", status, extra, "text/html"
-            )
+            self.record(gen, client_id, scope, status, None)
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            return Response(page, status, extra, content_type="text/html")
         if "body" in fault:
-            token = fault["body"].get("access_token") if isinstance(fault["body"], dict) else None
-            state.record(client_id, scope, status, token if isinstance(token, str) else None, gen)
-            return json_response(status, fault["body"], extra)
+            body = fault["body"]
+            token = isinstance(body, dict) and body.get("access_token")
+            self.record(gen, client_id, scope, status, token)
+            return json_response(status, body, extra)
         if status != 200:
-            state.record(client_id, scope, status, None, gen)
+            self.record(gen, client_id, scope, status, None)
             default = {"error": "error", "message": HTTPStatus(status).phrase}
             return json_response(status, DEFAULT_ERROR_BODIES.get(status, default), extra)
-
-        status, answer, token = self.exchange(request, form, config)
-        state.record(client_id, scope, status, token, gen)
+        status, answer = exchange(request, form, config)
+        self.record(gen, client_id, scope, status, answer.get("access_token"))
         return json_response(status, answer)
 
-    @staticmethod
-    def exchange(
-        request: Request, form: Mapping[str, list[str]], config: StubConfig
-    ) -> tuple[int, JsonObject, str | None]:
-        """Validate a token request as Igni does; (status, JSON answer, issued token)."""
-        if "application/json" not in _media_types(request.headers.get("Accept")):
-            return 400, _invalid_request("The Accept header must be application/json"), None
-        if _media_types(request.headers.get("Content-Type")) != [FORM]:
-            return 400, _invalid_request(f"The Content-Type must be {FORM}"), None
-        if form.get("grant_type", [None])[0] != "client_credentials":
-            message = "The authorization grant type is not supported by the authorization server."
-            return 400, {"error": "unsupported_grant_type", "message": message}, None
-        client_id = form.get("client_id", [None])[0]
-        if not client_id:
-            # league/oauth2-server (under Passport) treats a missing client_id as a bad request.
-            return 400, _invalid_request('Check the "client_id" parameter.'), None
-        secret = form.get("client_secret", [None])[0]
-        expected = config.clients.get(client_id)
-        if (
-            expected is None
-            or secret is None
-            or not secrets.compare_digest(expected.encode(), secret.encode())
-        ):
-            return 401, dict(DEFAULT_ERROR_BODIES[401]), None
-        scope = form.get("scope", [""])[0]
-        token = make_jwt(client_id, scope.split(), config.lifetime, config.exp_offset)
-        return (
-            200,
-            {"token_type": "Bearer", "expires_in": config.lifetime, "access_token": token},
-            token,
-        )
+
+def exchange(
+    request: Request, form: Mapping[str, list[str]], config: JsonObject
+) -> tuple[int, JsonObject]:
+    """Validate a token request as Igni does: (status, JSON answer)."""
+    if "application/json" not in _media_types(request.headers.get("Accept")):
+        return 400, _invalid_request("The Accept header must be application/json")
+    if _media_types(request.headers.get("Content-Type")) != [FORM]:
+        return 400, _invalid_request(f"The Content-Type must be {FORM}")
+    if form.get("grant_type", [None])[0] != "client_credentials":
+        message = "The authorization grant type is not supported by the authorization server."
+        return 400, {"error": "unsupported_grant_type", "message": message}
+    client_id = form.get("client_id", [None])[0]
+    if not client_id:
+        # league/oauth2-server (under Passport) treats a missing client_id as a bad request.
+        return 400, _invalid_request('Check the "client_id" parameter.')
+    secret = form.get("client_secret", [None])[0]
+    expected = config["clients"].get(client_id)
+    if expected is None or not hmac.compare_digest(expected.encode(), (secret or "").encode()):
+        return 401, dict(DEFAULT_ERROR_BODIES[401])
+    scope = form.get("scope", [""])[0]
+    token = make_jwt(client_id, scope.split(), config["lifetime"], config["exp_offset"])
+    return 200, {"token_type": "Bearer", "expires_in": config["lifetime"], "access_token": token}
+
+
+def _media_types(header: str | None) -> list[str]:
+    return [part.split(";", 1)[0].strip().lower() for part in (header or "").split(",") if part]
 
 
 def _invalid_request(message: str) -> JsonObject:
@@ -352,9 +268,8 @@ def _invalid_request(message: str) -> JsonObject:
 
 
 class StubProcess:
-    """The stub as a child process, steered through its control API.
+    """The stub as a child process (sharing nothing with the function but sockets, as Igni).
 
-    The function under test and the stub then share nothing but sockets, as with the real Igni.
     The first client is ``client_id`` / ``client_secret``; all of them are in ``clients``.
     """
 
@@ -402,21 +317,17 @@ class StubProcess:
     def _read_ready_port(self, timeout: float) -> int:
         """Wait for the single ``READY <port>`` line; fail clearly if it does not come."""
         stdout = cast(Any, self._proc.stdout)
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline and self._proc.poll() is None:
-                if not selector.select(timeout=0.2):
-                    continue
-                line = stdout.readline().decode().strip()
-                if line.startswith("READY ") and line[6:].isdigit():
-                    return int(line[6:])
-                if line:
-                    raise RuntimeError(f"igni stub printed {line!r} instead of READY <port>")
+        line = (
+            stdout.readline().decode().strip()
+            if select.select([stdout], [], [], timeout)[0]
+            else ""
+        )
+        if line.startswith("READY ") and line[6:].isdigit():
+            return int(line[6:])
         log = self.log_path.read_text(errors="replace")[-2000:] if self._log else ""
         raise RuntimeError(
-            f"igni stub did not start within {timeout:.0f} s (exit {self._proc.poll()}); "
-            f"log {self.log_path}: {log}"
+            f"igni stub did not print READY <port> within {timeout:.0f} s (got {line!r}, "
+            f"exit {self._proc.poll()}); log {self.log_path}: {log}"
         )
 
     def _call(self, method: str, path: str, body: object = None) -> JsonObject:
@@ -471,13 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=int, default=0, help="added to every token answer")
     parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
     args = parser.parse_args(argv)
-    state = StubState(StubConfig(parse_clients(args.clients), args.lifetime, args.latency_ms))
-    http = server(args.host, args.port, StubApp(state), name="igni-stub", quiet=args.quiet)
+    app = StubApp(parse_clients(args.clients), args.lifetime, args.latency_ms)
+    http = server(args.host, args.port, app, name="igni-stub", quiet=args.quiet)
 
-    def _terminate(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)  # serve_forever stops; werkzeug's finally closes the socket.
-
-    signal.signal(signal.SIGTERM, _terminate)
+    # SystemExit stops serve_forever, whose finally closes the socket.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"READY {http.port}", flush=True)
     http.serve_forever(poll_interval=0.2)
     return 0

@@ -1,15 +1,11 @@
 """``make invoke EVENT=events/x.json``: what ``sam local invoke`` does, without Docker.
 
-Runs the function's handler once on an event file against a local stack and prints the handler's
-JSON answer on stdout (the function's own log lines go to stderr). The stack is the one ``make
-local`` is serving when ``.local-state/env.json`` names a moto server that still answers;
-otherwise a throw-away moto server, Igni stub and stack are made for this one call and removed.
-
-The event's placeholder secret (``igni-token-vendor/local/default``) is replaced by the stack's,
-so a ``Secret Label Updated`` event is about the secret the function actually reads.
-
-Exit status: 0 when the handler returned (whatever the HTTP status inside), 1 when it raised
-(printed as Lambda reports it: errorMessage, errorType, stackTrace), 2 for a usage error.
+Runs the handler once, as a cold start, on an event file against the stack ``make local`` serves
+(``.local-state/env.json``, if its moto server still answers), else against a throw-away moto
+server, Igni stub and stack. The event's placeholder secret is replaced by the stack's. The
+handler's JSON answer goes to stdout, its logs to stderr. Exit status: 0 when the handler
+returned (whatever the HTTP status inside), 1 when it raised (printed as Lambda reports it), 2
+for a usage error.
 """
 
 from __future__ import annotations
@@ -58,66 +54,28 @@ class InvokeResult:
         return self.error is None
 
 
-def running_stack(state_file: Path) -> Target | None:
-    """The stack `make local` serves, if its state file exists and its moto server answers."""
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        endpoint = urllib.parse.urlsplit(state["moto_endpoint"])
-        stack = state["stack"]
-        env = state["function_env"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not answers_http(endpoint.hostname or "127.0.0.1", endpoint.port or 80, timeout=1.0):
-        return None
-    return Target(
-        function_env=dict(env),
-        secret_arn=stack["secret_arn"],
-        secret_name=stack["secret_name"],
-        function_name=stack.get("function_name", "local-TokenFunction"),
-        timeout_s=float(state.get("function_timeout_s", 25.0)),
-        source="make local",
-    )
-
-
-@contextlib.contextmanager
-def patched_environ(env: Mapping[str, str]) -> Iterator[None]:
-    """Set ``env`` in os.environ for the block, then put everything back as it was."""
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @contextlib.contextmanager
 def target_stack(state_file: Path = STATE_FILE, *, ephemeral: bool = False) -> Iterator[Target]:
-    """The running `make local` stack, or a throw-away one removed when the block ends."""
-    target = None if ephemeral else running_stack(state_file)
+    """The stack `make local` serves, or a throw-away one removed when the block ends."""
+    target = None
+    try:
+        state = {} if ephemeral else json.loads(state_file.read_text(encoding="utf-8"))
+        moto, stack = urllib.parse.urlsplit(state["moto_endpoint"]), state["stack"]
+        if answers_http(moto.hostname or "127.0.0.1", moto.port or 80, timeout=1.0):
+            name = stack.get("function_name", "local-TokenFunction")
+            timeout_s = float(state.get("function_timeout_s", 25.0))
+            secret = (stack["secret_arn"], stack["secret_name"])
+            target = Target(dict(state["function_env"]), *secret, name, timeout_s, "make local")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     if target is not None:
         yield target
         return
     local = LocalEnvironment()
     with local as stack:
-        yield Target(
-            function_env=local.function_env,
-            secret_arn=stack.secret_arn,
-            secret_name=stack.secret_name,
-            function_name=stack.function_name,
-            timeout_s=stack.function_timeout_s,
-            source="ephemeral",
-        )
-
-
-def lambda_error(exc: BaseException, request_id: str) -> dict[str, Any]:
-    """An exception as the Lambda Python runtime reports an unhandled one."""
-    return {
-        "errorMessage": str(exc),
-        "errorType": type(exc).__name__,
-        "requestId": request_id,
-        "stackTrace": traceback.format_tb(exc.__traceback__),
-    }
+        secret = (stack.secret_arn, stack.secret_name)
+        name, timeout_s = stack.function_name, stack.function_timeout_s
+        yield Target(local.function_env, *secret, name, timeout_s, "ephemeral")
 
 
 def invoke_event(
@@ -129,39 +87,46 @@ def invoke_event(
 ) -> InvokeResult:
     """Run the handler once on ``event`` (a dict, an events/ name or a file path).
 
-    ``handler`` is a callable, a ``module:function`` / ``module.function`` name, or None for
-    TokenFunction's Handler from template.yaml. os.environ is restored afterwards.
+    ``handler``: a callable, ``module:function`` / ``module.function``, or None for the API
+    function's Handler in template.yaml. os.environ is restored afterwards.
     """
     with target_stack(state_file, ephemeral=ephemeral) as target:
         raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
-        payload = substitute_secret(raw, target.secret_arn, target.secret_name)
         # Lambda delivers JSON: what cannot round-trip cannot reach a real function either.
-        payload = json.loads(json.dumps(payload))
-        with patched_environ(target.function_env), contextlib.redirect_stdout(sys.stderr):
-            # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer.
-            # Import inside the redirect so loggers made at import bind to stderr too.
+        payload = json.loads(
+            json.dumps(substitute_secret(raw, target.secret_arn, target.secret_name))
+        )
+        saved = dict(os.environ)
+        os.environ.update(target.function_env)
+        # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer. The
+        # import happens inside the redirect so that loggers made at import bind to stderr too.
+        with contextlib.redirect_stdout(sys.stderr):
             fn = handler if callable(handler) else load_handler(handler)
             context = FakeLambdaContext(
                 timeout_s=target.timeout_s, function_name=target.function_name
             )
-            # Each invoke is a cold start, as with `sam local invoke`: no runtime cached by an
-            # earlier in-process invoke (against another stack) may answer this one.
-            _reset_runtime(fn)
+            # A cold start, as with `sam local invoke`: nothing cached by an earlier in-process
+            # invoke (against another stack) may answer this one.
+            reset = getattr(
+                sys.modules.get(getattr(fn, "__module__", "") or ""), "reset_runtime", None
+            )
             try:
-                response = json.loads(json.dumps(fn(payload, context)))
+                if callable(reset):
+                    reset()
+                return InvokeResult(json.loads(json.dumps(fn(payload, context))), None, target)
             except Exception as exc:
-                return InvokeResult(None, lambda_error(exc, context.aws_request_id), target)
+                error = {
+                    "errorMessage": str(exc),
+                    "errorType": type(exc).__name__,
+                    "requestId": context.aws_request_id,
+                    "stackTrace": traceback.format_tb(exc.__traceback__),
+                }
+                return InvokeResult(None, error, target)
             finally:
-                _reset_runtime(fn)
-        return InvokeResult(response, None, target)
-
-
-def _reset_runtime(fn: Handler) -> None:
-    """Call ``reset_runtime()`` of the handler's module, if it has one."""
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    reset = getattr(module, "reset_runtime", None)
-    if callable(reset):
-        reset()
+                if callable(reset):
+                    reset()
+                os.environ.clear()
+                os.environ.update(saved)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,9 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("event", help="event file, e.g. events/get_token.json")
     parser.add_argument("--handler", default=None, help="module:function (default: template's)")
     parser.add_argument("--state-file", type=Path, default=STATE_FILE)
-    parser.add_argument(
-        "--ephemeral", action="store_true", help="ignore a running `make local`; own stack"
-    )
+    parser.add_argument("--ephemeral", action="store_true", help="ignore a running make local")
     args = parser.parse_args(argv)
     if not event_path(args.event).exists():
         print(f"make invoke: no event file {args.event}", file=sys.stderr)

@@ -51,10 +51,7 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def local_region(environ: Mapping[str, str] | None = None) -> str:
-    """AWS_REGION, AWS_DEFAULT_REGION, the AWS profile's region, else us-east-1.
-
-    The region igni-token in the same shell signs for, as a deployed API would sit in.
-    """
+    """AWS_REGION, AWS_DEFAULT_REGION, the profile's, else us-east-1: what igni-token signs for."""
     env = os.environ if environ is None else environ
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         if env.get(name, "").strip():
@@ -277,35 +274,24 @@ def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path
     stack, stub, real = env.stack, env.stub, env.real_igni
     if stack is None:
         raise RuntimeError("not started")
-    if stub is not None:
-        igni = f"Igni stub at {stub.token_url} (client {STUB_CLIENT_ID}; fake token every call)"
-    else:
-        url = (
-            real.token_url if real else None
-        ) or "https://{workspace}.igni.co/api/v1/oauth2/token"
-        igni = f"REAL Igni, workspace {real.workspace if real else '?'}: {url}"
-    profiles = "".join(
-        f"\n    profile {name:<12} {api_url}/token/{name}   (stub client {stub_client(name)[0]})"
-        for name in env.profiles
-    )
+    igni = f"Igni stub at {stub.token_url if stub else ''} (client {STUB_CLIENT_ID}; fake tokens)"
+    if real is not None:
+        url = real.token_url or "https://{workspace}.igni.co/api/v1/oauth2/token"
+        igni = f"REAL Igni, workspace {real.workspace}: {url}"
+    profiles = "".join(f"\n    profile {p:<12} {api_url}/token/{p}" for p in env.profiles)
     accepted = "\n".join(
-        f"  {line}"
-        if line.startswith(" ")
-        else textwrap.fill(line, 98, initial_indent="  ", subsequent_indent="      ")
+        f"  {line}" if line.startswith(" ") else textwrap.fill(line, 98, initial_indent="  ")
         for line in auth.description
     )
     cli = Path(sys.executable).parent / "igni-token"
-    key, secret = (
-        (LOCAL_TEST_ACCESS_KEY_ID, TEST_SECRET)
-        if LOCAL_TEST_ACCESS_KEY_ID in auth.credentials
-        else ("$AWS_ACCESS_KEY_ID", "$AWS_SECRET_ACCESS_KEY")
-    )
+    keys = ("$AWS_ACCESS_KEY_ID", "$AWS_SECRET_ACCESS_KEY")
+    if LOCAL_TEST_ACCESS_KEY_ID in auth.credentials:
+        keys = (LOCAL_TEST_ACCESS_KEY_ID, TEST_SECRET)
     return f"""
 Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
 
   API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token){profiles}
-  AWS (moto server)      {stack.endpoint_url}   (state lost when this stops)
-    table {stack.table_name}, secret {stack.secret_name}, KMS key {stack.kms_key_arn}
+  AWS (moto server)      {stack.endpoint_url}: table {stack.table_name}, secret {stack.secret_name}
   state for other tools  {state_file}
 
 Routes are template.yaml's: any other path or method is 403 Missing Authentication Token.
@@ -313,14 +299,13 @@ Signatures are checked as API Gateway's AWS_IAM does (SigV4, service execute-api
 {stack.region}); a missing, wrong or stale one gets 403 and never reaches the function.
 {accepted}
 
-Call it:
+Call it (Ctrl-C stops everything):
   {cli if cli.exists() else "igni-token"} get --endpoint {api_url}   (--json, --profile NAME)
-  curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{key}:{secret}" {api_url}/v1/token
-  AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} \\
+  curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{keys[0]}:{keys[1]}" \\
+    {api_url}/v1/token
+  AWS_ACCESS_KEY_ID={keys[0]} AWS_SECRET_ACCESS_KEY={keys[1]} \\
     awscurl --service execute-api --region {stack.region} {api_url}/token
-  make invoke EVENT=events/get_token.json     (runs the handler on an event, this stack)
-
-Ctrl-C stops everything.
+  make invoke EVENT=events/get_token.json     (the handler on one event, against this stack)
 """
 
 

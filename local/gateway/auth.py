@@ -1,20 +1,11 @@
 """Who may call ``make local``'s API: the accepted credentials, and a local stand-in for IAM.
 
-API Gateway (``AWS_IAM``) refuses a request whose SigV4 signature is missing, wrong or stale,
-then asks IAM whether the caller may ``execute-api:Invoke`` the method. Locally the signature is
-checked (:mod:`local.gateway.sigv4`) against the credentials of ``make local``'s environment, or
-the documented test credentials when it has none, and IAM is a map of caller -> allowed methods
-from ``LOCAL_IAM_POLICY`` (a JSON file) or ``LOCAL_IAM_POLICY_JSON`` (the JSON itself)::
-
-    {"callers": {"AKIALOCALANALYTICS01": {"secret_key": "analytics-local-secret",
-                                          "user_arn": "arn:aws:iam::123456789012:user/analytics"}},
-     "allow": {"AKIAIGNILOCALTESTKEY": ["*"],
-               "arn:aws:iam::123456789012:user/analytics": ["GET/token/analytics"]}}
-
-(or the ``allow`` map alone). A caller is named by access key id or user ARN (``"*"``: every
-caller not named otherwise); a method is ``METHOD/resource/path`` or a whole execute-api ARN,
-``*`` matching any characters. A caller the map does not name is denied. Without a policy, every
-caller whose signature verifies may invoke everything.
+After the signature (:mod:`local.gateway.sigv4`), IAM's ``execute-api:Invoke`` decision is
+imitated by a map of caller (access key id, user ARN or ``"*"``) -> allowed methods
+(``METHOD/resource/path`` or an execute-api ARN, ``*`` matching anything), read from
+``LOCAL_IAM_POLICY`` (a JSON file) or ``LOCAL_IAM_POLICY_JSON``, optionally with extra
+``callers`` and their keys (docs/local.md). A caller the map does not name is denied; without a
+policy every caller whose signature verifies may invoke everything.
 """
 
 from __future__ import annotations
@@ -129,11 +120,7 @@ def not_authorized_error(
 
 @dataclass(frozen=True)
 class LocalSigV4Verifier:
-    """The signature, then the policy: one :meth:`check` per request, as API Gateway does.
-
-    A path under ``/{stage}`` is verified as sent (the caller signed it) and authorized without
-    the stage.
-    """
+    """The signature, then the policy: one :meth:`check` per request, as API Gateway does."""
 
     credentials: Mapping[str, str | LocalCredential]
     region: str = "us-east-1"
@@ -153,7 +140,7 @@ class LocalSigV4Verifier:
         source_ip: str = "127.0.0.1",
         now: datetime | float | None = None,
     ) -> CallerIdentity | AuthError:
-        """Pass the path and query exactly as received."""
+        """The path (stage included) and query exactly as received: what the caller signed."""
         result = verify_request(
             method,
             raw_path,

@@ -28,7 +28,6 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_SKEW_SECONDS = 300  # API Gateway refuses a signature dated more than 5 minutes away.
 LOCAL_ACCOUNT_ID = "123456789012"
 DEFAULT_LOCAL_USER_ARN = f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:user/local-caller"
-
 # The documented test credentials `make local` accepts when its environment has none; the client
 # falls back to the same values for a loopback endpoint (tests/unit/test_sigv4.py checks that
 # the two copies agree). Not an AWS secret.
@@ -44,8 +43,8 @@ SIGNATURE_MISMATCH = (
 )
 _TIME_RE = re.compile(r"^\d{8}T\d{6}Z$")
 
+# A mapping, an HTTPMessage (anything with items()), or ordered (name, value) pairs.
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
-"""A mapping, an ``HTTPMessage`` (anything with ``items()``), or ordered (name, value) pairs."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +125,21 @@ def _invalid(message: str) -> AuthError:
     return AuthError(message, "InvalidSignatureException")
 
 
+class _ReplaySigV4(SigV4Auth):
+    """botocore's signer, signing exactly the headers the caller listed in ``SignedHeaders``.
+
+    ``SigV4Auth.headers_to_sign`` drops some hop-by-hop headers and adds ``host``; a verifier
+    takes the caller's list as given. Everything else (canonical request, string to sign, key
+    derivation, HMAC) is botocore's.
+    """
+
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        header_map = HTTPHeaders()
+        for name, value in request.headers.items():
+            header_map[name.lower()] = value
+        return header_map
+
+
 def verify_request(  # noqa: PLR0917 - the positional signature is the documented interface
     method: str,
     url_path: str,
@@ -146,54 +160,91 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     included, no ``?``): what the caller signed. ``credentials`` maps an access key id to its
     secret key or a :class:`LocalCredential`. ``now`` (datetime or epoch seconds) is for tests.
     """
-    pairs = _header_pairs(headers)
+    items: Any = getattr(headers, "items", None)
+    raw_pairs = cast(Iterable[tuple[str, str]], items() if callable(items) else headers)
+    pairs = [(str(name).lower(), str(value)) for name, value in raw_pairs]
     authorization = _first(pairs, "authorization")
     if authorization is None or not authorization.strip():
         return AuthError(MISSING_TOKEN, "MissingAuthenticationTokenException")
     parsed = _parse_authorization(authorization, pairs)
     if isinstance(parsed, AuthError):
         return parsed
-    credential_scope, signed_headers, signature, timestamp = parsed
-    access_key, scope_date, scope_region, scope_service, terminator = credential_scope
-    error = _check_scope(
-        scope_date, scope_region, scope_service, terminator, timestamp, region, service
-    ) or _check_skew(timestamp, _as_datetime(now), max_skew)
-    if error is not None:
-        return error
+    (access_key, scope_date, scope_region, scope_service, end), signed, signature, stamp = parsed
+    if scope_date != stamp[:8]:
+        return _invalid(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{scope_date}' != '{stamp[:8]}', from '{stamp}'."
+        )
+    if scope_service != service:
+        return _invalid(f"Credential should be scoped to correct service: '{service}'. ")
+    if scope_region != region:
+        return _invalid("Credential should be scoped to a valid region. ")
+    if end != "aws4_request":
+        return _invalid(
+            f"Credential should be scoped with a valid terminator: 'aws4_request', not '{end}'. "
+        )
+    skew_error = _check_skew(stamp, _as_datetime(now), max_skew)
+    if skew_error is not None:
+        return skew_error
 
-    credential = _lookup(credentials, access_key)
-    presented_token = _first(pairs, "x-amz-security-token")
-    if credential is None or not _session_token_ok(credential.session_token, presented_token):
+    found = credentials.get(access_key)
+    credential = LocalCredential(found) if isinstance(found, str) else found
+    presented = _first(pairs, "x-amz-security-token")
+    expected_token = None if credential is None else credential.session_token
+    if credential is None or not (
+        presented is expected_token  # both None
+        or (
+            presented
+            and expected_token
+            and hmac.compare_digest(presented.encode(), expected_token.encode())
+        )
+    ):
         return AuthError(INVALID_TOKEN, "UnrecognizedClientException")
-    if "host" not in signed_headers:
+    if "host" not in signed:
         return _incomplete(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
         )
-    body_bytes = body or b""
+    body = body or b""
     declared_hash = _first(pairs, "x-amz-content-sha256")
     if declared_hash is not None and not hmac.compare_digest(
-        declared_hash.encode(), hashlib.sha256(body_bytes).hexdigest().encode()
+        declared_hash.encode(), hashlib.sha256(body).hexdigest().encode()
     ):
         # botocore would trust a declared payload hash; API Gateway hashes the body it got.
         return _invalid(SIGNATURE_MISMATCH)
 
-    canonical, string_to_sign, expected = _recompute(
-        method,
-        url_path,
-        query_string,
-        [(n, v) for n, v in pairs if n in signed_headers],
-        body_bytes,
-        timestamp,
-        ReadOnlyCredentials(access_key, credential.secret_key, credential.session_token),
-        region,
-        service,
-    )
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
+    # The netloc is a placeholder (the signed Host header is what counts); a plain http URL
+    # makes botocore hash the payload, which it may skip for https.
+    path = url_path if url_path.startswith("/") else f"/{url_path}"
+    url = f"http://sigv4-verifier.invalid{path}" + (f"?{query_string}" if query_string else "")
+    request = AWSRequest(method=method.upper(), url=url, data=body)
+    for name, value in pairs:
+        if name in signed:
+            request.headers[name] = value  # HTTPHeaders appends: repeats stay repeated
+    request.context["timestamp"] = stamp
+    keys = ReadOnlyCredentials(access_key, credential.secret_key, credential.session_token)
+    signer = _ReplaySigV4(keys, service, region)
+    canonical = signer.canonical_request(request)
+    string_to_sign = signer.string_to_sign(request, canonical)
+    if not hmac.compare_digest(
+        signer.signature(string_to_sign, request).encode(), signature.encode()
+    ):
         return _invalid(
             f"{SIGNATURE_MISMATCH}\n\nThe Canonical String for this request should have been\n"
             f"'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
         )
-    return _identity(access_key, credential, source_ip, _first(pairs, "user-agent"))
+
+    arn = credential.user_arn
+    arn_parts = arn.split(":", 5)
+    account_id = arn_parts[4] if len(arn_parts) == 6 and arn_parts[4] else LOCAL_ACCOUNT_ID
+    # A stable stand-in for IAM's unique id: AIDA… for a user, AROA…:session for a role.
+    digest = base64.b32encode(hashlib.sha256(f"{access_key}|{arn}".encode()).digest()).decode()
+    resource = arn_parts[-1]
+    derived = f"AIDA{digest[:17]}"
+    if resource.startswith("assumed-role/"):
+        derived = f"AROA{digest[:17]}:{resource.rsplit('/', 1)[-1]}"
+    user_id = credential.user_id or derived
+    user_agent = _first(pairs, "user-agent")
+    return CallerIdentity(user_id, user_id, arn, account_id, access_key, source_ip, user_agent)
 
 
 _Parsed = tuple[tuple[str, str, str, str, str], frozenset[str], str, str]
@@ -203,9 +254,7 @@ def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _P
     """(credential scope, signed header names, signature, timestamp) or API Gateway's refusal."""
     algorithm, _, rest = authorization.strip().partition(" ")
     params: dict[str, str] = {}
-    for raw in re.split(r"[,\s]+", rest.strip()):
-        if not raw:
-            continue
+    for raw in filter(None, re.split(r"[,\s]+", rest.strip())):
         key, eq, value = raw.partition("=")
         if not eq:
             # API Gateway does not echo the offending pair: it may be a bearer token.
@@ -236,7 +285,7 @@ def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _P
             "Credential must have exactly 5 slash-delimited elements, "
             f"e.g. keyid/date/region/service/term, got '{params['Credential']}'"
         )
-    timestamp = None if date_value is None else _timestamp(pairs, date_value)
+    timestamp = _timestamp(pairs, date_value or "")
     if timestamp is None:
         return _incomplete(
             f"Date must be in ISO-8601 'basic format'. Got '{date_value}'. "
@@ -248,45 +297,15 @@ def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _P
 
 def _timestamp(pairs: list[tuple[str, str]], date_value: str) -> str | None:
     """The request time in SigV4's basic ISO 8601 form, from X-Amz-Date or else Date."""
-    if _first(pairs, "x-amz-date") is not None:
-        try:
-            datetime.strptime(date_value, SIGV4_TIMESTAMP)
-        except ValueError:
-            return None
-        return date_value if _TIME_RE.match(date_value) else None
     try:
+        if _first(pairs, "x-amz-date") is not None:
+            datetime.strptime(date_value, SIGV4_TIMESTAMP)
+            return date_value if _TIME_RE.match(date_value) else None
         parsed = parsedate_to_datetime(date_value)
     except (TypeError, ValueError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC).strftime(SIGV4_TIMESTAMP)
-
-
-def _check_scope(  # noqa: PLR0917
-    scope_date: str,
-    scope_region: str,
-    scope_service: str,
-    terminator: str,
-    timestamp: str,
-    region: str,
-    service: str,
-) -> AuthError | None:
-    if scope_date != timestamp[:8]:
-        return _invalid(
-            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
-            f"from HTTP: '{scope_date}' != '{timestamp[:8]}', from '{timestamp}'."
-        )
-    if scope_service != service:
-        return _invalid(f"Credential should be scoped to correct service: '{service}'. ")
-    if scope_region != region:
-        return _invalid("Credential should be scoped to a valid region. ")
-    if terminator != "aws4_request":
-        return _invalid(
-            "Credential should be scoped with a valid terminator: 'aws4_request', "
-            f"not '{terminator}'. "
-        )
-    return None
 
 
 def _check_skew(timestamp: str, now: datetime, max_skew: int) -> AuthError | None:
@@ -306,85 +325,6 @@ def _check_skew(timestamp: str, now: datetime, max_skew: int) -> AuthError | Non
             f"({now_s} + {span})"
         )
     return None
-
-
-class _ReplaySigV4(SigV4Auth):
-    """botocore's signer, told to sign exactly the headers the caller signed.
-
-    ``SigV4Auth.headers_to_sign`` drops some hop-by-hop headers and adds ``host``; a verifier must
-    take the caller's ``SignedHeaders`` as given. Everything else (canonical request, string to
-    sign, key derivation, HMAC) is botocore's.
-    """
-
-    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
-        header_map = HTTPHeaders()
-        for name, value in request.headers.items():
-            header_map[name.lower()] = value
-        return header_map
-
-
-def _recompute(  # noqa: PLR0917
-    method: str,
-    url_path: str,
-    query_string: str,
-    signed_pairs: list[tuple[str, str]],
-    body: bytes,
-    timestamp: str,
-    credentials: ReadOnlyCredentials,
-    region: str,
-    service: str,
-) -> tuple[str, str, str]:
-    """(canonical request, string to sign, signature) as botocore computes them."""
-    path = url_path if url_path.startswith("/") else f"/{url_path}"
-    # The netloc is a placeholder (the signed Host header is what counts); a plain http URL
-    # makes botocore hash the payload, which it may skip for https.
-    url = f"http://sigv4-verifier.invalid{path}" + (f"?{query_string}" if query_string else "")
-    request = AWSRequest(method=method.upper(), url=url, data=body)
-    for name, value in signed_pairs:
-        request.headers[name] = value  # HTTPHeaders appends: repeated headers stay repeated
-    request.context["timestamp"] = timestamp
-    signer = _ReplaySigV4(credentials, service, region)
-    canonical = signer.canonical_request(request)
-    string_to_sign = signer.string_to_sign(request, canonical)
-    return canonical, string_to_sign, signer.signature(string_to_sign, request)
-
-
-def _session_token_ok(expected: str | None, presented: str | None) -> bool:
-    if expected is None or presented is None:
-        return expected is presented
-    return hmac.compare_digest(expected.encode(), presented.encode())
-
-
-def _lookup(
-    credentials: Mapping[str, str | LocalCredential], access_key: str
-) -> LocalCredential | None:
-    found = credentials.get(access_key)
-    return LocalCredential(secret_key=found) if isinstance(found, str) else found
-
-
-def _identity(
-    access_key: str, credential: LocalCredential, source_ip: str, user_agent: str | None
-) -> CallerIdentity:
-    arn = credential.user_arn
-    arn_parts = arn.split(":", 5)
-    account_id = arn_parts[4] if len(arn_parts) == 6 and arn_parts[4] else LOCAL_ACCOUNT_ID
-    user_id = credential.user_id or _derived_user_id(access_key, arn)
-    return CallerIdentity(user_id, user_id, arn, account_id, access_key, source_ip, user_agent)
-
-
-def _derived_user_id(access_key: str, arn: str) -> str:
-    """A stable stand-in for IAM's unique id: ``AIDA…`` for a user, ``AROA…:session`` for a role."""
-    digest = base64.b32encode(hashlib.sha256(f"{access_key}|{arn}".encode()).digest()).decode()
-    resource = arn.split(":", 5)[-1]
-    if resource.startswith("assumed-role/"):
-        return f"AROA{digest[:17]}:{resource.rsplit('/', 1)[-1]}"
-    return f"AIDA{digest[:17]}"
-
-
-def _header_pairs(headers: Headers) -> list[tuple[str, str]]:
-    items: Any = getattr(headers, "items", None)
-    pairs = cast(Iterable[tuple[str, str]], items() if callable(items) else headers)
-    return [(str(name).lower(), str(value)) for name, value in pairs]
 
 
 def _first(pairs: list[tuple[str, str]], name: str) -> str | None:

@@ -162,7 +162,8 @@ def test_api_passes_bodies_and_translates_responses_back(echo_api: ApiServer) ->
 
 def test_api_base64_encodes_binary_request_bodies() -> None:
     # Given a request whose body is not UTF-8
-    request = HttpRequest("POST", "/token/refresh", (("Host", "h"),), b"\xff\xfe", "1.2.3.4", 3000)
+    headers = (("Host", "h"),)
+    request = HttpRequest("POST", "/token/refresh", "", headers, b"\xff\xfe", "1.2.3.4", 3000)
 
     # When it becomes an event
     event = request_to_event(request, {"userArn": "arn"}, resource="/token/refresh")
