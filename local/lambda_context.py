@@ -1,8 +1,5 @@
-"""A stand-in for the Lambda runtime's context object, with a real countdown.
-
-The handler budgets its upstream retries with ``get_remaining_time_in_millis()``, so the fake
-counts down from construction like the real one, instead of answering a constant.
-"""
+"""The Lambda runtime's context object, with a real countdown: the handler budgets its upstream
+retries with ``get_remaining_time_in_millis()``, so a constant would not do."""
 
 from __future__ import annotations
 
@@ -20,11 +17,7 @@ DEFAULT_ACCOUNT_ID = "123456789012"
 
 
 class FakeLambdaContext(LambdaContext):
-    """The runtime's context: Powertools' LambdaContext type, filled in, with a live countdown.
-
-    Subclassing Powertools' typing class lets it go wherever a handler is annotated
-    ``context: LambdaContext``, for mypy as much as at run time.
-    """
+    """Powertools' LambdaContext type (so mypy takes it where a handler wants one), filled in."""
 
     def __init__(
         self,
@@ -40,16 +33,14 @@ class FakeLambdaContext(LambdaContext):
         # The base class exposes these as read-only properties over the underscored names.
         self._function_name = function_name
         self._function_version = function_version
-        self._invoked_function_arn = (
-            f"arn:aws:lambda:{region}:{account_id}:function:{function_name}"
-        )
+        self._invoked_function_arn = f"arn:aws:lambda:{region}:{account_id}:function:"
+        self._invoked_function_arn += function_name
         self._memory_limit_in_mb = memory_limit_in_mb
         self._aws_request_id = aws_request_id or str(uuid.uuid4())
         self._log_group_name = f"/aws/lambda/{function_name}"
         # Same shape as Lambda's: date/[version]32-hex-digit instance id.
-        self._log_stream_name = (
-            f"{datetime.now(UTC):%Y/%m/%d}/[{function_version}]{uuid.uuid4().hex}"
-        )
+        self._log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[{function_version}]"
+        self._log_stream_name += uuid.uuid4().hex
         # None, as for every invocation that does not come from a mobile SDK.
         self._identity = cast(Any, None)
         self._client_context = cast(Any, None)
@@ -62,8 +53,5 @@ class FakeLambdaContext(LambdaContext):
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
     def __repr__(self) -> str:
-        return (
-            f"FakeLambdaContext(function_name={self.function_name!r}, "
-            f"aws_request_id={self.aws_request_id!r}, "
-            f"remaining_ms={self.get_remaining_time_in_millis()})"
-        )
+        remaining = self.get_remaining_time_in_millis()
+        return f"FakeLambdaContext({self.function_name!r}, {self.aws_request_id!r}, {remaining} ms)"

@@ -1,15 +1,9 @@
-"""Create the function's AWS resources on an AWS endpoint (a moto server) from template.yaml.
+"""The stack's AWS resources on an AWS endpoint (a moto server), created from template.yaml.
 
-The table's keys, billing mode, TTL and encryption, the secret's name and the function's
-environment are all read from ``template.yaml`` rather than restated here, so a change to the
-template changes what the local runs and the tests exercise.
-
-Each stack gets a caller-chosen name (the tests use one per test case), which plays the part of
-``AWS::StackName``: the secret is ``igni-token-vendor/<name>/default`` as the template names it,
-the table ``<name>-TokenTable``.
-
-Not reproduced: the KMS key policy and the IAM roles (moto does not enforce them, and the local
-caller is not the function's role), the API, the schedules and the rotation function.
+The table, the KMS key, the secret and the API function's environment are read from the
+template, not restated, so a template change changes what local runs and tests exercise. The
+stack name plays ``AWS::StackName`` (tests use one per test). Not reproduced: key policy, IAM
+roles, the API itself (local.gateway), schedules and rules.
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.config import Config
@@ -50,12 +44,11 @@ _BOTO_CONFIG = Config(
 )
 
 
-def _session(region: str) -> boto3.session.Session:
+def _client(service: Any, region: str, endpoint_url: str) -> Any:
     # moto accepts any credentials; fixed fake ones mean no real key is ever sent, even to
     # loopback, whatever the developer's environment holds.
-    return boto3.session.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region
-    )
+    session = boto3.session.Session("testing", "testing", region_name=region)
+    return session.client(service, endpoint_url=endpoint_url, config=_BOTO_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -88,25 +81,18 @@ class LocalStack:
         must treat as unset; ``keep_empty=True`` reproduces that.
         """
         env = {k: v for k, v in self.template_env.items() if keep_empty or v != ""}
-        env.update(
-            {
-                "AWS_ENDPOINT_URL": self.endpoint_url,
-                "AWS_DEFAULT_REGION": self.region,
-                "AWS_REGION": self.region,
-                "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
-                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.function_memory_mb),
-                # No X-Ray daemon locally; Powertools' Tracer would otherwise try to emit.
-                "POWERTOOLS_TRACE_DISABLED": "true",
-            }
-        )
-        if self.igni_token_url:
-            env["IGNI_TOKEN_URL"] = self.igni_token_url
-        if self.igni_workspace:
-            env["IGNI_WORKSPACE"] = self.igni_workspace
-        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            if not os.environ.get(var):
-                env[var] = "testing"
+        env |= {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
+        env |= {"AWS_REGION": self.region, "AWS_LAMBDA_FUNCTION_NAME": self.function_name}
+        env |= {"AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
+        env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(self.function_memory_mb)
+        env["POWERTOOLS_TRACE_DISABLED"] = "true"  # No X-Ray daemon to emit to.
+        igni = {"IGNI_TOKEN_URL": self.igni_token_url, "IGNI_WORKSPACE": self.igni_workspace}
+        env |= {k: v for k, v in igni.items() if v}
+        env |= {
+            k: "testing"
+            for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            if not os.environ.get(k)
+        }
         return env
 
     def names(self) -> dict[str, str]:
@@ -124,18 +110,14 @@ class LocalStack:
 
     # Typed clients on the stack's endpoint, for tests that look inside.
     def dynamodb(self) -> DynamoDBClient:
-        return _session(self.region).client(
-            "dynamodb", endpoint_url=self.endpoint_url, config=_BOTO_CONFIG
-        )
+        return cast("DynamoDBClient", _client("dynamodb", self.region, self.endpoint_url))
 
     def kms(self) -> KMSClient:
-        return _session(self.region).client(
-            "kms", endpoint_url=self.endpoint_url, config=_BOTO_CONFIG
-        )
+        return cast("KMSClient", _client("kms", self.region, self.endpoint_url))
 
     def secretsmanager(self) -> SecretsManagerClient:
-        return _session(self.region).client(
-            "secretsmanager", endpoint_url=self.endpoint_url, config=_BOTO_CONFIG
+        return cast(
+            "SecretsManagerClient", _client("secretsmanager", self.region, self.endpoint_url)
         )
 
     def put_secret_value(self, value: Mapping[str, Any] | str) -> str:
@@ -143,25 +125,6 @@ class LocalStack:
         text = value if isinstance(value, str) else json.dumps(dict(value))
         answer = self.secretsmanager().put_secret_value(SecretId=self.secret_arn, SecretString=text)
         return answer["VersionId"]
-
-
-def _table_request(props: Mapping[str, Any], table_name: str) -> dict[str, Any]:
-    """CreateTable arguments from the AWS::DynamoDB::Table Properties (already resolved)."""
-    request: dict[str, Any] = {
-        "TableName": table_name,
-        "KeySchema": props["KeySchema"],
-        "AttributeDefinitions": props["AttributeDefinitions"],
-        "BillingMode": props.get("BillingMode", "PROVISIONED"),
-    }
-    for key in ("ProvisionedThroughput", "GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
-        if props.get(key):
-            request[key] = props[key]
-    sse = props.get("SSESpecification") or {}
-    if sse.get("SSEEnabled"):  # CloudFormation's SSEEnabled is the API's Enabled.
-        request["SSESpecification"] = {"Enabled": True, "SSEType": sse.get("SSEType", "KMS")}
-        if sse.get("KMSMasterKeyId"):
-            request["SSESpecification"]["KMSMasterKeyId"] = sse["KMSMasterKeyId"]
-    return request
 
 
 def create_stack(
@@ -174,18 +137,14 @@ def create_stack(
     igni_workspace: str | None = None,
     template_path: Path | str = TEMPLATE_PATH,
 ) -> LocalStack:
-    """Create the table (with TTL), the KMS key and the secret for stack ``name``.
+    """Create the KMS key, the table (with TTL) and the secret of stack ``name``.
 
-    ``secret_value`` becomes the secret's SecretString (a mapping is JSON-encoded), e.g.
-    ``{"client_id": "...", "client_secret": "...", "workspace": "..."}``. ``igni_token_url`` and
-    ``igni_workspace`` fill the template's IgniTokenUrl and IgniWorkspace parameters.
+    ``secret_value`` is the secret's SecretString (a mapping is JSON-encoded); ``igni_token_url``
+    and ``igni_workspace`` fill the template's IgniTokenUrl and IgniWorkspace parameters.
     """
     template = load_template(template_path)
-    session = _session(region)
-    kms = session.client("kms", endpoint_url=endpoint_url, config=_BOTO_CONFIG)
-    ddb = session.client("dynamodb", endpoint_url=endpoint_url, config=_BOTO_CONFIG)
-    sm = session.client("secretsmanager", endpoint_url=endpoint_url, config=_BOTO_CONFIG)
-
+    kms, ddb, sm = (_client(s, region, endpoint_url) for s in ("kms", "dynamodb", "secretsmanager"))
+    tags = [{"Key": "aws:cloudformation:stack-name", "Value": name}]
     refs: dict[str, Any] = {
         **parameter_defaults(template),
         "IgniWorkspace": igni_workspace or "",
@@ -199,54 +158,45 @@ def create_stack(
     key_props = resource_properties(template, KEY_ID)
     key = kms.create_key(
         Description=str(key_props.get("Description", f"{name} {KEY_ID}")),
-        KeyUsage="ENCRYPT_DECRYPT",
-        Tags=[{"TagKey": "aws:cloudformation:stack-name", "TagValue": name}],
+        Tags=[{"TagKey": t["Key"], "TagValue": t["Value"]} for t in tags],
     )["KeyMetadata"]
     if key_props.get("EnableKeyRotation"):
         kms.enable_key_rotation(KeyId=key["KeyId"])
     account_id = key["Arn"].split(":")[4]
-    refs.update(
-        {
-            "AWS::AccountId": account_id,
-            KEY_ID: key["KeyId"],
-            f"{KEY_ID}.Arn": key["Arn"],
-            f"{KEY_ID}.KeyId": key["KeyId"],
-        }
-    )
+    refs |= {"AWS::AccountId": account_id, KEY_ID: key["KeyId"], f"{KEY_ID}.Arn": key["Arn"]}
+    refs[f"{KEY_ID}.KeyId"] = key["KeyId"]
 
     table_name = f"{name}-{TABLE_ID}"
-    table_props = resolve(template, resource_properties(template, TABLE_ID), refs)
-    table = ddb.create_table(**_table_request(table_props, table_name))["TableDescription"]
-    ttl = table_props.get("TimeToLiveSpecification")
-    if ttl and ttl.get("Enabled"):
-        ddb.update_time_to_live(
-            TableName=table_name,
-            TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
-        )
-    refs.update({TABLE_ID: table_name, f"{TABLE_ID}.Arn": table["TableArn"]})
-
-    secret_props = resolve(template, resource_properties(template, SECRET_ID), refs)
-    secret_name = str(secret_props.get("Name") or f"igni-token-vendor/{name}/default")
-    secret_string = secret_value if isinstance(secret_value, str) else json.dumps(secret_value)
-    secret_args: dict[str, Any] = {
-        "Name": secret_name,
-        "SecretString": secret_string,
-        "Tags": [{"Key": "aws:cloudformation:stack-name", "Value": name}],
+    props = resolve(template, resource_properties(template, TABLE_ID), refs)
+    request = {k: props[k] for k in ("KeySchema", "AttributeDefinitions", "BillingMode")}
+    request |= {
+        k: props[k] for k in ("ProvisionedThroughput", "GlobalSecondaryIndexes") if k in props
     }
-    if secret_props.get("Description"):
-        secret_args["Description"] = str(secret_props["Description"])
-    if secret_props.get("KmsKeyId"):
-        secret_args["KmsKeyId"] = str(secret_props["KmsKeyId"])
-    secret = sm.create_secret(**secret_args)
+    sse = props.get("SSESpecification") or {}
+    if sse.get("SSEEnabled"):  # CloudFormation's SSEEnabled is the API's Enabled.
+        request["SSESpecification"] = {"Enabled": True, "SSEType": sse.get("SSEType", "KMS")}
+        if sse.get("KMSMasterKeyId"):
+            request["SSESpecification"]["KMSMasterKeyId"] = sse["KMSMasterKeyId"]
+    table = ddb.create_table(TableName=table_name, **request)["TableDescription"]
+    ttl = props.get("TimeToLiveSpecification") or {}
+    if ttl.get("Enabled"):
+        spec = {"AttributeName": ttl["AttributeName"], "Enabled": True}
+        ddb.update_time_to_live(TableName=table_name, TimeToLiveSpecification=spec)
+    refs |= {TABLE_ID: table_name, f"{TABLE_ID}.Arn": table["TableArn"]}
+
+    props = resolve(template, resource_properties(template, SECRET_ID), refs)
+    secret_name = str(props.get("Name") or f"igni-token-vendor/{name}/default")
+    text = secret_value if isinstance(secret_value, str) else json.dumps(secret_value)
+    extra = {k: str(props[k]) for k in ("Description", "KmsKeyId") if props.get(k)}
+    secret = sm.create_secret(Name=secret_name, SecretString=text, Tags=tags, **extra)
     # The template's Ref to the secret (IGNI_SECRET_ID) is its ARN.
-    refs.update({SECRET_ID: secret["ARN"], f"{SECRET_ID}.Id": secret["ARN"]})
+    refs |= {SECRET_ID: secret["ARN"], f"{SECRET_ID}.Id": secret["ARN"]}
 
     # The function behind the API: its environment (over Globals', as SAM merges them), resolved.
     function_id = api_function(template)
-    function_name = f"{name}-{function_id}"
-    refs[function_id] = function_name
+    refs[function_id] = function_name = f"{name}-{function_id}"
     globals_fn = (template.get("Globals") or {}).get("Function") or {}
-    function = resource_properties(template, function_id)
+    function = {**globals_fn, **resource_properties(template, function_id)}
     variables = {
         **((globals_fn.get("Environment") or {}).get("Variables") or {}),
         **((function.get("Environment") or {}).get("Variables") or {}),
@@ -256,11 +206,8 @@ def create_stack(
         try:
             resolved = resolve(template, value, refs)
         except (KeyError, ValueError):
-            warnings.warn(
-                f"local stack: cannot resolve {var} of {function_id}'s environment; "
-                "extend local/stack.py's refs",
-                stacklevel=2,
-            )
+            message = f"local stack: cannot resolve {var} of {function_id}; extend its refs"
+            warnings.warn(message, stacklevel=2)
             continue
         env[var] = str(resolved).lower() if isinstance(resolved, bool) else str(resolved)
     return LocalStack(
@@ -275,8 +222,8 @@ def create_stack(
         secret_name=secret_name,
         secret_arn=secret["ARN"],
         function_name=function_name,
-        function_timeout_s=float(function.get("Timeout", globals_fn.get("Timeout", 3))),
-        function_memory_mb=int(function.get("MemorySize", globals_fn.get("MemorySize", 128))),
+        function_timeout_s=float(function.get("Timeout", 3)),
+        function_memory_mb=int(function.get("MemorySize", 128)),
         igni_token_url=igni_token_url,
         igni_workspace=igni_workspace,
         template_env=env,
