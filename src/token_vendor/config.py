@@ -64,6 +64,9 @@ class Config:
     aws_connect_timeout: float = 1.0
     aws_read_timeout: float = 2.0
     aws_max_attempts: int = 3
+    # The re-checks of a token already at hand: one short attempt, then a pause if it failed.
+    recheck_timeout_seconds: float = 1.0
+    recheck_pause_seconds: float = 10.0
 
     def profile(self, name: str) -> Profile | None:
         return self.profiles.get(name)
@@ -151,6 +154,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         aws_connect_timeout=_float(env, "AWS_CONNECT_TIMEOUT", 1.0, 0.1, 5.0),
         aws_read_timeout=_float(env, "AWS_READ_TIMEOUT", 2.0, 0.1, 10.0),
         aws_max_attempts=_int(env, "AWS_MAX_ATTEMPTS", 3, 1, 5),
+        recheck_timeout_seconds=_float(env, "RECHECK_TIMEOUT_SECONDS", 1.0, 0.1, 5.0),
+        recheck_pause_seconds=_float(env, "RECHECK_PAUSE_SECONDS", 10.0, 0.0, 300.0),
     )
 
 

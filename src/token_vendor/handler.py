@@ -77,16 +77,22 @@ def build_runtime(config: Config) -> Runtime:
     boto_config = BotoConfig(
         connect_timeout=config.aws_connect_timeout,
         read_timeout=config.aws_read_timeout,
-        retries={"mode": "standard", "max_attempts": config.aws_max_attempts},
+        retries={"mode": "standard", "total_max_attempts": config.aws_max_attempts},
     )
     # botocore directly, not boto3: boto3's import pulls in s3transfer, about 70 ms of cold
     # start for nothing this function uses. Same credential chain, same AWS_ENDPOINT_URL.
     session = botocore.session.get_session()
-    kms = (
-        cast("KMSClient", session.create_client("kms", config=boto_config))
-        if config.kms_key_id
-        else None
+    # Re-checks of a token already at hand: one short attempt, so a hanging endpoint costs a
+    # caller about a second before the token is served anyway (the exchange keeps its budget).
+    quick_config = BotoConfig(
+        connect_timeout=config.recheck_timeout_seconds,
+        read_timeout=config.recheck_timeout_seconds,
+        retries={"mode": "standard", "total_max_attempts": 1},
     )
+    kms = quick_kms = None
+    if config.kms_key_id:
+        kms = cast("KMSClient", session.create_client("kms", config=boto_config))
+        quick_kms = cast("KMSClient", session.create_client("kms", config=quick_config))
     telemetry = Telemetry()
     service = TokenService(
         config,
@@ -95,6 +101,9 @@ def build_runtime(config: Config) -> Runtime:
                 "SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)
             ),
             cache_seconds=config.secret_cache_seconds,
+            quick_client=cast(
+                "SecretsManagerClient", session.create_client("secretsmanager", config=quick_config)
+            ),
         ),
         igni=IgniClient(
             urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
@@ -105,7 +114,10 @@ def build_runtime(config: Config) -> Runtime:
         table=TokenTable(
             cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
             config.table_name,
-            TokenCipher(kms, config.kms_key_id),
+            TokenCipher(kms, config.kms_key_id, quick_kms=quick_kms),
+            quick_client=cast(
+                "DynamoDBClient", session.create_client("dynamodb", config=quick_config)
+            ),
         ),
         memory=MemoryTier(),
         telemetry=telemetry,
@@ -282,7 +294,10 @@ def _error(
 @app.exception_handler(VendorError)  # type: ignore[untyped-decorator]
 def handle_vendor_error(exc: VendorError) -> Response[str]:
     log = logger.warning if exc.status < 500 else logger.error
-    log("request failed", extra={"error": exc.code, "status": exc.status, "reason": exc.message})
+    extra: dict[str, Any] = {"error": exc.code, "status": exc.status, "reason": exc.message}
+    if exc.detail:
+        extra["detail"] = exc.detail
+    log("request failed", extra=extra)
     retry_after = exc.retry_after
     if exc.status == 503 and retry_after is None:
         retry_after = 1
