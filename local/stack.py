@@ -9,7 +9,10 @@ Each stack gets a caller-chosen name (the tests use one per test case), which pl
 the table ``<name>-TokenTable``.
 
 Not reproduced: the KMS key policy and the IAM roles (moto does not enforce them, and the local
-caller is not the function's role), the API, the schedules and the rotation function.
+caller is not the function's role), the API, the schedules and the rotation function. The
+secret's resource policy is put on the local secret as the template resolves it for this stack,
+so ``get_resource_policy`` shows what a deployment would carry; moto stores it without enforcing
+it (the local function reads the secret with test credentials, not its role).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from local.cfn_template import (
     resolve,
     resource,
     resource_properties,
+    resources_of_type,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +49,9 @@ TABLE_ID = "TokenTable"
 KEY_ID = "TokenKey"
 SECRET_ID = "IgniSecret"
 FUNCTION_ID = "TokenFunction"
+SECRET_POLICY_TYPE = "AWS::SecretsManager::ResourcePolicy"
+# What Ref AWS::NoValue gives here; dropped from lists and mappings as CloudFormation drops it.
+_NO_VALUE = object()
 
 # Local AWS calls go to loopback only: fail fast instead of botocore's 60 s and 10 attempts.
 _BOTO_CONFIG = Config(
@@ -183,6 +190,29 @@ def _table_request(props: Mapping[str, Any], table_name: str) -> dict[str, Any]:
     return request
 
 
+def _without_no_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_without_no_value(v) for v in value if v is not _NO_VALUE]
+    if isinstance(value, dict):
+        return {k: _without_no_value(v) for k, v in value.items() if v is not _NO_VALUE}
+    return value
+
+
+def _put_secret_policies(
+    sm: SecretsManagerClient, template: Template, refs: Mapping[str, Any], secret_arn: str
+) -> None:
+    """Put each of the template's resource policies on the stack's secret (the one it names)."""
+    for policy in resources_of_type(template, SECRET_POLICY_TYPE).values():
+        props = _without_no_value(resolve(template, policy.get("Properties") or {}, refs))
+        if props.get("SecretId") != secret_arn:
+            continue
+        sm.put_resource_policy(
+            SecretId=secret_arn,
+            ResourcePolicy=json.dumps(props["ResourcePolicy"]),
+            BlockPublicPolicy=bool(props.get("BlockPublicPolicy", False)),
+        )
+
+
 def _function_env(
     template: Template, refs: Mapping[str, Any]
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -232,6 +262,7 @@ def create_stack(
         "AWS::Region": region,
         "AWS::Partition": "aws",
         "AWS::URLSuffix": "amazonaws.com",
+        "AWS::NoValue": _NO_VALUE,
     }
 
     key_props = resource_properties(template, KEY_ID)
@@ -278,6 +309,7 @@ def create_stack(
     secret = sm.create_secret(**secret_args)
     # The template's Ref to the secret (IGNI_SECRET_ID) is its ARN.
     refs.update({SECRET_ID: secret["ARN"], f"{SECRET_ID}.Id": secret["ARN"]})
+    _put_secret_policies(sm, template, refs, secret["ARN"])
 
     function_name = f"{name}-{FUNCTION_ID}"
     refs[FUNCTION_ID] = function_name
