@@ -150,8 +150,20 @@ class MotoServer:
             f"{self.start_timeout:.0f} s:\n{self.log_tail()}"
         )
 
+    def freeze(self) -> None:
+        """Stop the process (SIGSTOP) without closing its socket: connections are still
+        accepted by the kernel and then never answered, as with a hanging AWS endpoint."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server run again (SIGCONT); a running one is left as it is."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Terminate the server and wait for it; the port is kept for :meth:`restart`."""
+        self.thaw()
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()

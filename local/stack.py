@@ -3,7 +3,8 @@
 The table, the KMS key, the secret and the API function's environment are read from the
 template, not restated, so a template change changes what local runs and tests exercise. The
 stack name plays ``AWS::StackName`` (tests use one per test). Not reproduced: key policy, IAM
-roles, the API itself (local.gateway), schedules and rules.
+roles, the API itself (local.gateway), schedules and rules. The secret's resource policy is put
+on the local secret as the template resolves it (moto stores it without enforcing it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from local.cfn_template import (
     parameter_defaults,
     resolve,
     resource_properties,
+    resources_of_type,
 )
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ DEFAULT_REGION = "us-east-1"
 TABLE_ID = "TokenTable"
 KEY_ID = "TokenKey"
 SECRET_ID = "IgniSecret"
+# What Ref AWS::NoValue gives here; dropped from lists and mappings as CloudFormation drops it.
+_NO_VALUE = object()
 
 # Local AWS calls go to loopback only: fail fast instead of botocore's 60 s and 10 attempts.
 _BOTO_CONFIG = Config(
@@ -127,6 +131,14 @@ class LocalStack:
         return answer["VersionId"]
 
 
+def _without_no_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_without_no_value(v) for v in value if v is not _NO_VALUE]
+    if isinstance(value, dict):
+        return {k: _without_no_value(v) for k, v in value.items() if v is not _NO_VALUE}
+    return value
+
+
 def create_stack(
     name: str,
     *,
@@ -153,6 +165,7 @@ def create_stack(
         "AWS::Region": region,
         "AWS::Partition": "aws",
         "AWS::URLSuffix": "amazonaws.com",
+        "AWS::NoValue": _NO_VALUE,
     }
 
     key_props = resource_properties(template, KEY_ID)
@@ -191,6 +204,16 @@ def create_stack(
     secret = sm.create_secret(Name=secret_name, SecretString=text, Tags=tags, **extra)
     # The template's Ref to the secret (IGNI_SECRET_ID) is its ARN.
     refs |= {SECRET_ID: secret["ARN"], f"{SECRET_ID}.Id": secret["ARN"]}
+    for policy in resources_of_type(template, "AWS::SecretsManager::ResourcePolicy").values():
+        props = _without_no_value(resolve(template, policy.get("Properties") or {}, refs))
+        if props.get("SecretId") == secret["ARN"]:
+            document, block = (
+                json.dumps(props["ResourcePolicy"]),
+                bool(props.get("BlockPublicPolicy")),
+            )
+            sm.put_resource_policy(
+                SecretId=secret["ARN"], ResourcePolicy=document, BlockPublicPolicy=block
+            )
 
     # The function behind the API: its environment (over Globals', as SAM merges them), resolved.
     function_id = api_function(template)

@@ -9,7 +9,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urlsplit
+
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from token_vendor.errors import ConfigurationError
 
@@ -64,6 +66,9 @@ class Config:
     aws_connect_timeout: float = 1.0
     aws_read_timeout: float = 2.0
     aws_max_attempts: int = 3
+    # The re-checks of a token already at hand: one short attempt, then a pause if it failed.
+    recheck_timeout_seconds: float = 1.0
+    recheck_pause_seconds: float = 10.0
 
     def profile(self, name: str) -> Profile | None:
         return self.profiles.get(name)
@@ -86,24 +91,47 @@ def token_url_for(profile: Profile, secret_workspace: str | None) -> str:
 
 def validate_token_url(url: str, profile_name: str) -> str:
     """Accept https anywhere, plain http only on a loopback host (local runs and tests)."""
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise ConfigurationError(f"profile '{profile_name}': token URL has no host")
+    problem = token_url_problem(url)
+    if problem is not None:
+        raise ConfigurationError(f"profile '{profile_name}': token URL {problem}")
+    return url
+
+
+def token_url_problem(url: str) -> str | None:
+    """Why urllib3 must not send credentials to `url`, or None when it may.
+
+    The URL is read with urllib3's own parser, the one that sends: `urllib.parse` reads
+    `http://a\\@127.0.0.1/` as host 127.0.0.1 where urllib3 connects to `a`. Userinfo (any
+    `@`), backslashes and anything but printable ASCII are refused outright, so that no two
+    parsers can disagree about the host.
+    """
+    if not url or any(not "!" <= char <= "~" for char in url):
+        return "must be printable ASCII without spaces or control characters"
+    if "\\" in url:
+        return "must not contain a backslash"
+    if "@" in url:
+        return "must not contain '@' (userinfo)"
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        return "cannot be parsed"
+    if parts.auth is not None:
+        return "must not contain userinfo"
+    if not parts.host:
+        return "has no host"
     if parts.scheme == "https":
-        return url
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
-        return url
-    raise ConfigurationError(
-        f"profile '{profile_name}': token URL must use https (plain http is allowed for "
-        "loopback hosts only)"
-    )
+        return None
+    if parts.scheme == "http" and _is_loopback(parts.host):
+        return None
+    return "must use https (plain http is allowed for loopback hosts only)"
 
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        # urllib3 keeps the brackets of an IPv6 literal.
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
     except ValueError:
         return False
 
@@ -151,6 +179,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         aws_connect_timeout=_float(env, "AWS_CONNECT_TIMEOUT", 1.0, 0.1, 5.0),
         aws_read_timeout=_float(env, "AWS_READ_TIMEOUT", 2.0, 0.1, 10.0),
         aws_max_attempts=_int(env, "AWS_MAX_ATTEMPTS", 3, 1, 5),
+        recheck_timeout_seconds=_float(env, "RECHECK_TIMEOUT_SECONDS", 1.0, 0.1, 5.0),
+        recheck_pause_seconds=_float(env, "RECHECK_PAUSE_SECONDS", 10.0, 0.0, 300.0),
     )
 
 
@@ -207,9 +237,12 @@ def _load_profiles(env: Mapping[str, str]) -> dict[str, Profile]:
         if not isinstance(parsed, dict):
             raise ConfigurationError("IGNI_PROFILES must be a JSON object of profile name -> {...}")
         for name, entry in parsed.items():
-            if name == DEFAULT_PROFILE and DEFAULT_PROFILE in profiles:
+            if name == DEFAULT_PROFILE:
+                # GET /token/default would be a second path to the default profile, past an
+                # IAM Deny on GET/token for a caller allowed GET/token/*.
                 raise ConfigurationError(
-                    "IGNI_PROFILES: profile 'default' is already defined by IGNI_SECRET_ID"
+                    "IGNI_PROFILES: the profile name 'default' is reserved (the default profile "
+                    "is defined by IGNI_SECRET_ID and served at /token only)"
                 )
             profiles[name] = _profile(name, entry)
     if not profiles:

@@ -9,10 +9,15 @@ class VendorError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        # For the log line of the same request only, never the answer: names of resources
+        # (a secret's ARN or name, a table) tell an attacker what to aim at.
+        self.detail = detail
         # A finer label than `code` for metrics, e.g. "timeout" or "throttled".
         self.kind = self.code
 
@@ -55,6 +60,14 @@ class UpstreamBadResponse(VendorError):
 class UpstreamUnavailable(VendorError):
     status = 503
     code = "upstream_unavailable"
+
+
+# What a failure recorded in the shared item answers while the fleet backs off: the same
+# status and code as the failure itself, so an error does not change kind on the next call.
+BACKOFF_ERRORS: dict[str, type[VendorError]] = {
+    cls.code: cls
+    for cls in (ConfigurationError, UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable)
+}
 
 
 class SecretUnavailable(Exception):

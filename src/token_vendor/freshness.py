@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from token_vendor.config import Freshness
 
+# 9999-12-31T23:59:59Z: later `exp` claims are ignored (see jwt_exp).
+MAX_JWT_EXP = 253_402_300_799
+
 
 @dataclass(frozen=True)
 class CachedToken:
@@ -55,12 +58,19 @@ def jwt_exp(access_token: str) -> int | None:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
         return None
-    return math.floor(exp)
+    # Bounded before any float arithmetic, where an int like 10**400 overflows. A claim past
+    # MAX_JWT_EXP could never shorten a lifetime (`expires_in` is at most 10 years), so it is
+    # ignored; one before the epoch just means expired.
+    if isinstance(exp, float) and not math.isfinite(exp):
+        return None
+    if exp > MAX_JWT_EXP:
+        return None
+    return max(0, math.floor(exp))
 
 
 def vend_margin(lifetime: float, policy: Freshness) -> float:

@@ -77,16 +77,22 @@ def build_runtime(config: Config) -> Runtime:
     boto_config = BotoConfig(
         connect_timeout=config.aws_connect_timeout,
         read_timeout=config.aws_read_timeout,
-        retries={"mode": "standard", "max_attempts": config.aws_max_attempts},
+        retries={"mode": "standard", "total_max_attempts": config.aws_max_attempts},
     )
     # botocore directly, not boto3: boto3's import pulls in s3transfer, about 70 ms of cold
     # start for nothing this function uses. Same credential chain, same AWS_ENDPOINT_URL.
     session = botocore.session.get_session()
-    kms = (
-        cast("KMSClient", session.create_client("kms", config=boto_config))
-        if config.kms_key_id
-        else None
+    # Re-checks of a token already at hand: one short attempt, so a hanging endpoint costs a
+    # caller about a second before the token is served anyway (the exchange keeps its budget).
+    quick_config = BotoConfig(
+        connect_timeout=config.recheck_timeout_seconds,
+        read_timeout=config.recheck_timeout_seconds,
+        retries={"mode": "standard", "total_max_attempts": 1},
     )
+    kms = quick_kms = None
+    if config.kms_key_id:
+        kms = cast("KMSClient", session.create_client("kms", config=boto_config))
+        quick_kms = cast("KMSClient", session.create_client("kms", config=quick_config))
     telemetry = Telemetry()
     service = TokenService(
         config,
@@ -95,6 +101,9 @@ def build_runtime(config: Config) -> Runtime:
                 "SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)
             ),
             cache_seconds=config.secret_cache_seconds,
+            quick_client=cast(
+                "SecretsManagerClient", session.create_client("secretsmanager", config=quick_config)
+            ),
         ),
         igni=IgniClient(
             urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
@@ -105,7 +114,10 @@ def build_runtime(config: Config) -> Runtime:
         table=TokenTable(
             cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
             config.table_name,
-            TokenCipher(kms, config.kms_key_id),
+            TokenCipher(kms, config.kms_key_id, quick_kms=quick_kms),
+            quick_client=cast(
+                "DynamoDBClient", session.create_client("dynamodb", config=quick_config)
+            ),
         ),
         memory=MemoryTier(),
         telemetry=telemetry,
@@ -123,7 +135,7 @@ def get_default_token() -> Response[str]:
 
 @app.get("/token/<profile>")
 def get_profile_token(profile: str) -> Response[str]:
-    return _vend(profile)
+    return _vend(profile, by_name=True)
 
 
 @app.post("/token/refresh")
@@ -133,23 +145,23 @@ def refresh_default_token() -> Response[str]:
 
 @app.post("/token/<profile>/refresh")
 def refresh_profile_token(profile: str) -> Response[str]:
-    return _refresh(profile)
+    return _refresh(profile, by_name=True)
 
 
-def _vend(profile_name: str) -> Response[str]:
+def _vend(profile_name: str, *, by_name: bool = False) -> Response[str]:
     caller = _caller()
     min_ttl = _min_ttl(app.current_event.query_string_parameters or {})
     runtime = get_runtime()
-    profile = _profile(runtime.config, profile_name)
+    profile = _profile(runtime.config, profile_name, by_name=by_name)
     vended = runtime.service.vend(profile, deadline=_deadline(), min_ttl=min_ttl)
     return _token_response(vended, profile, caller, "vend")
 
 
-def _refresh(profile_name: str) -> Response[str]:
+def _refresh(profile_name: str, *, by_name: bool = False) -> Response[str]:
     caller = _caller()
     rejected = _rejected_token()
     runtime = get_runtime()
-    profile = _profile(runtime.config, profile_name)
+    profile = _profile(runtime.config, profile_name, by_name=by_name)
     vended = runtime.service.force_refresh(profile, rejected, deadline=_deadline())
     return _token_response(vended, profile, caller, "refresh")
 
@@ -234,14 +246,40 @@ def _rejected_token() -> str:
         raise InvalidRequest(
             'the body must be a JSON object {"rejected_token": "<token>"}'
         ) from None
+    if not _is_unicode(data):
+        # A JSON escape such as \ud800 decodes to a lone surrogate, which no UTF-8 encoder
+        # (the token's fingerprint, the log line) accepts.
+        raise InvalidRequest("the body holds a string that is not valid Unicode (a lone surrogate)")
     token = data.get("rejected_token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token.strip():
         raise InvalidRequest('the body must be a JSON object {"rejected_token": "<token>"}')
     return token.strip()
 
 
-def _profile(config: Config, name: str) -> Profile:
-    profile = config.profile(name)
+def _is_unicode(value: object) -> bool:
+    """Whether every string in `value` (dict keys included) encodes as UTF-8: none holds a lone
+    surrogate. Iterative, so that a deeply nested value cannot exhaust the stack."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True
+
+
+def _profile(config: Config, name: str, *, by_name: bool) -> Profile:
+    # `default` is reserved: /token/default would be a second path to the default profile,
+    # past an IAM Deny on GET/token for a caller allowed GET/token/*.
+    profile = None if by_name and name == DEFAULT_PROFILE else config.profile(name)
     if profile is None:
         raise UnknownProfile(f"no credential profile named '{name[:64]}' is configured")
     return profile
@@ -282,7 +320,10 @@ def _error(
 @app.exception_handler(VendorError)  # type: ignore[untyped-decorator]
 def handle_vendor_error(exc: VendorError) -> Response[str]:
     log = logger.warning if exc.status < 500 else logger.error
-    log("request failed", extra={"error": exc.code, "status": exc.status, "reason": exc.message})
+    extra: dict[str, Any] = {"error": exc.code, "status": exc.status, "reason": exc.message}
+    if exc.detail:
+        extra["detail"] = exc.detail
+    log("request failed", extra=extra)
     retry_after = exc.retry_after
     if exc.status == 503 and retry_after is None:
         retry_after = 1
@@ -387,6 +428,10 @@ def _api_event_problem(event: dict[str, Any]) -> str | None:
     context = event.get("requestContext")
     if context is not None and not isinstance(context, dict):
         return "requestContext"
+    for name, value in event.items():
+        if not _is_unicode(name) or not _is_unicode(value):
+            field = name if name in _API_EVENT_FIELDS else "a field"
+            return f"{field} holds text that is not valid Unicode"
     return None
 
 

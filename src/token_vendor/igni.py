@@ -19,12 +19,21 @@ from urllib.parse import urlencode
 
 import urllib3
 
-from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
+from token_vendor.config import token_url_problem
+from token_vendor.errors import (
+    ConfigurationError,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamUnavailable,
+)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Below this much time left an attempt cannot succeed; give up instead of starting one.
 MIN_ATTEMPT_SECONDS = 0.25
 MAX_BODY_BYTES = 64 * 1024
+# The longest lifetime believed from Igni: 10 years of 365 days (315,360,000 s). Longer is a
+# broken or hostile answer, and would overflow the float arithmetic of expiry times.
+MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
 
 AttemptObserver = Callable[[str, float], None]
 
@@ -77,6 +86,11 @@ class IgniClient:
         on_attempt: AttemptObserver | None = None,
     ) -> IssuedToken:
         """POST the client-credentials grant; `deadline` is on this client's clock."""
+        # Checked again where it is sent (config checks it first): the credentials go only
+        # where urllib3 itself reads the URL to point, and nowhere if that is not allowed.
+        problem = token_url_problem(token_url)
+        if problem is not None:
+            raise ConfigurationError(f"the Igni token URL {problem}; nothing was sent")
         observe = on_attempt or self._on_attempt
         form = {
             "grant_type": "client_credentials",
@@ -170,21 +184,31 @@ def _parse_token(payload: bytes) -> IssuedToken:
         raise UpstreamBadResponse("Igni answered with an oversized body")
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamBadResponse("Igni answered 2xx with a body that is not JSON") from None
     if not isinstance(data, dict):
         raise UpstreamBadResponse("Igni answered 2xx with JSON that is not an object")
     token = data.get("access_token")
     if not isinstance(token, str) or not token.strip():
         raise UpstreamBadResponse("Igni answered 2xx without an access_token")
-    expires_in = data.get("expires_in")
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
-        raise UpstreamBadResponse("Igni answered 2xx without a positive integer expires_in")
+    expires_in = _lifetime(data.get("expires_in"))
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise UpstreamBadResponse("Igni answered 2xx with a token_type other than Bearer")
     # The OAuth token type, not a password (ruff S106, bandit B106).
     return IssuedToken(access_token=token, token_type="Bearer", expires_in=expires_in)  # noqa: S106  # nosec B106
+
+
+def _lifetime(value: object) -> int:
+    """The token lifetime Igni announced, in whole seconds: a positive integer of at most
+    MAX_EXPIRES_IN; anything else is a bad answer (502), never an overflow further on."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UpstreamBadResponse("Igni answered 2xx without a positive integer expires_in")
+    if not 0 < value <= MAX_EXPIRES_IN:
+        raise UpstreamBadResponse(
+            f"Igni answered 2xx with an expires_in outside 1..{MAX_EXPIRES_IN} seconds"
+        )
+    return value
 
 
 def _rejection(status: int, payload: bytes) -> UpstreamAuthFailed | UpstreamBadResponse:
@@ -205,7 +229,7 @@ def _rejection(status: int, payload: bytes) -> UpstreamAuthFailed | UpstreamBadR
 def _error_code(payload: bytes) -> str | None:
     try:
         data = json.loads(payload[:MAX_BODY_BYTES])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     code = data.get("error") if isinstance(data, dict) else None
     # Only a short token-like code is echoed: never free text from upstream.

@@ -43,26 +43,28 @@ class Credentials:
 
 
 def parse_credentials(secret_id: str, secret_string: object, version_id: str) -> Credentials:
-    """Validate the secret's JSON; the error names the secret and the field, never a value."""
+    """Validate the secret's JSON; the error names the field, never a value or the secret."""
+
+    def invalid(problem: str) -> ConfigurationError:
+        return ConfigurationError(f"the Igni client secret {problem}", detail=f"secret {secret_id}")
+
     if not isinstance(secret_string, str):
-        raise ConfigurationError(
-            f"secret '{secret_id}' has no SecretString (binary secrets are not supported)"
-        )
+        raise invalid("has no SecretString (binary secrets are not supported)")
     try:
         data = json.loads(secret_string)
     except ValueError:
-        raise ConfigurationError(f"secret '{secret_id}' is not JSON") from None
+        raise invalid("is not JSON") from None
     if not isinstance(data, dict):
-        raise ConfigurationError(f"secret '{secret_id}' must be a JSON object")
+        raise invalid("must be a JSON object")
     values: dict[str, str] = {}
     for name in ("client_id", "client_secret"):
         value = data.get(name)
         if not isinstance(value, str) or not value.strip():
-            raise ConfigurationError(f"secret '{secret_id}' lacks a non-empty '{name}'")
+            raise invalid(f"lacks a non-empty '{name}'")
         values[name] = value.strip()
     workspace = data.get("workspace")
     if workspace is not None and not isinstance(workspace, str):
-        raise ConfigurationError(f"secret '{secret_id}': 'workspace' must be a string")
+        raise invalid("has a 'workspace' that is not a string")
     return Credentials(
         client_id=values["client_id"],
         client_secret=values["client_secret"],
@@ -72,7 +74,11 @@ def parse_credentials(secret_id: str, secret_string: object, version_id: str) ->
 
 
 class SecretStore:
-    """Reads `AWSCURRENT` (or another stage) and caches the current version per secret."""
+    """Reads `AWSCURRENT` (or another stage) and caches the current version per secret.
+
+    `quick_client` (short timeouts, one attempt) serves the re-checks made while a valid token
+    is at hand: they must not hold a caller for the exchange path's whole AWS budget.
+    """
 
     def __init__(
         self,
@@ -80,22 +86,25 @@ class SecretStore:
         *,
         cache_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        quick_client: SecretsManagerClient | None = None,
     ) -> None:
         self._client = client
+        self._quick_client = quick_client or client
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, Credentials]] = {}
         self._lock = threading.Lock()
 
-    def current(self, secret_id: str, *, force: bool = False) -> Credentials:
-        """The `AWSCURRENT` credentials; `force` bypasses the memory cache."""
+    def current(self, secret_id: str, *, force: bool = False, quick: bool = False) -> Credentials:
+        """The `AWSCURRENT` credentials; `force` bypasses the memory cache, `quick` reads with
+        the short, single-attempt client."""
         now = self._clock()
         if not force:
             with self._lock:
                 cached = self._cache.get(secret_id)
             if cached is not None and now - cached[0] < self._cache_seconds:
                 return cached[1]
-        credentials = self.read(secret_id, stage=CURRENT)
+        credentials = self.read(secret_id, stage=CURRENT, quick=quick)
         with self._lock:
             self._cache[secret_id] = (now, credentials)
         return credentials
@@ -107,7 +116,12 @@ class SecretStore:
         return cached[1] if cached else None
 
     def read(
-        self, secret_id: str, *, stage: str | None = None, version_id: str | None = None
+        self,
+        secret_id: str,
+        *,
+        stage: str | None = None,
+        version_id: str | None = None,
+        quick: bool = False,
     ) -> Credentials:
         kwargs: dict[str, Any] = {"SecretId": secret_id}
         if version_id:
@@ -115,13 +129,15 @@ class SecretStore:
         if stage:
             kwargs["VersionStage"] = stage
         try:
-            answer = self._client.get_secret_value(**kwargs)
+            client = self._quick_client if quick else self._client
+            answer = client.get_secret_value(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in _CONFIG_ERRORS:
                 raise ConfigurationError(
-                    f"secret '{secret_id}' could not be read ({code}): check that it exists, "
-                    "has a value and that the function may read it"
+                    f"the Igni client secret could not be read ({code}): check that it exists, "
+                    "has a value and that the function may read it",
+                    detail=f"secret {secret_id}",
                 ) from None
             raise SecretUnavailable(f"Secrets Manager failed ({code})") from None
         except BotoCoreError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from token_vendor.config import Config, Profile, same_secret, token_url_for
 from token_vendor.errors import (
+    BACKOFF_ERRORS,
     ConfigurationError,
     InvalidRequest,
     RefreshRateLimited,
@@ -51,6 +52,9 @@ UPSTREAM = "upstream"
 MIN_EXCHANGE_SECONDS = 1.0
 # A forced re-read of the secret (to learn whether a version is newer) at most this often.
 SECRET_RECHECK_SECONDS = 5.0
+# The re-checks made while a vendable token is at hand, paused one by one when they fail.
+SECRETS = "secrets"
+TABLE = "table"
 
 
 @dataclass(frozen=True)
@@ -111,25 +115,46 @@ class TokenService:
         self._local_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._secret_rechecked: dict[str, float] = {}
+        # Monotonic time until which a re-check (SECRETS, TABLE) is skipped after it failed.
+        self._recheck_paused_until: dict[str, float] = {}
 
     # ----------------------------------------------------------------- public operations
 
     def vend(self, profile: Profile, *, deadline: float, min_ttl: int = 0) -> Vended:
-        """A token with at least `min_ttl` seconds (and the vend margin) left."""
+        """A token with at least `min_ttl` seconds (and the vend margin) left.
+
+        A token in memory that can still be vended is only ever re-checked (against the secret's
+        version and the shared item) with short, single-attempt reads; when one fails, that
+        re-check is skipped for a while and the token at hand is served, so that a hanging AWS
+        endpoint costs the first request of an outage about a second, not the full budget.
+        """
         key = cache_key(profile)
         entry = self._memory.get(key)
-        if entry is not None:
-            token, age = entry
-            self._check_min_ttl(token, min_ttl)
-            now = self._wall()
-            if (
-                age < self._config.memory_revalidate_seconds
-                and is_fresh(token, now, self._policy)
-                and is_vendable(token, now, self._policy, min_ttl)
-                and self._version_current(profile, token)
-            ):
-                return self._vended(profile, token, MEMORY)
-        return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
+        if entry is None:
+            return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
+        token, age = entry
+        self._check_min_ttl(token, min_ttl)
+        now = self._wall()
+        if not is_vendable(token, now, self._policy, min_ttl):
+            return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
+        current = self._version_current(profile, token)
+        if (
+            current
+            and age < self._config.memory_revalidate_seconds
+            and is_fresh(token, now, self._policy)
+        ):
+            return self._vended(profile, token, MEMORY)
+        if self._recheck_paused(TABLE):
+            return self._vended(profile, token, MEMORY)
+        try:
+            record = self._table.get(key, quick=True)
+        except StoreUnavailable as exc:
+            self._pause_recheck(TABLE)
+            self._telemetry.store_unavailable(profile.name, str(exc))
+            return self._vended(profile, token, MEMORY)
+        return self._vend_shared(
+            profile, key, deadline=deadline, min_ttl=min_ttl, record=record, have_record=True
+        )
 
     def force_refresh(self, profile: Profile, rejected_token: str, *, deadline: float) -> Vended:
         """Compare-and-refresh: replace the token only if it is still the rejected one."""
@@ -177,7 +202,14 @@ class TokenService:
                 forced_floor=now - interval,
             )
             if acquired:
-                return self._refresh_holding_lease(profile, key, record, deadline, lease)
+                # The reported token stays in the item (and is vended to everyone else) until
+                # the replacement is committed; if the exchange fails, only the reporter hears.
+                still_vending = record.token is not None and is_vendable(
+                    record.token, now, self._policy
+                )
+                return self._refresh_holding_lease(
+                    profile, key, record, deadline, lease, still_vending=still_vending
+                )
             record = current if current is not None else self._table.get(key)
 
     def prewarm(self, *, deadline: float) -> dict[str, str]:
@@ -285,7 +317,14 @@ class TokenService:
                 vended = self._refresh_holding_lease(
                     profile, key, record, deadline, lease, still_vending=stale is not None
                 )
-            except (UpstreamAuthFailed, UpstreamUnavailable, UpstreamBadResponse):
+            except (
+                UpstreamAuthFailed,
+                UpstreamUnavailable,
+                UpstreamBadResponse,
+                ConfigurationError,
+            ):
+                # Not needed yet (the token at hand is still vendable): the failure is logged,
+                # counted and shared as a backoff, and the caller keeps being served.
                 if stale is None:
                     raise
                 return self._vended(profile, stale, DYNAMODB)
@@ -315,8 +354,12 @@ class TokenService:
         if record.backoff_until > now:
             if stale is not None:
                 return self._vended(profile, stale, DYNAMODB)
-            raise UpstreamUnavailable(
-                f"refreshing the token failed {record.failures} time(s) in a row; backing off",
+            # The same status and code as the failure that started the backoff, and the time
+            # until the fleet tries again: a caller waiting that long is not refused for it.
+            error = BACKOFF_ERRORS.get(record.failure_code or "", UpstreamUnavailable)
+            raise error(
+                f"refreshing the token failed {record.failures} time(s) in a row "
+                f"({record.failure_code or UpstreamUnavailable.code}); backing off",
                 retry_after=max(1, math.ceil(record.backoff_until - now)),
             )
         return None
@@ -364,7 +407,7 @@ class TokenService:
                 key, failures + 1, exc, profile, still_vending, auth_version=version
             )
             raise
-        except (UpstreamUnavailable, UpstreamBadResponse) as exc:
+        except (UpstreamUnavailable, UpstreamBadResponse, ConfigurationError) as exc:
             self._record_failure(key, failures + 1, exc, profile, still_vending)
             raise
         except BaseException:
@@ -454,6 +497,7 @@ class TokenService:
                 owner=self._owner,
                 backoff_until=now + backoff,
                 failures=failures,
+                failure_code=exc.code,
                 auth_failed_until=(
                     now + self._config.auth_failure_cache_seconds
                     if auth_version is not None
@@ -463,8 +507,8 @@ class TokenService:
             )
         except StoreUnavailable as store_exc:
             self._telemetry.store_unavailable(profile.name, str(store_exc))
-        if exc.retry_after is None:
-            exc.retry_after = max(1, math.ceil(backoff))
+        # When the fleet (this environment, if the table is away) will try Igni again.
+        exc.retry_after = max(1, math.ceil(backoff))
 
     def _release_quietly(self, key: str) -> None:
         # If the table is unreachable the lease simply expires by itself.
@@ -507,12 +551,17 @@ class TokenService:
     # ------------------------------------------------------------------------- helpers
 
     def _version_current(self, profile: Profile, token: CachedToken) -> bool:
-        """False once this environment knows a newer AWSCURRENT than the token's."""
+        """False once this environment knows a newer AWSCURRENT than the token's.
+
+        A re-check, never a need: whatever Secrets Manager does (unreachable, throttled,
+        AccessDenied, the secret deleted, KMS refusing), a vendable token stays vendable.
+        """
+        if self._recheck_paused(SECRETS):
+            return True
         try:
-            credentials = self._secrets.current(profile.secret_id)
-        except SecretUnavailable as exc:
-            # Cannot tell; a valid token keeps being vended while Secrets Manager is away.
-            self._telemetry.secret_unavailable(profile.name, str(exc))
+            credentials = self._secrets.current(profile.secret_id, quick=True)
+        except (SecretUnavailable, ConfigurationError) as exc:
+            self._secret_recheck_failed(profile, exc)
             return True
         if token.secret_version is None or credentials.version_id == token.secret_version:
             return True
@@ -522,10 +571,24 @@ class TokenService:
             return False
         self._secret_rechecked[profile.secret_id] = self._mono()
         try:
-            credentials = self._secrets.current(profile.secret_id, force=True)
-        except SecretUnavailable:
+            credentials = self._secrets.current(profile.secret_id, force=True, quick=True)
+        except (SecretUnavailable, ConfigurationError) as exc:
+            self._secret_recheck_failed(profile, exc)
             return False
         return credentials.version_id == token.secret_version
+
+    def _secret_recheck_failed(
+        self, profile: Profile, exc: SecretUnavailable | ConfigurationError
+    ) -> None:
+        self._pause_recheck(SECRETS)
+        reason = exc.message if isinstance(exc, ConfigurationError) else str(exc)
+        self._telemetry.secret_unavailable(profile.name, reason)
+
+    def _recheck_paused(self, which: str) -> bool:
+        return self._mono() < self._recheck_paused_until.get(which, -math.inf)
+
+    def _pause_recheck(self, which: str) -> None:
+        self._recheck_paused_until[which] = self._mono() + self._config.recheck_pause_seconds
 
     def _current_version(self, profile: Profile) -> str | None:
         """AWSCURRENT's version while an invalid_client is remembered, re-read now and then.
@@ -539,9 +602,9 @@ class TokenService:
         if force:
             self._secret_rechecked[profile.secret_id] = self._mono()
         try:
-            return self._secrets.current(profile.secret_id, force=force).version_id
-        except SecretUnavailable as exc:
-            self._telemetry.secret_unavailable(profile.name, str(exc))
+            return self._secrets.current(profile.secret_id, force=force, quick=True).version_id
+        except (SecretUnavailable, ConfigurationError) as exc:
+            self._secret_recheck_failed(profile, exc)
             return self._known_version(profile)
 
     def _known_version(self, profile: Profile) -> str | None:

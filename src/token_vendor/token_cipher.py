@@ -26,13 +26,13 @@ class UndecryptableToken(Exception):
 class TokenCipher:
     """Envelope-free KMS encryption: a token is well under the 4 KB KMS plaintext limit."""
 
-    def __init__(self, kms: KMSClient | None, key_id: str | None) -> None:
+    def __init__(
+        self, kms: KMSClient | None, key_id: str | None, *, quick_kms: KMSClient | None = None
+    ) -> None:
         self._kms = kms
+        # Short timeouts, one attempt: decrypting a token this environment only re-checks.
+        self._quick_kms = quick_kms or kms
         self._key_id = key_id
-
-    @property
-    def scheme(self) -> str:
-        return KMS if self._kms is not None and self._key_id else PLAIN
 
     def encrypt(self, token: str, cache_key: str) -> tuple[bytes, str]:
         if self._kms is None or not self._key_id:
@@ -49,20 +49,21 @@ class TokenCipher:
             raise StoreUnavailable(f"KMS unreachable ({type(exc).__name__})") from None
         return answer["CiphertextBlob"], KMS
 
-    def decrypt(self, blob: bytes, scheme: str, cache_key: str) -> str:
+    def decrypt(self, blob: bytes, scheme: str, cache_key: str, *, quick: bool = False) -> str:
         if scheme == PLAIN:
             return blob.decode()
-        if scheme != KMS or self._kms is None:
+        kms = self._quick_kms if quick else self._kms
+        if scheme != KMS or kms is None:
             raise UndecryptableToken(f"no key to decrypt a token stored as '{scheme}'")
         try:
             if self._key_id:
-                answer = self._kms.decrypt(
+                answer = kms.decrypt(
                     CiphertextBlob=blob,
                     EncryptionContext={"cache_key": cache_key},
                     KeyId=self._key_id,
                 )
             else:
-                answer = self._kms.decrypt(
+                answer = kms.decrypt(
                     CiphertextBlob=blob, EncryptionContext={"cache_key": cache_key}
                 )
         except ClientError as exc:

@@ -38,6 +38,8 @@ class Record:
     lease_until: float = 0.0
     backoff_until: float = 0.0
     failures: int = 0
+    # The error code of the failure that set `backoff_until`: what callers get meanwhile.
+    failure_code: str | None = None
     auth_failed_until: float = 0.0
     auth_failed_version: str | None = None
     forced_at: float = 0.0
@@ -76,23 +78,36 @@ class MemoryTier:
 
 
 class TokenTable:
-    """Conditional reads and writes of the shared tier; every failure is `StoreUnavailable`."""
+    """Conditional reads and writes of the shared tier; every failure is `StoreUnavailable`.
 
-    def __init__(self, client: DynamoDBClient, table_name: str, cipher: TokenCipher) -> None:
+    `quick_client` (short timeouts, one attempt) serves `get(..., quick=True)`: the re-check of
+    a token this environment already holds, which must fail fast when DynamoDB hangs.
+    """
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table_name: str,
+        cipher: TokenCipher,
+        *,
+        quick_client: DynamoDBClient | None = None,
+    ) -> None:
         self._client = client
+        self._quick_client = quick_client or client
         self._table = table_name
         self._cipher = cipher
 
-    def get(self, key: str) -> Record | None:
+    def get(self, key: str, *, quick: bool = False) -> Record | None:
         """A strongly consistent read: a lease or a fresh commit must be seen at once."""
+        client = self._quick_client if quick else self._client
         try:
-            answer = self._client.get_item(
+            answer = client.get_item(
                 TableName=self._table, Key={"pk": {"S": key}}, ConsistentRead=True
             )
         except (ClientError, BotoCoreError) as exc:
             raise StoreUnavailable(_describe("GetItem", exc)) from None
         item = answer.get("Item")
-        return None if item is None else self._record(key, item)
+        return None if item is None else self._record(key, item, quick=quick)
 
     def try_acquire_lease(
         self,
@@ -107,11 +122,11 @@ class TokenTable:
         """Take the refresh lease if it is free and the token is still the one we judged.
 
         `seen_fingerprint` fences against refreshing a token someone else already replaced.
-        With `forced_floor` this is a forced refresh: the current token is dropped at once (it
-        was rejected upstream) and the lease is refused if a forced refresh happened after the
-        floor (the per-credential rate limit).
+        With `forced_floor` this is a forced refresh: the lease is refused if a forced refresh
+        happened after the floor (the per-credential rate limit). The reported token stays in
+        the item until its replacement is committed: one caller's report must not take a
+        vendable token from the whole fleet if the exchange then fails.
         """
-        names: dict[str, str] = {}
         values: dict[str, Any] = {
             ":now": _n(now),
             ":owner": {"S": owner},
@@ -131,8 +146,8 @@ class TokenTable:
         if forced_floor is not None:
             condition += " AND (attribute_not_exists(forced_at) OR forced_at < :floor)"
             values[":floor"] = _n(forced_floor)
-            update += ", forced_at = :now REMOVE " + ", ".join(_TOKEN_ATTRIBUTES)
-        return self._conditional_update(key, update, condition, values, names)
+            update += ", forced_at = :now"
+        return self._conditional_update(key, update, condition, values)
 
     def commit(
         self, key: str, *, owner: str, token: CachedToken, now: float
@@ -167,12 +182,12 @@ class TokenTable:
             update += ", secret_version = :version"
             values[":version"] = {"S": token.secret_version}
         update += (
-            " REMOVE lease_owner, lease_until, backoff_until, failures, auth_failed_until, "
-            "auth_failed_version"
+            " REMOVE lease_owner, lease_until, backoff_until, failures, failure_code, "
+            "auth_failed_until, auth_failed_version"
         )
         if token.secret_version is None:
             update += ", secret_version"
-        return self._conditional_update(key, update, "lease_owner = :owner", values, {})
+        return self._conditional_update(key, update, "lease_owner = :owner", values)
 
     def record_failure(
         self,
@@ -181,6 +196,7 @@ class TokenTable:
         owner: str,
         backoff_until: float,
         failures: int,
+        failure_code: str,
         auth_failed_until: float | None = None,
         auth_failed_version: str | None = None,
     ) -> None:
@@ -189,34 +205,20 @@ class TokenTable:
             ":owner": {"S": owner},
             ":backoff": _n(backoff_until),
             ":failures": _n(failures),
+            ":code": {"S": failure_code},
         }
-        update = "SET backoff_until = :backoff, failures = :failures"
+        update = "SET backoff_until = :backoff, failures = :failures, failure_code = :code"
         if auth_failed_until is not None:
             update += ", auth_failed_until = :auth_until, auth_failed_version = :auth_version"
             values[":auth_until"] = _n(auth_failed_until)
             values[":auth_version"] = {"S": auth_failed_version or ""}
         update += " REMOVE lease_owner, lease_until"
-        self._conditional_update(key, update, "lease_owner = :owner", values, {})
+        self._conditional_update(key, update, "lease_owner = :owner", values)
 
     def release(self, key: str, *, owner: str) -> None:
         self._conditional_update(
-            key,
-            "REMOVE lease_owner, lease_until",
-            "lease_owner = :owner",
-            {":owner": {"S": owner}},
-            {},
+            key, "REMOVE lease_owner, lease_until", "lease_owner = :owner", {":owner": {"S": owner}}
         )
-
-    def drop_token(self, key: str, *, fingerprint: str) -> bool:
-        """Remove the token if it is still the given one; the lease and backoff stay."""
-        done, _ = self._conditional_update(
-            key,
-            "REMOVE " + ", ".join(_TOKEN_ATTRIBUTES),
-            "fp = :fp",
-            {":fp": {"S": fingerprint}},
-            {},
-        )
-        return done
 
     def drop_other_versions(self, key: str, *, keep_version: str) -> bool:
         """Remove the token unless it was minted from `keep_version` (rotation purge)."""
@@ -226,7 +228,6 @@ class TokenTable:
             "attribute_exists(fp) AND "
             "(attribute_not_exists(secret_version) OR secret_version <> :v)",
             {":v": {"S": keep_version}},
-            {},
         )
         return done
 
@@ -236,7 +237,6 @@ class TokenTable:
         update: str,
         condition: str,
         values: dict[str, Any],
-        names: dict[str, str],
     ) -> tuple[bool, Record | None]:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
@@ -247,8 +247,6 @@ class TokenTable:
             # The current item comes back with a failed condition: no second read needed.
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
-        if names:
-            kwargs["ExpressionAttributeNames"] = names
         try:
             self._client.update_item(**kwargs)
         except ClientError as exc:
@@ -260,14 +258,14 @@ class TokenTable:
             raise StoreUnavailable(_describe("UpdateItem", exc)) from None
         return True, None
 
-    def _record(self, key: str, item: dict[str, Any]) -> Record:
+    def _record(self, key: str, item: dict[str, Any], *, quick: bool = False) -> Record:
         token: CachedToken | None = None
         undecryptable = False
         fingerprint = _s(item, "fp")
         if fingerprint and "tok" in item:
             blob = item["tok"]["B"]
             try:
-                plain = self._cipher.decrypt(bytes(blob), _s(item, "enc") or "", key)
+                plain = self._cipher.decrypt(bytes(blob), _s(item, "enc") or "", key, quick=quick)
             except UndecryptableToken:
                 undecryptable = True
             else:
@@ -285,6 +283,7 @@ class TokenTable:
             lease_until=_f(item, "lease_until"),
             backoff_until=_f(item, "backoff_until"),
             failures=int(_f(item, "failures")),
+            failure_code=_s(item, "failure_code"),
             auth_failed_until=_f(item, "auth_failed_until"),
             auth_failed_version=_s(item, "auth_failed_version"),
             forced_at=_f(item, "forced_at"),

@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from local.igni_stub import StubProcess, token_fingerprint
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer, free_port
 from local.stack import LocalStack, create_stack
+from tests.aws_errors import AwsErrorEndpoint
 from tests.conftest import STUB_WORKSPACE, MakeStack
 from token_vendor import handler
 from token_vendor.config import Config
@@ -394,6 +396,9 @@ def test_dynamodb_unreachable_mid_run_then_back(
         "AWS_ENDPOINT_URL_DYNAMODB": spare_moto.endpoint_url,
         "MEMORY_REVALIDATE_SECONDS": "0",
         "AWS_MAX_ATTEMPTS": "1",
+        # Re-check the table at once when it is back (the pause after a failed re-check is
+        # what test_aws_hanging_costs_a_token_in_memory_little_time is about).
+        "RECHECK_PAUSE_SECONDS": "0",
     }
     cold_environment(monkeypatch, **env)
     # (the second environment keeps the deployed AWS retries: it must still answer in time)
@@ -451,7 +456,9 @@ def test_dynamodb_and_secrets_manager_unreachable_together(
 ) -> None:
     # Given the whole stack on a moto server that will go away, and AWS calls failing fast
     stack = make_stack(endpoint_url=spare_moto.endpoint_url)
-    cold_environment(monkeypatch, MEMORY_REVALIDATE_SECONDS="0", AWS_MAX_ATTEMPTS="1")
+    cold_environment(
+        monkeypatch, MEMORY_REVALIDATE_SECONDS="0", AWS_MAX_ATTEMPTS="1", RECHECK_PAUSE_SECONDS="0"
+    )
     # And a warm environment holding a token (and the secret, in its cache)
     token = assert_token(vend(), "upstream")
     assert "tok" in the_item(stack)
@@ -534,6 +541,117 @@ def test_secrets_manager_unreachable_keeps_vending_a_valid_cached_token(
     assert "Secrets Manager" in assert_error(answer, 503, "upstream_unavailable")
     assert answer.elapsed < INVOCATION_S - 0.5
     assert len(igni_stub.calls()) == calls
+
+
+SECRETS_MANAGER_REFUSALS = {
+    # name: the error Secrets Manager answers (what botocore raises), in every way it can fail
+    "access-denied": "AccessDeniedException",
+    "secret-deleted": "ResourceNotFoundException",
+    "throttled": "ThrottlingException",
+    "kms-decryption-failure": "DecryptionFailure",
+}
+
+
+@pytest.fixture
+def refusing_secrets_manager(moto_server: str) -> Iterator[AwsErrorEndpoint]:
+    endpoint = AwsErrorEndpoint(moto_server).start()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.mark.parametrize("name", list(SECRETS_MANAGER_REFUSALS))
+def test_secrets_manager_refusing_keeps_vending_a_valid_cached_token(
+    *,
+    name: str,
+    stack: LocalStack,
+    igni_stub: StubProcess,
+    refusing_secrets_manager: AwsErrorEndpoint,
+    vend: Callable[..., Answer],
+    leaks: LeakWatch,
+    fleet: Fleet,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given Secrets Manager behind an endpoint that can be told to refuse, the secret re-read
+    # on every use, and a token vended and cached (memory and table)
+    env = {
+        **stack.function_env(),
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": refusing_secrets_manager.endpoint_url,
+        "SECRET_CACHE_SECONDS": "0",
+    }
+    cold_environment(monkeypatch, **env)
+    token = assert_token(vend(), "upstream")
+    calls = len(igni_stub.calls())
+    # When Secrets Manager refuses every read in this way
+    refusing_secrets_manager.code = SECRETS_MANAGER_REFUSALS[name]
+    mark = leaks.mark()
+    capsys.readouterr()
+    # Then the warm environment keeps vending the token from memory
+    assert assert_token(vend(), "memory") == token
+    # And logs a warning and counts SecretUnavailable, naming no secret
+    records = leaks.since(mark)
+    assert logged(records, "secrets manager unavailable", "WARNING")
+    emitted = capsys.readouterr().out
+    leaks.chunks.append(emitted)
+    metrics = [json.loads(line) for line in emitted.splitlines() if '"_aws"' in line]
+    assert any("SecretUnavailable" in m for m in metrics)
+    # And a cold environment (another process) vends it from the table, then from memory
+    (cold,) = fleet(env)
+    assert assert_token(invoke_in(cold, leaks, load_event("get_token")), "dynamodb") == token
+    assert assert_token(invoke_in(cold, leaks, load_event("get_token")), "memory") == token
+
+    # When the token is due for refresh (still valid), in a cold environment
+    age_past_refresh_point(stack)
+    cold_environment(monkeypatch)
+    # Then the refresh cannot read the secret, and the valid token is still vended
+    assert assert_token(vend(), "dynamodb") == token
+    assert assert_token(vend(), "dynamodb") == token
+    assert len(igni_stub.calls()) == calls
+
+    # When no valid token is cached at all, an exchange is needed: only now is it an error
+    stack.dynamodb().delete_item(TableName=stack.table_name, Key={"pk": the_item(stack)["pk"]})
+    cold_environment(monkeypatch)
+    answer = vend()
+    assert answer.status in (500, 503), answer
+    assert answer.body["error"] in ("configuration_error", "upstream_unavailable")
+    assert stack.secret_arn not in json.dumps(answer.body)
+    assert len(igni_stub.calls()) == calls
+
+
+# ------------------------------------------------------------------ AWS hanging, not down
+
+
+def test_aws_hanging_costs_a_token_in_memory_little_time(
+    *,
+    make_stack: MakeStack,
+    igni_stub: StubProcess,
+    spare_moto: MotoServer,
+    fleet: Fleet,
+    leaks: LeakWatch,
+) -> None:
+    # Given the whole stack (table, secret, key) on a moto server that will hang, every request
+    # re-checking the secret and the table (the worst case), and the deployed AWS timeouts
+    stack = make_stack(endpoint_url=spare_moto.endpoint_url, apply_env=False)
+    env = {**stack.function_env(), "SECRET_CACHE_SECONDS": "0", "MEMORY_REVALIDATE_SECONDS": "0"}
+    (environment,) = fleet(env)
+    # And an execution environment holding a vendable token in memory (and in the table)
+    token = assert_token(invoke_in(environment, leaks, load_event("get_token")), "upstream")
+
+    # When DynamoDB, Secrets Manager and KMS all stop answering (the process is frozen: its
+    # socket still accepts connections, nothing ever answers)
+    spare_moto.freeze()
+    try:
+        answers = [invoke_in(environment, leaks, load_event("get_token")) for _ in range(8)]
+    finally:
+        spare_moto.thaw()
+
+    # Then every request is served the token at hand
+    assert [assert_token(a, "memory") for a in answers] == [token] * len(answers)
+    # And the first request of the outage takes at most 3 s, the others a median of 0.5 s
+    elapsed = [round(a.elapsed, 3) for a in answers]
+    assert elapsed[0] <= 3.0, elapsed
+    assert statistics.median(elapsed[1:]) <= 0.5, elapsed
+    assert len(igni_stub.calls()) == 1
 
 
 # --------------------------------------------------------------------------- KMS faults

@@ -1,7 +1,8 @@
 """Property-based tests: malformed API Gateway events thrown at the handler.
 
 Whatever arrives (fields missing or of the wrong type, huge or binary bodies, base64 flags that
-lie, odd paths, methods, query strings and headers, events that are not objects at all), the
+lie, odd paths, methods, query strings and headers, lone surrogates raw or as JSON ``\\udXXX``
+escapes, events that are not objects at all), the
 handler answers a JSON response from the contract: 200 with a token for a valid request, else a
 4xx or 5xx whose body is ``{"error": <a code of the contract>, "message": ...}``. It never
 raises, and never answers ``internal_error`` (the handler's catch-all: an exception got loose).
@@ -154,37 +155,65 @@ JUNK = st.recursive(
 ODD_TEXT = st.text(max_size=80) | st.sampled_from(
     ["", " ", "\x00", "\r\n", "../..", "%2e%2e%2f", "\u202e", "🙂" * 50, "a" * 10_000]
 )
+# A lone surrogate: a str Python can hold but no UTF-8 encoder accepts. Lambda's JSON event
+# decoding or a JSON escape such as \ud800 in a body can produce one; hypothesis's text()
+# never does, so these are drawn on purpose.
+SURROGATE = st.integers(min_value=0xD800, max_value=0xDFFF).map(chr)
+WITH_SURROGATE = st.builds(
+    lambda before, lone, after: before + lone + after,
+    st.text(max_size=8),
+    SURROGATE,
+    st.text(max_size=8),
+)
+# The six characters `\udXXX` in JSON text: json.loads turns them into a lone surrogate (the
+# text around them comes from json.dumps, whose own escapes are complete pairs).
+SURROGATE_ESCAPE = st.builds(
+    lambda before, code, after: (
+        json.dumps(before)[1:-1] + f"\\u{code:04x}" + json.dumps(after)[1:-1]
+    ),
+    st.text(max_size=8),
+    st.integers(min_value=0xD800, max_value=0xDFFF),
+    st.text(max_size=8),
+)
 HUGE = st.sampled_from([0, 1, 16_383, 16_384, 16_385, 300_000, 6_000_000]).map(lambda n: "A" * n)
 METHODS = st.sampled_from(
     ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "get", "Get", "TRACE", "CONNECT"]
 ) | st.text(min_size=1, max_size=12)
-PATHS = st.sampled_from(
-    [
-        "/token",
-        "/token/",
-        "//token",
-        "/token/default",
-        "/token/refresh",
-        "/token/default/refresh",
-        "/v1/token",
-        "/token/a/b/c",
-        "/TOKEN",
-        "/token/%2e%2e",
-        "/token/..",
-        "",
-        "/",
-        "token",
-        "/token?min_ttl=1",
-        "/token#x",
-        "/token/" + "p" * 300,
-    ]
-) | st.text(max_size=60).map(lambda s: "/" + s)
+PATHS = (
+    st.sampled_from(
+        [
+            "/token",
+            "/token/",
+            "//token",
+            "/token/default",
+            "/token/refresh",
+            "/token/default/refresh",
+            "/v1/token",
+            "/token/a/b/c",
+            "/TOKEN",
+            "/token/%2e%2e",
+            "/token/..",
+            "",
+            "/",
+            "token",
+            "/token?min_ttl=1",
+            "/token#x",
+            "/token/" + "p" * 300,
+            "/token/\ud800",
+            "/token/\udfff/refresh",
+        ]
+    )
+    | st.text(max_size=60).map(lambda s: "/" + s)
+    | WITH_SURROGATE.map(lambda s: "/token/" + s)
+)
 STR_MAPS = st.none() | st.dictionaries(ODD_TEXT, ODD_TEXT, max_size=6)
 MIN_TTLS = st.sampled_from(
     [
         *("0", "1", "60", "172500", "172501", "999999999", "1000000000", "-1", "1e3", "0x10"),
         # Digits that are not ASCII (Arabic-Indic three, fullwidth one), signs, blanks.
         *(" 5", "5 ", "\u0663", "\uff11", "", "NaN", "3.5", "+1", "00000001"),
+        # Lone surrogates, alone and after digits.
+        *("\ud800", "60\udc00"),
     ]
 ) | st.integers(min_value=0, max_value=10**12).map(str)
 
@@ -219,7 +248,12 @@ def mutated_api_events(draw: st.DrawFn) -> dict[str, Any]:
 def refresh_bodies(draw: st.DrawFn) -> tuple[str | None, bool]:
     """A POST body and its isBase64Encoded flag, which may lie either way."""
     kind = draw(
-        st.sampled_from(["json", "text", "binary", "huge", "deep", "none", "b64-json", "b64-bin"])
+        st.sampled_from(
+            [
+                *("json", "text", "binary", "huge", "deep", "none", "b64-json", "b64-bin"),
+                *("escape", "b64-escape", "lone"),
+            ]
+        )
     )
     body: str | None
     if kind == "json":
@@ -244,6 +278,25 @@ def refresh_bodies(draw: st.DrawFn) -> tuple[str | None, bool]:
         body = "[" * depth + "]" * depth
     elif kind == "none":
         body = None
+    elif kind in ("escape", "b64-escape"):
+        # A lone surrogate as a JSON escape: in the token, in another key, or nested
+        escaped = draw(SURROGATE_ESCAPE)
+        body = (
+            draw(
+                st.sampled_from(
+                    [
+                        '{"rejected_token": "%s"}',
+                        '{"rejected_token": "t", "%s": 1}',
+                        '{"rejected_token": "t", "x": ["%s"]}',
+                    ]
+                )
+            )
+            % escaped
+        )
+        if kind == "b64-escape":
+            body = base64.b64encode(body.encode()).decode()
+    elif kind == "lone":
+        body = json.dumps({"rejected_token": draw(WITH_SURROGATE)}, ensure_ascii=False)
     elif kind == "b64-json":
         payload = json.dumps({"rejected_token": draw(ODD_TEXT)}).encode()
         body = base64.b64encode(payload).decode()
@@ -254,7 +307,7 @@ def refresh_bodies(draw: st.DrawFn) -> tuple[str | None, bool]:
 
 def expected_refresh(body: str | None, flagged: bool) -> bool:
     """Whether the handler should accept this body as a refresh request (an oracle)."""
-    if not body:
+    if not body or not is_unicode(body):
         return False
     text = body
     if flagged:
@@ -268,8 +321,72 @@ def expected_refresh(body: str | None, flagged: bool) -> bool:
         data = json.loads(text)
     except (ValueError, RecursionError):
         return False
+    if not is_unicode(json.dumps(data, ensure_ascii=False)):
+        return False
     token = data.get("rejected_token") if isinstance(data, dict) else None
     return isinstance(token, str) and bool(token.strip())
+
+
+def is_unicode(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@st.composite
+def events_with_a_lone_surrogate(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid request but for one lone surrogate, raw anywhere or as a JSON escape in a body."""
+    place = draw(
+        st.sampled_from(
+            [
+                *("body-escape", "body-escape-b64", "body", "min_ttl", "query-key", "query"),
+                *("header-key", "header", "multi-header", "profile", "path", "user-arn"),
+                *("source-ip", "stage-variable", "method"),
+            ]
+        )
+    )
+    if place.startswith("body-escape"):
+        event = copy.deepcopy(BASES["refresh"])
+        event["body"] = '{"rejected_token": "' + draw(SURROGATE_ESCAPE) + '"}'
+        if place == "body-escape-b64":
+            event["body"] = base64.b64encode(event["body"].encode()).decode()
+            event["isBase64Encoded"] = True
+        return event
+    event = copy.deepcopy(BASES[draw(st.sampled_from(["get", "get_min_ttl", "refresh"]))])
+    lone = draw(WITH_SURROGATE)
+    if place == "body":
+        event["body"] = draw(
+            st.sampled_from([lone, json.dumps({"rejected_token": lone}, ensure_ascii=False)])
+        )
+    elif place in ("min_ttl", "query-key", "query"):
+        key, value = {"min_ttl": ("min_ttl", lone), "query-key": (lone, "1"), "query": ("x", lone)}[
+            place
+        ]
+        event["queryStringParameters"] = {key: value}
+        event["multiValueQueryStringParameters"] = {key: [value]}
+    elif place == "header-key":
+        event["headers"] = {**(event.get("headers") or {}), lone: "x"}
+    elif place == "header":
+        event["headers"] = {**(event.get("headers") or {}), "X-Custom": lone}
+    elif place == "multi-header":
+        event["multiValueHeaders"] = {**(event.get("multiValueHeaders") or {}), "X-Custom": [lone]}
+    elif place in ("profile", "path"):
+        event["path"] = "/token/" + lone
+        event["resource"] = "/token/{profile}"
+        if place == "profile":
+            event["pathParameters"] = {"profile": lone}
+    elif place == "user-arn":
+        event["requestContext"]["identity"]["userArn"] = "arn:" + lone
+    elif place == "source-ip":
+        event["requestContext"]["identity"]["sourceIp"] = lone
+    elif place == "stage-variable":
+        event["stageVariables"] = {"x": lone}
+    else:
+        event["httpMethod"] = "GET" + lone
+    return event
 
 
 # --------------------------------------------------------------------------------- tests
@@ -409,6 +526,19 @@ def test_refresh_bodies_huge_binary_and_lying_about_base64(
         assert answer["access_token"] == warm
     else:
         assert (status, answer["error"]) == (400, "invalid_request"), answer
+
+
+@FUZZ
+@given(event=events_with_a_lone_surrogate())
+# Found by this test: the JSON escape \ud800 as the reported token reached the fingerprint's
+# sha256 (token.encode()) and escaped as a 500 internal_error.
+@example(event=load_event("post_refresh", body='{"rejected_token": "\\ud800"}'))
+def test_a_lone_surrogate_anywhere_is_400_invalid_request(warm: str, event: dict[str, Any]) -> None:
+    # Given a request that would be valid but for one lone surrogate (raw, or a JSON escape)
+    # When the handler gets it
+    status, answer = check_answer(invoke(event))
+    # Then it is a JSON 400 invalid_request, never a 500
+    assert (status, answer["error"]) == (400, "invalid_request"), answer
 
 
 @FUZZ

@@ -376,6 +376,18 @@ def test_stack_is_created_from_template_yaml(stack: LocalStack, moto_server: str
     assert stack.secret_name == f"igni-token-vendor/{stack.name}/default"
     secret = stack.secretsmanager().get_secret_value(SecretId=stack.secret_arn)
     assert json.loads(secret["SecretString"])["client_id"] == "test-client"
+    # and it carries the template's resource policy, resolved for this stack (moto stores it
+    # without enforcing it): GetSecretValue denied to all but the stack's two function roles
+    policy = json.loads(
+        stack.secretsmanager().get_resource_policy(SecretId=stack.secret_arn)["ResourcePolicy"]
+    )
+    (deny,) = policy["Statement"]
+    assert (deny["Effect"], deny["Action"]) == ("Deny", "secretsmanager:GetSecretValue")
+    role = f"arn:aws:iam::{stack.account_id}:role/{stack.name}"
+    assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
+        f"{role}-token-fn",
+        f"{role}-rotation-fn",
+    ]
     # and the KMS key encrypts and decrypts
     kms = stack.kms()
     blob = kms.encrypt(KeyId=stack.kms_key_id, Plaintext=b"tok")["CiphertextBlob"]

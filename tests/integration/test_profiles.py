@@ -103,12 +103,46 @@ def test_two_profiles_get_their_own_tokens_with_one_call_each(
     assert len(igni_stub.calls()) == 2
 
 
-def test_get_token_without_profile_is_still_the_default(
+def test_get_token_without_profile_is_the_default_and_default_is_reserved(
     two_profiles: LocalStack, igni_stub: Any
 ) -> None:
-    explicit = body(invoke(profile_event("get", "default")))
+    # Given the default profile holds a token
     implicit = body(invoke(load_event("get_token")))
-    assert explicit["access_token"] == implicit["access_token"]
+    assert implicit["access_token"]
+    # When it is asked for by name, to read or to refresh
+    for event in (
+        profile_event("get", "default"),
+        profile_event("refresh", "default", body=json.dumps({"rejected_token": "x"})),
+    ):
+        response = invoke(event)
+        # Then the answer is 404 unknown_profile: /token/default is no second name for the
+        # default profile, which would get past an IAM Deny on GET/token for a caller allowed
+        # GET/token/*
+        assert response["statusCode"] == 404, response
+        assert json.loads(response["body"])["error"] == "unknown_profile"
+    # And the token was neither read for them nor refreshed
+    assert len(igni_stub.calls()) == 1
+    assert body(invoke(load_event("get_token")))["access_token"] == implicit["access_token"]
+
+
+def test_default_as_a_profile_name_is_500_configuration_error(
+    stack: LocalStack, igni_stub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given IGNI_PROFILES naming a profile 'default' (without IGNI_SECRET_ID, so no clash)
+    monkeypatch.delenv("IGNI_SECRET_ID")
+    monkeypatch.setenv("IGNI_PROFILES", json.dumps({"default": {"secret_id": stack.secret_arn}}))
+    handler.reset_runtime()
+    # When any token is asked for, at either path
+    for event in (load_event("get_token"), profile_event("get", "default")):
+        response = invoke(event)
+        # Then the configuration is refused, naming the issue and not the secret
+        assert response["statusCode"] == 500, response
+        answer = json.loads(response["body"])
+        assert answer["error"] == "configuration_error"
+        assert "'default' is reserved" in answer["message"]
+        assert stack.secret_arn not in answer["message"]
+        assert stack.secret_name not in answer["message"]
+    assert igni_stub.calls() == []
 
 
 def test_an_unknown_profile_is_404_unknown_profile(

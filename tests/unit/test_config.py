@@ -10,6 +10,7 @@ from token_vendor.config import (
     DEFAULT_PROFILE,
     Profile,
     load_config,
+    profile_for_secret,
     token_url_for,
     validate_token_url,
 )
@@ -88,12 +89,23 @@ def test_profiles_are_parsed_next_to_the_default() -> None:
         ('{"a": "s"}', "profile 'a': must be a JSON object"),
         ("[1]", "IGNI_PROFILES must be a JSON object"),
         ("{", "IGNI_PROFILES is not valid JSON"),
-        ('{"default": {"secret_id": "s"}}', "already defined"),
+        ('{"default": {"secret_id": "s"}}', "'default' is reserved"),
     ],
 )
 def test_a_bad_profile_entry_names_the_profile_and_the_field(profiles: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         load_config({**BASE, "IGNI_PROFILES": profiles})
+
+
+def test_default_is_refused_as_a_profile_name_even_without_igni_secret_id() -> None:
+    # Given IGNI_PROFILES naming a profile 'default' and no IGNI_SECRET_ID to clash with
+    env = {"TOKEN_TABLE_NAME": "t", "IGNI_PROFILES": '{"default": {"secret_id": "igni/x"}}'}
+    # When the configuration is loaded
+    # Then it is refused: /token/default would be a second path to the default profile, past
+    # an IAM Deny on GET/token; and the message names neither the secret nor anything of it
+    with pytest.raises(ConfigurationError, match="'default' is reserved") as raised:
+        load_config(env)
+    assert "igni/x" not in raised.value.message
 
 
 def test_profiles_alone_without_default_secret_are_enough() -> None:
@@ -108,6 +120,8 @@ def test_profiles_alone_without_default_secret_are_enough() -> None:
         "http://127.0.0.1:8089/api/v1/oauth2/token",
         "http://localhost:1/api/v1/oauth2/token",
         "http://[::1]:8/api/v1/oauth2/token",
+        "HTTP://LOCALHOST:8/api/v1/oauth2/token",
+        "https://acme.igni.co:8443/api/v1/oauth2/token?tenant=a%5Cb",
     ],
 )
 def test_https_or_loopback_http_token_urls_are_accepted(url: str) -> None:
@@ -126,6 +140,63 @@ def test_https_or_loopback_http_token_urls_are_accepted(url: str) -> None:
 def test_other_token_urls_are_configuration_errors(url: str) -> None:
     with pytest.raises(ConfigurationError):
         validate_token_url(url, "p")
+
+
+# Each is read one way by urllib.parse and another by urllib3 (the client that sends), or
+# carries what lets two parsers disagree: refused outright, whatever the host behind it.
+HOSTILE_TOKEN_URLS = [
+    # urllib.parse: host 127.0.0.1; urllib3: host 127.0.0.2 (or evil.example), plain HTTP
+    "http://127.0.0.2\\@127.0.0.1:8089/api/v1/oauth2/token",
+    "http://evil.example\\@127.0.0.1:8089/api/v1/oauth2/token",
+    "http://evil.example:80\\@localhost/api/v1/oauth2/token",
+    "https://acme.igni.co\\@127.0.0.1/api/v1/oauth2/token",
+    "http://127.0.0.1\\/api/v1/oauth2/token",
+    # userinfo, even empty or percent-encoded
+    "http://user:pass@127.0.0.1:8089/api/v1/oauth2/token",
+    "https://user@acme.igni.co/api/v1/oauth2/token",
+    "http://@127.0.0.1/api/v1/oauth2/token",
+    "http://127.0.0.1%2f@evil.example/api/v1/oauth2/token",
+    # whitespace, control characters, non-ASCII
+    "http://127.0.0.1/api/v1/oauth2/token\r\nHost: evil.example",
+    "http://127.0.0.1 /api/v1/oauth2/token",
+    "http://127.0.0.1\t/api/v1/oauth2/token",
+    "https://acme.igni.co/api/v1/oauth2/token\x00",
+    "https://acme.igni.co/api/v1/oauth2/tok\u00e9n",
+    "http://\uff11\uff12\uff17.0.0.1/api/v1/oauth2/token",
+    # no scheme, no host, an unparseable port
+    "//127.0.0.1/api/v1/oauth2/token",
+    "http:127.0.0.1/api/v1/oauth2/token",
+    "https:///api/v1/oauth2/token",
+    "http://127.0.0.1:99999/api/v1/oauth2/token",
+    # loopback in name only
+    "http://127.1/api/v1/oauth2/token",
+    "http://localhost.evil.example/api/v1/oauth2/token",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", HOSTILE_TOKEN_URLS)
+def test_a_token_url_that_parsers_could_read_differently_is_refused(url: str) -> None:
+    # Given a hostile token URL
+    # When it is validated (as IGNI_TOKEN_URL, a profile's token_url, or at send time)
+    # Then it is a configuration error naming the profile
+    with pytest.raises(ConfigurationError, match="profile 'p': token URL"):
+        validate_token_url(url, "p")
+
+
+@pytest.mark.parametrize("url", HOSTILE_TOKEN_URLS[:8])
+def test_a_hostile_token_url_is_refused_in_every_setting_that_holds_one(url: str) -> None:
+    # Given the URL as IGNI_TOKEN_URL, and as the token_url of a profile in IGNI_PROFILES
+    profiles = json.dumps({"analytics": {"secret_id": "igni/a", "token_url": url}})
+    # Then loading either configuration fails, as does the rotation function's lookup
+    with pytest.raises(ConfigurationError, match="token URL"):
+        load_config({**BASE, "IGNI_TOKEN_URL": url})
+    with pytest.raises(ConfigurationError, match="profile 'analytics': token URL"):
+        load_config({**BASE, "IGNI_PROFILES": profiles})
+    with pytest.raises(ConfigurationError, match="token URL"):
+        token_url_for(profile_for_secret("igni/default", {"IGNI_TOKEN_URL": url}), "acme")
+    with pytest.raises(ConfigurationError, match="token URL"):
+        profile_for_secret("igni/a", {"IGNI_PROFILES": profiles})
 
 
 def test_token_url_is_built_from_the_workspace_of_the_profile_or_the_secret() -> None:

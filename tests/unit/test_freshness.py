@@ -83,11 +83,32 @@ def test_a_later_jwt_exp_claim_never_extends_the_lifetime() -> None:
         _jwt({"exp": "soon"}),
         _jwt({"exp": True}),
         "a." + "x" * 9000 + ".c",
+        # Found by the upstream-lifetime review: a payload nested deeply enough raised
+        # RecursionError out of json.loads.
+        "a." + base64.urlsafe_b64encode(b"[" * 6000).decode().rstrip("=") + ".c",
+        _jwt({"exp": float("inf")}),
+        _jwt({"exp": float("nan")}),
     ],
 )
 def test_unreadable_claims_are_ignored(token: str) -> None:
     assert jwt_exp(token) is None
     assert effective_expiry(0, 50, token) == 50
+
+
+@pytest.mark.parametrize("exp", [10**400, 10**40, 253_402_300_800])
+def test_an_exp_claim_too_far_ahead_to_shorten_anything_is_ignored(exp: int) -> None:
+    # Given a JWT whose exp is past year 9999 (10**400 would overflow a float)
+    token = _jwt({"exp": exp})
+    # Then the claim is ignored and expires_in decides, without an OverflowError
+    assert jwt_exp(token) is None
+    assert effective_expiry(1000, 60, token) == 1060
+
+
+@pytest.mark.parametrize("exp", [-1, -(10**400), -1e300])
+def test_an_exp_claim_before_the_epoch_means_expired_without_overflow(exp: float) -> None:
+    token = _jwt({"exp": exp})
+    assert jwt_exp(token) == 0
+    assert effective_expiry(1000, 60, token) == 0
 
 
 def test_fingerprint_is_short_stable_and_not_the_token() -> None:

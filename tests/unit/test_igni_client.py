@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -9,8 +10,16 @@ import pytest
 import urllib3
 
 from local.igni_stub import StubProcess
-from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
-from token_vendor.igni import IgniClient
+from token_vendor.errors import (
+    ConfigurationError,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamUnavailable,
+)
+from token_vendor.igni import IgniClient, _parse_token
+
+# The longest lifetime believed from Igni: 10 years of 365 days.
+TEN_YEARS = 315_360_000
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +158,10 @@ def test_unreachable_igni_is_unavailable() -> None:
         ({"status": 200, "body": {"access_token": "x", "expires_in": 0}}, "expires_in"),
         ({"status": 200, "body": {"access_token": "x", "expires_in": "60"}}, "expires_in"),
         ({"status": 200, "body": {"access_token": "x", "expires_in": True}}, "expires_in"),
+        ({"status": 200, "body": {"access_token": "x", "expires_in": 10**400}}, "expires_in"),
+        ({"status": 200, "body": {"access_token": "x", "expires_in": 10**40}}, "expires_in"),
+        ({"status": 200, "body": {"access_token": "x", "expires_in": -1}}, "expires_in"),
+        ({"status": 200, "body": {"access_token": "x", "expires_in": 1e400}}, "expires_in"),
         (
             {"status": 200, "body": {"access_token": "x", "expires_in": 60, "token_type": "mac"}},
             "Bearer",
@@ -164,3 +177,68 @@ def test_unusable_answers_are_bad_responses(
     with pytest.raises(UpstreamBadResponse, match=message):
         _client().exchange(stub.token_url, "cid", "csecret", deadline=_deadline())
     assert len(stub.calls()) == 1
+
+
+def test_the_ten_year_bound_is_315_360_000_seconds() -> None:
+    from token_vendor.igni import MAX_EXPIRES_IN
+
+    assert MAX_EXPIRES_IN == 10 * 365 * 24 * 3600 == TEN_YEARS
+
+
+@pytest.mark.parametrize("value", [1, 60, 172800, TEN_YEARS])
+def test_a_positive_lifetime_of_at_most_ten_years_is_believed(value: int) -> None:
+    # Given a token answer announcing a lifetime from 1 s to exactly 10 years
+    payload = json.dumps({"access_token": "x", "expires_in": value}).encode()
+    # Then the lifetime is taken as announced
+    assert _parse_token(payload).expires_in == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**400, 10**40, TEN_YEARS + 1, 0, -1, -(10**400), 1.5, 1e400, float("nan"), None, "60"],
+)
+def test_any_other_lifetime_is_a_bad_response_never_an_overflow(value: object) -> None:
+    # Given a token answer whose expires_in is huge, not positive or not an integer
+    # (json.dumps writes 1e400 as Infinity and nan as NaN, which json.loads reads back)
+    payload = json.dumps({"access_token": "x", "expires_in": value}).encode()
+    # Then parsing it is a 502 upstream_bad_response, not an OverflowError further on
+    with pytest.raises(UpstreamBadResponse, match="expires_in") as raised:
+        _parse_token(payload)
+    assert (raised.value.status, raised.value.code) == (502, "upstream_bad_response")
+
+
+def test_a_deeply_nested_answer_is_a_bad_response_not_a_recursion_error() -> None:
+    with pytest.raises(UpstreamBadResponse, match="not JSON"):
+        _parse_token(b"[" * 60_000)
+
+
+class _RecordingHttp:
+    """Stands in for urllib3's PoolManager: records what would have been sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    def request(self, method: str, url: str, **_: object) -> object:
+        self.requests.append(url)
+        raise AssertionError("nothing may be sent to a refused token URL")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.2\\@127.0.0.1:8089/api/v1/oauth2/token",
+        "http://evil.example\\@127.0.0.1/api/v1/oauth2/token",
+        "http://user:pass@127.0.0.1/api/v1/oauth2/token",
+        "http://evil.example/api/v1/oauth2/token",
+    ],
+)
+def test_the_client_itself_refuses_a_token_url_without_sending(url: str) -> None:
+    # Given a token URL that configuration would refuse, reaching the client all the same
+    http = _RecordingHttp()
+    client = IgniClient(http)  # type: ignore[arg-type]
+    # When an exchange is attempted
+    with pytest.raises(ConfigurationError, match="nothing was sent") as raised:
+        client.exchange(url, "cid", "csecret", deadline=_deadline())
+    # Then it is a configuration error, and the secret went nowhere
+    assert http.requests == []
+    assert "csecret" not in raised.value.message

@@ -1,4 +1,4 @@
-"""The contract lines of issues 2, 6 and 7 that live in template.yaml.
+"""The contract lines of issues 2, 6, 7 and 10 that live in template.yaml.
 
 Read with local.cfn_template (short-form intrinsics become their long form), and where a value
 depends on parameters, resolved for a given set of parameter values the way CloudFormation
@@ -8,6 +8,7 @@ would. The last tests run the SAM translator and ``sam validate --lint`` when th
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -704,6 +705,208 @@ def test_no_circular_dependencies(template: dict[str, Any]) -> None:
 
     for node in graph:
         visit(node, ())
+
+
+# ----------------------------------------------------------------- issue 10, holes 10-12
+
+
+def matches(pattern: str, action: str) -> bool:
+    """Whether a policy's action (wildcards allowed) covers ``action``; IAM ignores case."""
+    return fnmatch.fnmatchcase(action.lower(), str(pattern).lower())
+
+
+def role_arn(template: Mapping[str, Any], role_id: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:role/" + resolved(
+        template, resource_properties(template, role_id)["RoleName"]
+    )
+
+
+def function_roles(template: Mapping[str, Any]) -> dict[str, str]:
+    """Each serverless function's logical id -> its role's logical id (its Role: !GetAtt)."""
+    roles = {}
+    for fn_id, fn in resources_of_type(template, "AWS::Serverless::Function").items():
+        role = fn["Properties"]["Role"]
+        assert set(role) == {"Fn::GetAtt"}, fn_id
+        assert role["Fn::GetAtt"][1] == "Arn", fn_id
+        roles[fn_id] = role["Fn::GetAtt"][0]
+    return roles
+
+
+def test_no_principal_can_grant_itself_use_of_the_key(template: dict[str, Any]) -> None:
+    """Hole 10: kms:Create* gave the account root kms:CreateGrant.
+
+    Given the key policy, with every action pattern matched as IAM matches it,
+    when a statement allows kms:CreateGrant (by name or by any wildcard),
+    then it is a service's grant path only: kms:GrantIsForAWSResource, made through DynamoDB or
+    Lambda for this account; so a principal that IAM allows CreateGrant cannot call it itself
+    to give itself Decrypt. The administrators' statement covers no grant creation at all.
+    """
+    statements = [resolved(template, s) for s in key_policy(template)]
+    assert not any("NotAction" in s for s in statements if s["Effect"] == "Allow")
+    admin = next(s for s in statements if s["Sid"] == "AccountAdministration")
+    assert not [a for a in as_list(admin["Action"]) if matches(a, "kms:CreateGrant")]
+    grant_paths = [
+        s
+        for s in statements
+        if s["Effect"] == "Allow"
+        and any(matches(a, "kms:CreateGrant") for a in as_list(s["Action"]))
+    ]
+    assert grant_paths  # DynamoDB and Lambda need one (SSE, the functions' environment)
+    for statement in grant_paths:
+        assert as_list(statement["Action"]) == ["kms:CreateGrant"], statement["Sid"]
+        condition = statement["Condition"]
+        assert condition["Bool"] == {"kms:GrantIsForAWSResource": "true"}, statement["Sid"]
+        assert condition["StringEquals"]["kms:CallerAccount"] == ACCOUNT
+        assert set(as_list(condition["StringEquals"]["kms:ViaService"])) <= {
+            "dynamodb.eu-west-1.amazonaws.com",
+            "lambda.eu-west-1.amazonaws.com",
+        }
+
+
+def test_only_the_token_role_decrypts_directly_and_only_with_the_cache_key_context(
+    template: dict[str, Any],
+) -> None:
+    """Hole 10's invariant: the token function's role is the only direct decrypter.
+
+    Given every key policy statement whose actions match kms:Decrypt (wildcards included),
+    then each one is the token role's, conditioned on the cache_key encryption context, or
+    is bound to a service (DynamoDB, Secrets Manager or Lambda for this account, or CloudWatch
+    Logs for this stack's log groups), which decrypts only its own data keys.
+    """
+    token_role = role_arn(template, "TokenFunctionRole")
+    services = {
+        f"{name}.eu-west-1.amazonaws.com" for name in ("dynamodb", "secretsmanager", "lambda")
+    }
+    direct = []
+    for statement in (resolved(template, s) for s in key_policy(template)):
+        if statement["Effect"] != "Allow" or not any(
+            matches(a, "kms:Decrypt") for a in as_list(statement["Action"])
+        ):
+            continue
+        condition = statement.get("Condition", {})
+        via = condition.get("StringEquals", {}).get("kms:ViaService")
+        if via is not None:
+            assert set(as_list(via)) <= services, statement["Sid"]
+            assert condition["StringEquals"]["kms:CallerAccount"] == ACCOUNT
+        elif statement["Principal"] == {"Service": "logs.eu-west-1.amazonaws.com"}:
+            assert condition["ArnLike"]["kms:EncryptionContext:aws:logs:arn"]
+        else:
+            direct.append(statement)
+    assert len(direct) == 1
+    (statement,) = direct
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:PrincipalArn": token_role},
+        "Null": {"kms:EncryptionContext:cache_key": "false"},
+    }
+
+
+def secret_policies(template: Mapping[str, Any], secret_id: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in resources_of_type(template, "AWS::SecretsManager::ResourcePolicy").values()
+        if p["Properties"]["SecretId"] == {"Ref": secret_id}
+    ]
+
+
+def test_every_secret_the_stack_creates_is_readable_only_by_its_function_roles(
+    template: dict[str, Any],
+) -> None:
+    """Hole 11: any principal with GetSecretValue on "*" could read the Igni client secret.
+
+    Given each AWS::SecretsManager::Secret of the template,
+    then a resource policy, present whenever the secret is, denies GetSecretValue to every
+    principal whose ARN is not one of the stack's function roles (an aws:PrincipalArn
+    condition, so IAM policies cannot override it), and denies nothing else: operators can
+    still put a new version and describe the secret. BreakGlassPrincipalArn adds one role.
+    """
+    roles = {role_arn(template, r) for r in function_roles(template).values()}
+    assert roles == {
+        f"arn:aws:iam::{ACCOUNT}:role/{STACK}-token-fn",
+        f"arn:aws:iam::{ACCOUNT}:role/{STACK}-rotation-fn",
+    }
+    secrets = resources_of_type(template, "AWS::SecretsManager::Secret")
+    assert secrets
+    for secret_id, secret in secrets.items():
+        (policy,) = secret_policies(template, secret_id)
+        assert policy.get("Condition") == secret.get("Condition"), secret_id
+        assert policy["Properties"]["BlockPublicPolicy"] is True
+        document = policy["Properties"]["ResourcePolicy"]
+        for params, readers in (
+            ({}, roles),
+            (
+                {"BreakGlassPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/ops/break-glass"},
+                roles | {f"arn:aws:iam::{ACCOUNT}:role/ops/break-glass"},
+            ),
+        ):
+            statements = as_list(resolved(template, document, **params)["Statement"])
+            assert all(s["Effect"] == "Deny" for s in statements)  # it grants nothing
+            (deny,) = [
+                s
+                for s in statements
+                if any(matches(a, "secretsmanager:GetSecretValue") for a in as_list(s["Action"]))
+            ]
+            assert deny["Principal"] in ("*", {"AWS": "*"})
+            assert deny["Resource"] == "*"
+            ((operator, keys),) = deny["Condition"].items()
+            assert operator in ("ArnNotEquals", "ArnNotLike", "StringNotEquals", "StringNotLike")
+            assert set(keys) == {"aws:PrincipalArn"}
+            assert set(as_list(keys["aws:PrincipalArn"])) == readers, params
+            assert not any("*" in arn or "?" in arn for arn in as_list(keys["aws:PrincipalArn"]))
+            for action in (
+                "secretsmanager:PutSecretValue",
+                "secretsmanager:DescribeSecret",
+                "secretsmanager:UpdateSecretVersionStage",
+            ):
+                assert not any(matches(a, action) for s in statements for a in s["Action"])
+
+
+def test_no_role_uses_the_basic_execution_role_managed_policy(template: dict[str, Any]) -> None:
+    """Hole 12: AWSLambdaBasicExecutionRole allows logs actions on every log group.
+
+    Given the template's roles and functions,
+    then no role attaches AWSLambdaBasicExecutionRole, no function names it through SAM's
+    Policies (or gets a SAM-made role, which attaches it: each names its own role), and the
+    function roles' only managed policy is X-Ray's (its actions take no resource).
+    """
+    for logical_id, role in resources_of_type(template, "AWS::IAM::Role").items():
+        managed = json.dumps(role["Properties"].get("ManagedPolicyArns", []))
+        assert "AWSLambdaBasicExecutionRole" not in managed, logical_id
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    assert "Policies" not in template["Globals"]["Function"]
+    for fn_id, fn in functions.items():
+        assert "AWSLambdaBasicExecutionRole" not in json.dumps(fn["Properties"]), fn_id
+        assert "Policies" not in fn["Properties"], fn_id
+    for fn_id, role_id in function_roles(template).items():
+        managed = resolved(template, resource_properties(template, role_id)["ManagedPolicyArns"])
+        assert managed == ["arn:aws:iam::aws:policy/AWSXRayDaemonWriteAccess"], fn_id
+
+
+def test_each_function_writes_only_to_its_own_log_group(template: dict[str, Any]) -> None:
+    """Hole 12: each function writes to its own log group and no other.
+
+    Given each function, its role and the log group its LoggingConfig names,
+    then the role's only logs actions are CreateLogStream and PutLogEvents, on that log group's
+    streams only; the log group is a resource of the template, so nothing needs CreateLogGroup.
+    """
+    for fn_id, role_id in function_roles(template).items():
+        props = resource_properties(template, fn_id)
+        group_id = props["LoggingConfig"]["LogGroup"]["Ref"]
+        assert resource(template, group_id)["Type"] == "AWS::Logs::LogGroup"
+        group_name = resolved(template, resource_properties(template, group_id)["LogGroupName"])
+        own_streams = f"arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:{group_name}:*"
+        statements = resolved(template, policy_statements(resource(template, role_id)))
+        logs = [
+            s
+            for s in statements
+            if any(str(a).lower().startswith("logs:") for a in as_list(s["Action"]))
+        ]
+        assert logs, fn_id
+        actions: set[str] = set()
+        for statement in logs:
+            assert statement["Effect"] == "Allow"
+            actions.update(as_list(statement["Action"]))
+            assert as_list(statement["Resource"]) == [own_streams], fn_id
+        assert actions == {"logs:CreateLogStream", "logs:PutLogEvents"}, fn_id
 
 
 # ------------------------------------------------------------- SAM (needs .venv-sam)
