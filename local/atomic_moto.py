@@ -18,11 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
+from moto.moto_server import werkzeug_app as moto
 from werkzeug.serving import run_simple
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -56,8 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("MOTO_PORT", str(args.port))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: sys.exit(0))
-    app = Serialized(DomainDispatcherApplication(create_backend_app))
-    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    app = Serialized(moto.DomainDispatcherApplication(moto.create_backend_app))
+    run_simple(args.host, args.port, app, threaded=True, request_handler=moto.MotoRequestHandler)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,5 @@
-"""template.yaml read with cfn-lint's loader, and the few intrinsics the local stack resolves.
-
-cfn-lint turns each short form into CloudFormation's long form (``!Ref X`` -> ``{"Ref": "X"}``,
-``!GetAtt A.B`` -> ``{"Fn::GetAtt": ["A", "B"]}``), so the local stack is built from the same
-definitions that get deployed instead of a copy that can drift.
-"""
+"""template.yaml read with cfn-lint's loader (short forms become CloudFormation's long forms), and
+the intrinsics the local stack resolves: it is built from what gets deployed, not from a copy."""
 
 from __future__ import annotations
 
@@ -45,10 +41,9 @@ def load_template(path: Path | str = TEMPLATE_PATH) -> Template:
 
 def resource(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:
     """The whole resource (Type, Properties, Condition, ...) named ``logical_id``."""
-    try:
-        return cast(dict[str, Any], template["Resources"][logical_id])
-    except KeyError:
-        raise KeyError(f"template has no resource {logical_id!r}") from None
+    if logical_id not in template["Resources"]:
+        raise KeyError(f"template has no resource {logical_id!r}")
+    return cast(dict[str, Any], template["Resources"][logical_id])
 
 
 def resource_properties(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:
@@ -75,12 +70,8 @@ def parameter_defaults(template: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _api_events(function: Mapping[str, Any]) -> list[dict[str, Any]]:
-    events = (function.get("Properties") or {}).get("Events") or {}
-    return [
-        e.get("Properties") or {}
-        for e in events.values()
-        if isinstance(e, dict) and e.get("Type") == "Api"
-    ]
+    events = ((function.get("Properties") or {}).get("Events") or {}).values()
+    return [e.get("Properties") or {} for e in events if e.get("Type") == "Api"]
 
 
 def api_routes(template: Mapping[str, Any]) -> list[Route]:
@@ -123,12 +114,9 @@ def _eval_condition(template: Mapping[str, Any], expr: Any, refs: Mapping[str, A
 
 
 def resolve(template: Mapping[str, Any], value: Any, refs: Mapping[str, Any]) -> Any:
-    """Resolve the intrinsics the local stack needs: Ref, Sub, GetAtt, If, Join, Select, Split.
-
-    ``refs`` maps names to values: parameters, pseudo parameters (``AWS::Region``...), logical ids
-    (what ``Ref`` gives) and ``"Logical.Attr"`` (what ``GetAtt`` gives). An unknown name raises
-    KeyError, so a template change that this resolver cannot follow fails loudly.
-    """
+    """Resolve Ref, Sub, GetAtt, If, Join, Select and Split with ``refs``: parameters, pseudo
+    parameters, logical ids (Ref) and ``"Logical.Attr"`` (GetAtt). An unknown name is a KeyError,
+    so a template change this resolver cannot follow fails loudly."""
     if isinstance(value, list):
         return [resolve(template, v, refs) for v in value]
     if not isinstance(value, dict):

@@ -1,15 +1,10 @@
-"""One Lambda execution environment in its own process, driven over stdin/stdout.
+"""One Lambda execution environment in its own process, driven over stdin/stdout, for fleets.
 
-Tests and the benchmark start several of these to see what a fleet does: each process imports
-the handler once (a cold start), keeps its memory tier between invocations (warm starts), and
-shares nothing with the others but the moto server and the Igni stub. Protocol: one JSON line
-in, `{"event": {...}, "timeout_ms": 25000}` or `{"sleep": 0.5}` or `{"reset": true}`
-(a brand-new environment in the same process), one JSON line out per line in, `{"response":
-{...}, "elapsed_ms": 1.2}`.
-
-The handler is `token_vendor.handler.lambda_handler` unless `LOCAL_HANDLER` names another as
-`module:function` (the benchmark's baselines); `reset` then calls the module's
-`reset_runtime()` if it has one.
+Each process imports the handler once (a cold start), keeps its memory tier between invocations
+and shares nothing with the others but the moto server and the Igni stub. One JSON line in
+(`{"event": {...}, "timeout_ms": 25000}`, `{"sleep": 0.5}`, or `{"reset": true}`: a brand-new
+environment, through the module's `reset_runtime()`), one out (`{"response": {...},
+"elapsed_ms": 1.2}`). `LOCAL_HANDLER` (`module:function`) replaces the real handler.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_VAR = "LOCAL_HANDLER"
@@ -75,11 +70,7 @@ class EnvironmentProcess:
     """The parent side: a child process that behaves as one execution environment."""
 
     def __init__(
-        self,
-        env: Mapping[str, str],
-        *,
-        log_path: Path | None = None,
-        handler: str | None = None,
+        self, env: Mapping[str, str], *, log_path: Path | None = None, handler: str | None = None
     ) -> None:
         """Start the child; `handler` ("module:function") replaces the real handler."""
         child_env = {**os.environ, **env}
@@ -113,20 +104,17 @@ class EnvironmentProcess:
         self.import_ms = float(ready["import_ms"])
 
     def _read(self) -> dict[str, Any]:
-        if self._proc.stdout is None:  # pragma: no cover - Popen(stdout=PIPE) always sets it
-            raise RuntimeError("environment process has no stdout pipe")
-        line = self._proc.stdout.readline()
+        line = cast(IO[str], self._proc.stdout).readline()
         if not line:
             raise RuntimeError(f"environment process exited with {self._proc.poll()}")
         message: dict[str, Any] = json.loads(line)
         return message
 
     def _send(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        if self._proc.stdin is None:  # pragma: no cover - Popen(stdin=PIPE) always sets it
-            raise RuntimeError("environment process has no stdin pipe")
         with self._lock:
-            self._proc.stdin.write(json.dumps(request) + "\n")
-            self._proc.stdin.flush()
+            stdin = cast(IO[str], self._proc.stdin)
+            stdin.write(json.dumps(request) + "\n")
+            stdin.flush()
             return self._read()
 
     def invoke(self, event: Mapping[str, Any], *, timeout_ms: int = 25000) -> dict[str, Any]:

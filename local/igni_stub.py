@@ -48,14 +48,12 @@ FORM = "application/x-www-form-urlencoded"
 
 JsonObject = dict[str, Any]
 
+# Igni's (Laravel's) error bodies; another status gets its HTTP phrase.
 DEFAULT_ERROR_BODIES: dict[int, JsonObject] = {
-    400: {"error": "invalid_request", "message": "The request is invalid"},
     401: {"error": "invalid_client", "message": "Client authentication failed"},
     429: {"error": "too_many_requests", "message": "Too Many Attempts."},
     500: {"error": "server_error", "message": "Server Error"},
-    502: {"error": "bad_gateway", "message": "Bad Gateway"},
     503: {"error": "temporarily_unavailable", "message": "Service Unavailable"},
-    504: {"error": "gateway_timeout", "message": "Gateway Timeout"},
 }
 
 
@@ -268,10 +266,9 @@ def _invalid_request(message: str) -> JsonObject:
 
 
 class StubProcess:
-    """The stub as a child process (sharing nothing with the function but sockets, as Igni).
+    """The stub as a child process, sharing nothing with the function but sockets, as Igni.
 
-    The first client is ``client_id`` / ``client_secret``; all of them are in ``clients``.
-    """
+    The first client is ``client_id`` / ``client_secret``; all are in ``clients``."""
 
     def __init__(
         self,
@@ -293,8 +290,7 @@ class StubProcess:
         spec = ",".join(f"{cid}:{secret}" for cid, secret in self.clients.items())
         args = ["--host", host, "--port", str(port), "--clients", spec]
         args += ["--lifetime", str(lifetime), "--latency-ms", str(latency_ms)]
-        # The request log goes to a file (a pipe nobody reads would block the stub) or, for
-        # `make local`, to the terminal.
+        # The request log goes to a file (an unread pipe would block the stub) or the terminal.
         self._log = self.log_path.open("ab") if quiet else None
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "local.igni_stub", *args],
@@ -304,43 +300,26 @@ class StubProcess:
             stderr=self._log,
             preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads are touched before exec)
         )
-        try:
-            self.port = self._read_ready_port(start_timeout)
-        except BaseException:
+        stdout = cast(Any, self._proc.stdout)
+        ready = select.select([stdout], [], [], start_timeout)[0]
+        line = stdout.readline().decode().strip() if ready else ""
+        if not (line.startswith("READY ") and line[6:].isdigit()):
             self.stop()
-            raise
+            log = self.log_path.read_text(errors="replace")[-2000:] if self._log else ""
+            raise RuntimeError(
+                f"igni stub did not print READY <port> within {start_timeout:.0f} s (got "
+                f"{line!r}, exit {self._proc.poll()}); log {self.log_path}: {log}"
+            )
+        self.port = int(line[6:])
         self.base_url = f"http://{host}:{self.port}"
         self.token_url = self.base_url + TOKEN_PATH_SUFFIX
         # No retries: the stub is local, and a retried POST /_stub/config could double-queue faults.
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
 
-    def _read_ready_port(self, timeout: float) -> int:
-        """Wait for the single ``READY <port>`` line; fail clearly if it does not come."""
-        stdout = cast(Any, self._proc.stdout)
-        line = (
-            stdout.readline().decode().strip()
-            if select.select([stdout], [], [], timeout)[0]
-            else ""
-        )
-        if line.startswith("READY ") and line[6:].isdigit():
-            return int(line[6:])
-        log = self.log_path.read_text(errors="replace")[-2000:] if self._log else ""
-        raise RuntimeError(
-            f"igni stub did not print READY <port> within {timeout:.0f} s (got {line!r}, "
-            f"exit {self._proc.poll()}); log {self.log_path}: {log}"
-        )
-
     def _call(self, method: str, path: str, body: object = None) -> JsonObject:
-        response = self._http.request(
-            method,
-            self.base_url + CONTROL_PREFIX + path,
-            body=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
+        response = self._http.request(method, self.base_url + CONTROL_PREFIX + path, json=body)
         if response.status != 200:
-            raise RuntimeError(
-                f"igni stub {method} {path}: {response.status} {response.data[:300]!r}"
-            )
+            raise RuntimeError(f"igni stub {path}: {response.status} {response.data[:300]!r}")
         return cast(JsonObject, response.json())
 
     def configure(self, **update: Any) -> JsonObject:

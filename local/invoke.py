@@ -31,14 +31,14 @@ from local.run import STATE_FILE, LocalEnvironment, load_handler
 
 @dataclass(frozen=True)
 class Target:
-    """Where the invocation runs: the function env and the stack's secret."""
+    """Where the invocation runs (``source``: "make local" or "ephemeral")."""
 
     function_env: dict[str, str]
     secret_arn: str
     secret_name: str
     function_name: str
     timeout_s: float
-    source: str  # "make local" or "ephemeral"
+    source: str
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,8 @@ def invoke_event(
     with target_stack(state_file, ephemeral=ephemeral) as target:
         raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
         # Lambda delivers JSON: what cannot round-trip cannot reach a real function either.
-        payload = json.loads(
-            json.dumps(substitute_secret(raw, target.secret_arn, target.secret_name))
-        )
+        secret = (target.secret_arn, target.secret_name)
+        payload = json.loads(json.dumps(substitute_secret(raw, *secret)))
         saved = dict(os.environ)
         os.environ.update(target.function_env)
         # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer. The
@@ -107,9 +106,8 @@ def invoke_event(
             )
             # A cold start, as with `sam local invoke`: nothing cached by an earlier in-process
             # invoke (against another stack) may answer this one.
-            reset = getattr(
-                sys.modules.get(getattr(fn, "__module__", "") or ""), "reset_runtime", None
-            )
+            module = sys.modules.get(getattr(fn, "__module__", "") or "")
+            reset = getattr(module, "reset_runtime", None)
             try:
                 if callable(reset):
                     reset()

@@ -1,11 +1,6 @@
-"""Start and stop a moto server process: the local AWS endpoint (DynamoDB, KMS, Secrets Manager).
-
-The function under test talks to it over HTTP through ``AWS_ENDPOINT_URL``, as it would to AWS,
-so the integration tests exercise real botocore serialisation, retries and timeouts.
-
-moto keeps all state in the server process's memory: :meth:`MotoServer.restart` (used by fault
-tests that take "AWS" away for a while) comes back on the same port **with no tables, keys or
-secrets**. Recreate the stack after a restart if the test needs it again.
+"""A moto server process: the local AWS endpoint (DynamoDB, KMS, Secrets Manager), reached over
+HTTP through ``AWS_ENDPOINT_URL`` as AWS would be. Its state lives in the process's memory:
+:meth:`MotoServer.restart` comes back on the same port with no tables, keys or secrets.
 """
 
 from __future__ import annotations
@@ -28,12 +23,9 @@ STOP_TIMEOUT_S = 10.0
 
 
 def die_with_parent() -> None:
-    """``preexec_fn`` for server children: on Linux, SIGTERM them when their parent dies.
-
-    A pytest run or `make local` killed with SIGKILL (a CI timeout) cannot run its clean-up;
-    without this its moto server or stub would keep the port. Linux ties the signal to the
-    spawning *thread*, so spawn these children from a long-lived thread (the main one).
-    """
+    """``preexec_fn`` for server children: on Linux, SIGTERM them when their parent dies (a
+    SIGKILLed pytest or `make local` cannot clean up). Linux ties it to the spawning *thread*,
+    so spawn them from a long-lived one (the main one)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes

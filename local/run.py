@@ -1,12 +1,9 @@
-"""``make local``: the whole service on loopback, no Docker, no AWS account.
+"""``make local``: the whole service on loopback, no Docker, no AWS account (docs/local.md).
 
-A moto server (AWS), the Igni stub (unless ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID`` and
-``IGNI_CLIENT_SECRET`` name the real Igni), the stack's table, key and secret created from
-template.yaml, and the API function served on http://127.0.0.1:3000 as API Gateway serves it
-(:mod:`local.gateway`), until Ctrl-C. ``--profiles`` / ``LOCAL_PROFILES`` adds credential
-profiles, each with its own stub client and secret. ``.local-state/env.json`` tells other
-commands (``make invoke``, the benchmark) where the stack is: endpoints, names and the function
-environment, no secret but the stub's fake credentials.
+A moto server, the Igni stub (or the real Igni: ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID``,
+``IGNI_CLIENT_SECRET``), the stack made from template.yaml, and the API function served as API
+Gateway serves it (:mod:`local.gateway`) until Ctrl-C. ``.local-state/env.json`` tells other
+commands where the stack is; it holds no secret but the stub's fake credentials.
 """
 
 from __future__ import annotations
@@ -41,9 +38,7 @@ from local.moto_server import MotoServer
 from local.stack import DEFAULT_REGION, LocalStack, create_stack
 
 STATE_FILE = REPO_ROOT / ".local-state" / "env.json"
-STUB_CLIENT_ID = "local-client"
-STUB_CLIENT_SECRET = "local-secret"
-STUB_WORKSPACE = "local"
+STUB_CLIENT_ID, STUB_CLIENT_SECRET, STUB_WORKSPACE = "local-client", "local-secret", "local"
 PROFILES_VAR = "LOCAL_PROFILES"
 # The function's rule for profile names; "default" is the stack's own secret and "refresh"
 # would be shadowed by the literal /token/refresh resource.
@@ -65,16 +60,14 @@ def local_region(environ: Mapping[str, str] | None = None) -> str:
 
 def parse_profiles(spec: str | None) -> tuple[str, ...]:
     """``"analytics,billing"`` -> ("analytics", "billing"); ValueError naming a bad name."""
-    names: list[str] = []
-    for name in filter(None, (raw.strip() for raw in (spec or "").split(","))):
+    names = [name for name in (raw.strip() for raw in (spec or "").split(",")) if name]
+    for name in names:
         if not _PROFILE_NAME.match(name) or name in {"default", "refresh"}:
             raise ValueError(
                 f"profile {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
                 "(not 'default' or 'refresh')"
             )
-        if name not in names:
-            names.append(name)
-    return tuple(names)
+    return tuple(dict.fromkeys(names))
 
 
 def stub_client(profile: str) -> tuple[str, str]:
@@ -95,16 +88,15 @@ class RealIgni:
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> RealIgni | None:
         """None when IGNI_WORKSPACE is unset; ValueError when it is set without the credentials."""
         workspace = environ.get("IGNI_WORKSPACE", "").strip()
-        if not workspace:
-            return None
         client_id = environ.get("IGNI_CLIENT_ID", "").strip()
         client_secret = environ.get("IGNI_CLIENT_SECRET", "")
-        if not client_id or not client_secret:
+        if workspace and not (client_id and client_secret):
             raise ValueError(
                 "IGNI_WORKSPACE is set, so the real Igni is used: set IGNI_CLIENT_ID and "
                 "IGNI_CLIENT_SECRET too (or unset IGNI_WORKSPACE to use the local stub)"
             )
-        return cls(workspace, client_id, client_secret, environ.get("IGNI_TOKEN_URL") or None)
+        url = environ.get("IGNI_TOKEN_URL") or None
+        return cls(workspace, client_id, client_secret, url) if workspace else None
 
 
 class LocalEnvironment:
@@ -127,20 +119,14 @@ class LocalEnvironment:
                 "extra profiles need the Igni stub (each gets its own stub client); "
                 "unset IGNI_WORKSPACE or drop --profiles / LOCAL_PROFILES"
             )
-        self.host, self.stub_port, self.quiet = host, stub_port, quiet
+        self.host, self.stub_port, self.quiet, self.region = host, stub_port, quiet, region
         self.moto = MotoServer(host, moto_port)
         self.stub: StubProcess | None = None
-        self.real_igni = real_igni
-        self.profiles = tuple(profiles)
+        self.real_igni, self.profiles = real_igni, tuple(profiles)
         self.stack_name = stack_name or f"local-{uuid.uuid4().hex[:8]}"
-        self.region = region
         self.stack: LocalStack | None = None
-        # Taken once at start, before anyone copies it into os.environ.
-        self.function_env: dict[str, str] = {}
-
-    @property
-    def mode(self) -> str:
-        return "stub" if self.real_igni is None else "igni"
+        self.function_env: dict[str, str] = {}  # Taken at start, before it reaches os.environ.
+        self.mode = "stub" if real_igni is None else "igni"
 
     def start(self) -> LocalStack:
         try:
@@ -151,42 +137,37 @@ class LocalEnvironment:
                 self.stub = StubProcess(
                     dict(clients), host=self.host, port=self.stub_port, quiet=self.quiet
                 )
-            self.stack = create_stack(
+            secret = {"client_id": real.client_id, "client_secret": real.client_secret}
+            self.stack = stack = create_stack(
                 self.stack_name,
                 endpoint_url=endpoint,
                 region=self.region,
-                secret_value={
-                    "client_id": real.client_id,
-                    "client_secret": real.client_secret,
-                    "workspace": real.workspace,
-                },
+                secret_value={**secret, "workspace": real.workspace},
                 igni_workspace=None if self.stub else real.workspace,
                 igni_token_url=self.stub.token_url if self.stub else real.token_url,
             )
-            self.function_env = self.stack.function_env()
+            self.function_env = stack.function_env()
             # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
-            self.function_env["IGNI_PROFILES"] = self._create_profiles(self.stack)
+            self.function_env["IGNI_PROFILES"] = ""
+            profiles = {}
+            for name in self.profiles:  # One secret per extra profile, holding its stub client.
+                client_id, client_secret = stub_client(name)
+                value = {
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                    "workspace": "local",
+                }
+                created = stack.secretsmanager().create_secret(
+                    Name=f"igni-token-vendor/{stack.name}/{name}", SecretString=json.dumps(value)
+                )
+                stub_url = self.stub.token_url if self.stub else ""
+                profiles[name] = {"secret_id": created["ARN"], "token_url": stub_url}
+            if profiles:
+                self.function_env["IGNI_PROFILES"] = json.dumps(profiles)
         except BaseException:
             self.stop()
             raise
-        return self.stack
-
-    def _create_profiles(self, stack: LocalStack) -> str:
-        """One secret per extra profile, holding its stub client; IGNI_PROFILES for them."""
-        if not self.profiles or self.stub is None:
-            return ""
-        profiles: dict[str, dict[str, str]] = {}
-        for name in self.profiles:
-            client_id, client_secret = stub_client(name)
-            secret = stack.secretsmanager().create_secret(
-                Name=f"igni-token-vendor/{stack.name}/{name}",
-                SecretString=json.dumps(
-                    {"client_id": client_id, "client_secret": client_secret, "workspace": "local"}
-                ),
-                Tags=[{"Key": "aws:cloudformation:stack-name", "Value": stack.name}],
-            )
-            profiles[name] = {"secret_id": secret["ARN"], "token_url": self.stub.token_url}
-        return json.dumps(profiles)
+        return stack
 
     def stop(self) -> None:
         if self.stub is not None:
@@ -223,11 +204,8 @@ class LocalEnvironment:
 
 
 def load_handler(spec: str | None = None) -> Handler:
-    """Import a handler named ``package.module.function`` (Lambda's form) or ``module:function``.
-
-    None: the API function's Handler in template.yaml. Import it only after the function's
-    environment is set: modules may read it at import.
-    """
+    """Import ``package.module.function`` (Lambda's form) or ``module:function``; None: the API
+    function's Handler in template.yaml. Only once the function's environment is set."""
     if spec is None:
         template = load_template()
         spec = str(resource_properties(template, api_function(template))["Handler"])
@@ -242,23 +220,16 @@ def load_handler(spec: str | None = None) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
-def make_api(
-    handler: Handler,
-    stack: LocalStack,
-    auth: LocalAuth,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 3000,
-    quiet: bool = False,
-) -> ApiServer:
-    """The API on ``stack`` as API Gateway serves it: routes, SigV4 and the local IAM policy."""
+def make_api(handler: Handler, stack: LocalStack, auth: LocalAuth, **options: Any) -> ApiServer:
+    """The API on ``stack`` as API Gateway serves it: routes, SigV4 and the local IAM policy.
+
+    ``options``: ApiServer's ``host``, ``port``, ``quiet``.
+    """
     return ApiServer(
         handler,
         auth.verifier(region=stack.region, api_id=DEFAULT_API_ID, stage=DEFAULT_STAGE),
-        host=host,
-        port=port,
         account_id=stack.account_id,  # requestContext.accountId: the API owner's
-        quiet=quiet,
+        **options,
         context_factory=lambda: FakeLambdaContext(
             timeout_s=stack.function_timeout_s,
             function_name=stack.function_name,
@@ -284,9 +255,9 @@ def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path
         for line in auth.description
     )
     cli = Path(sys.executable).parent / "igni-token"
-    keys = ("$AWS_ACCESS_KEY_ID", "$AWS_SECRET_ACCESS_KEY")
+    key, secret = ("$AWS_ACCESS_KEY_ID", "$AWS_SECRET_ACCESS_KEY")
     if LOCAL_TEST_ACCESS_KEY_ID in auth.credentials:
-        keys = (LOCAL_TEST_ACCESS_KEY_ID, TEST_SECRET)
+        key, secret = LOCAL_TEST_ACCESS_KEY_ID, TEST_SECRET
     return f"""
 Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
 
@@ -301,23 +272,16 @@ Signatures are checked as API Gateway's AWS_IAM does (SigV4, service execute-api
 
 Call it (Ctrl-C stops everything):
   {cli if cli.exists() else "igni-token"} get --endpoint {api_url}   (--json, --profile NAME)
-  curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{keys[0]}:{keys[1]}" \\
+  curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{key}:{secret}" \\
     {api_url}/v1/token
-  AWS_ACCESS_KEY_ID={keys[0]} AWS_SECRET_ACCESS_KEY={keys[1]} \\
+  AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} \\
     awscurl --service execute-api --region {stack.region} {api_url}/token
   make invoke EVENT=events/get_token.json     (the handler on one event, against this stack)
 """
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m local.run",
-        description="make local",
-        epilog="environment: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (the credentials accepted; "
-        "else the documented test ones), IGNI_LOCAL_CALLER_ARN, LOCAL_IAM_POLICY or "
-        "LOCAL_IAM_POLICY_JSON (which caller may invoke what), LOCAL_PROFILES, and "
-        "IGNI_WORKSPACE + IGNI_CLIENT_ID + IGNI_CLIENT_SECRET for the real Igni (docs/local.md)",
-    )
+    parser = argparse.ArgumentParser(prog="python -m local.run", description=__doc__)
     add = parser.add_argument
     add("--host", default="127.0.0.1")
     add("--port", type=int, default=3000, help="API port")
@@ -328,14 +292,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--handler", default=None, help="default: the API function's Handler")
     add(
         "--user-arn",
-        help=f"the caller's ARN (default: $IGNI_LOCAL_CALLER_ARN or {DEFAULT_LOCAL_USER_ARN})",
+        help=f"the caller (default: $IGNI_LOCAL_CALLER_ARN or {DEFAULT_LOCAL_USER_ARN})",
     )
-    add(
-        "--profiles",
-        default=os.environ.get(PROFILES_VAR, ""),
-        metavar="NAME[,NAME]",
-        help=f"extra credential profiles, served at /token/NAME (default: ${PROFILES_VAR})",
-    )
+    add("--profiles", default=os.environ.get(PROFILES_VAR, ""), help=f"NAME,...: ${PROFILES_VAR}")
     # Routing is always API Gateway's now; the flag is accepted so that older commands still run.
     add("--strict-routes", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -343,13 +302,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-
     try:
         real = RealIgni.from_environ()
         # Before moto's fake credentials reach os.environ: the developer's own are what count.
-        environ = dict(os.environ)
-        if args.user_arn:
-            environ["IGNI_LOCAL_CALLER_ARN"] = args.user_arn
+        environ = {
+            **os.environ,
+            **({"IGNI_LOCAL_CALLER_ARN": args.user_arn} if args.user_arn else {}),
+        }
         auth = local_auth(environ)
         env = LocalEnvironment(
             host=args.host,

@@ -1,17 +1,16 @@
-"""werkzeug's threaded HTTP server, for the local API and the Igni stub.
+"""werkzeug's threaded HTTP server for the local API and the Igni stub, with two changes.
 
-Two changes to werkzeug's request handler: an answer the server gives by itself (414 URI too
-long, 431 header fields too large, 400 bad request line) is JSON ``{"message": ...}`` instead of
-http.server's HTML page, and the application gets the headers exactly as sent (names as
-written, repeats kept, in order) under ``environ["local.headers"]``, which WSGI's ``HTTP_*``
-keys lose but a SigV4 check and API Gateway's multi-value headers need.
+An answer the server gives by itself (414 URI too long, 431 header fields too large, 400 bad
+request line) is JSON ``{"message": ...}`` instead of http.server's HTML page; and the
+application gets the headers exactly as sent (names as written, repeats kept, in order) under
+``environ["local.headers"]``: WSGI's ``HTTP_*`` keys lose what a SigV4 check and API Gateway's
+multi-value headers need.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 from http import HTTPStatus
 from typing import Any
 
@@ -22,17 +21,12 @@ HEADERS_KEY = "local.headers"
 
 
 class JsonErrorHandler(WSGIRequestHandler):
-    """werkzeug's handler with JSON errors, the raw headers, and a named (or no) request log."""
-
     log_name = "http"
     quiet = False
-    # An idle keep-alive connection (or a stalled client) frees its thread after this.
-    timeout = 60
+    timeout = 60  # An idle keep-alive connection (or a stalled client) frees its thread.
 
     def make_environ(self) -> Any:
-        environ = super().make_environ()
-        environ[HEADERS_KEY] = tuple(self.headers.items())
-        return environ
+        return {**super().make_environ(), HEADERS_KEY: tuple(self.headers.items())}
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # The phrase only: http.server's message can quote the malformed request line.
@@ -41,8 +35,8 @@ class JsonErrorHandler(WSGIRequestHandler):
         # An unparsable request line leaves http.server at HTTP/0.9: no status line, no headers.
         self.request_version = "HTTP/1.1"
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Connection", "close")
+        for name, value in ("Content-Type", "application/json"), ("Connection", "close"):
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -57,7 +51,6 @@ class JsonErrorHandler(WSGIRequestHandler):
 def json_response(
     status: int, body: object, headers: list[tuple[str, str]] | None = None
 ) -> Response:
-    """A JSON answer."""
     return Response(
         json.dumps(body), status, [("Content-Type", "application/json"), *(headers or [])]
     )
@@ -67,11 +60,3 @@ def server(host: str, port: int, app: Any, *, name: str, quiet: bool) -> BaseWSG
     """A threaded server for ``app`` on host:port (0: a free port, see ``server.port``)."""
     handler = type(f"{name}Handler", (JsonErrorHandler,), {"log_name": name, "quiet": quiet})
     return make_server(host, port, app, threaded=True, request_handler=handler)
-
-
-def serve_in_thread(http: BaseWSGIServer, name: str) -> threading.Thread:
-    thread = threading.Thread(
-        target=http.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
-    )
-    thread.start()
-    return thread

@@ -20,15 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 import boto3
 from botocore.config import Config
 
-from local.cfn_template import (
-    TEMPLATE_PATH,
-    api_function,
-    load_template,
-    parameter_defaults,
-    resolve,
-    resource_properties,
-    resources_of_type,
-)
+from local import cfn_template as cfn
+from local.cfn_template import TEMPLATE_PATH, resolve, resource_properties
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -154,11 +147,11 @@ def create_stack(
     ``secret_value`` is the secret's SecretString (a mapping is JSON-encoded); ``igni_token_url``
     and ``igni_workspace`` fill the template's IgniTokenUrl and IgniWorkspace parameters.
     """
-    template = load_template(template_path)
+    template = cfn.load_template(template_path)
     kms, ddb, sm = (_client(s, region, endpoint_url) for s in ("kms", "dynamodb", "secretsmanager"))
     tags = [{"Key": "aws:cloudformation:stack-name", "Value": name}]
     refs: dict[str, Any] = {
-        **parameter_defaults(template),
+        **cfn.parameter_defaults(template),
         "IgniWorkspace": igni_workspace or "",
         "IgniTokenUrl": igni_token_url or "",
         "AWS::StackName": name,
@@ -204,7 +197,7 @@ def create_stack(
     secret = sm.create_secret(Name=secret_name, SecretString=text, Tags=tags, **extra)
     # The template's Ref to the secret (IGNI_SECRET_ID) is its ARN.
     refs |= {SECRET_ID: secret["ARN"], f"{SECRET_ID}.Id": secret["ARN"]}
-    for policy in resources_of_type(template, "AWS::SecretsManager::ResourcePolicy").values():
+    for policy in cfn.resources_of_type(template, "AWS::SecretsManager::ResourcePolicy").values():
         props = _without_no_value(resolve(template, policy.get("Properties") or {}, refs))
         if props.get("SecretId") == secret["ARN"]:
             document, block = (
@@ -216,7 +209,7 @@ def create_stack(
             )
 
     # The function behind the API: its environment (over Globals', as SAM merges them), resolved.
-    function_id = api_function(template)
+    function_id = cfn.api_function(template)
     refs[function_id] = function_name = f"{name}-{function_id}"
     globals_fn = (template.get("Globals") or {}).get("Function") or {}
     function = {**globals_fn, **resource_properties(template, function_id)}

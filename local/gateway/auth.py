@@ -19,18 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from local.gateway.sigv4 import (
-    DEFAULT_LOCAL_USER_ARN,
-    LOCAL_ACCOUNT_ID,
-    LOCAL_TEST_ACCESS_KEY_ID,
-    LOCAL_TEST_SECRET_ACCESS_KEY,
-    MAX_SKEW_SECONDS,
-    AuthError,
-    CallerIdentity,
-    Headers,
-    LocalCredential,
-    verify_request,
-)
+from local.gateway import sigv4
+from local.gateway.sigv4 import AuthError, CallerIdentity, LocalCredential
 
 POLICY_FILE_VAR = "LOCAL_IAM_POLICY"
 POLICY_JSON_VAR = "LOCAL_IAM_POLICY_JSON"
@@ -55,7 +45,7 @@ def method_arn(
     resource_path: str,
     *,
     region: str = "us-east-1",
-    account_id: str = LOCAL_ACCOUNT_ID,
+    account_id: str = sigv4.LOCAL_ACCOUNT_ID,
     api_id: str = "local",
     stage: str = "v1",
 ) -> str:
@@ -74,18 +64,12 @@ def authorize(
     api_id: str = "local",
     stage: str = "v1",
 ) -> bool:
-    """Would IAM allow ``execute-api:Invoke`` on the method? ``allowed=None``: no policy, yes.
-
-    As in IAM, ``*`` matches any run of characters (``/`` included), ``?`` one character, and the
-    match is case-sensitive. ``resource_path`` is without the stage (``/token/analytics``).
-    """
+    """Would IAM allow ``execute-api:Invoke`` on the method (``None``: no policy, yes)? As in IAM,
+    ``*`` matches any characters (``/`` too), ``?`` one, case-sensitively."""
     if allowed is None:
         return True
-    patterns = next(
-        (allowed[k] for k in (identity.access_key, identity.user_arn, "*") if k in allowed), None
-    )
-    if patterns is None:
-        return False
+    callers = (identity.access_key, identity.user_arn, "*")
+    patterns = next((allowed[k] for k in callers if k in allowed), ())
     short = f"{method.upper()}/{resource_path.lstrip('/')}"
     where = {"region": region, "api_id": api_id, "stage": stage}
     full = method_arn(method, resource_path, account_id=identity.account_id, **where)
@@ -127,28 +111,22 @@ class LocalSigV4Verifier:
     allowed: Mapping[str, Iterable[str]] | None = None
     api_id: str = "local"
     stage: str = "v1"
-    max_skew: int = MAX_SKEW_SECONDS
+    max_skew: int = sigv4.MAX_SKEW_SECONDS
 
     def check(
         self,
         method: str,
         raw_path: str,
         query_string: str,
-        headers: Headers,
+        headers: sigv4.Headers,
         body: bytes | None,
         *,
         source_ip: str = "127.0.0.1",
         now: datetime | float | None = None,
     ) -> CallerIdentity | AuthError:
         """The path (stage included) and query exactly as received: what the caller signed."""
-        result = verify_request(
-            method,
-            raw_path,
-            query_string,
-            headers,
-            body,
-            self.credentials,
-            self.region,
+        result = sigv4.verify_request(
+            *(method, raw_path, query_string, headers, body, self.credentials, self.region),
             now=now,
             max_skew=self.max_skew,
             source_ip=source_ip,
@@ -168,14 +146,10 @@ class LocalSigV4Verifier:
 def local_credentials(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, LocalCredential], str]:
-    """The credentials ``make local`` accepts, and a sentence saying which.
-
-    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``), else the
-    documented test credentials; the caller is ``IGNI_LOCAL_CALLER_ARN`` or the default local
-    user. Read the environment before moto's fake credentials are set in it.
-    """
+    """The credentials ``make local`` accepts (the environment's, else the documented test
+    ones, as ``IGNI_LOCAL_CALLER_ARN``), and a sentence saying which."""
     env = os.environ if environ is None else environ
-    arn = env.get("IGNI_LOCAL_CALLER_ARN") or DEFAULT_LOCAL_USER_ARN
+    arn = env.get("IGNI_LOCAL_CALLER_ARN") or sigv4.DEFAULT_LOCAL_USER_ARN
     access_key = env.get("AWS_ACCESS_KEY_ID")
     secret_key = env.get("AWS_SECRET_ACCESS_KEY")
     if access_key and secret_key:
@@ -187,10 +161,14 @@ def local_credentials(
             f"(AWS_ACCESS_KEY_ID {masked}{', with a session token' if token else ''}) as {arn}.",
         )
     return (
-        {LOCAL_TEST_ACCESS_KEY_ID: LocalCredential(LOCAL_TEST_SECRET_ACCESS_KEY, user_arn=arn)},
+        {
+            sigv4.LOCAL_TEST_ACCESS_KEY_ID: LocalCredential(
+                sigv4.LOCAL_TEST_SECRET_ACCESS_KEY, user_arn=arn
+            )
+        },
         "No AWS credentials in this environment: accepting SigV4 signatures made with the "
-        f"documented local test credentials AWS_ACCESS_KEY_ID={LOCAL_TEST_ACCESS_KEY_ID} "
-        f"AWS_SECRET_ACCESS_KEY={LOCAL_TEST_SECRET_ACCESS_KEY} as {arn} "
+        f"documented local test credentials AWS_ACCESS_KEY_ID={sigv4.LOCAL_TEST_ACCESS_KEY_ID} "
+        f"AWS_SECRET_ACCESS_KEY={sigv4.LOCAL_TEST_SECRET_ACCESS_KEY} as {arn} "
         "(igni-token uses them by itself against a loopback endpoint when it has no credentials).",
     )
 
@@ -201,8 +179,6 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class LocalPolicy:
-    """The local IAM policy: who may invoke what, and callers with their own access keys."""
-
     allowed: dict[str, tuple[str, ...]]
     callers: dict[str, LocalCredential] = field(default_factory=dict)
     source: str = ""
@@ -214,17 +190,14 @@ def _caller(key: str, entry: object, where: str) -> LocalCredential:
         raise PolicyError(f"{where}: {key!r} is not an access key id (A-Z, 0-9, 16+)")
     if not isinstance(entry, dict):
         raise PolicyError(f"{where}: must be an object with a secret_key")
-    unknown = set(entry) - _CALLER_FIELDS
-    if unknown:
-        raise PolicyError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-    not_text = sorted(
-        name for name in _CALLER_FIELDS & set(entry) if not isinstance(entry[name], str)
-    )
-    if not_text:
-        raise PolicyError(f"{where}: {not_text[0]} must be a string")
+    for name in sorted(entry):
+        if name not in _CALLER_FIELDS:
+            raise PolicyError(f"{where}: unknown field {name!r}")
+        if not isinstance(entry[name], str):
+            raise PolicyError(f"{where}: {name} must be a string")
     if not entry.get("secret_key"):
         raise PolicyError(f"{where}: secret_key is required")
-    arn = entry.get("user_arn") or f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:user/{key.lower()}"
+    arn = entry.get("user_arn") or f"arn:aws:iam::{sigv4.LOCAL_ACCOUNT_ID}:user/{key.lower()}"
     if not _ARN.match(arn):
         raise PolicyError(f"{where}: user_arn {arn!r} is not an IAM or STS ARN")
     return LocalCredential(
@@ -266,22 +239,16 @@ def parse_policy(document: object, source: str) -> LocalPolicy:
 def load_policy(environ: Mapping[str, str] | None = None) -> LocalPolicy | None:
     """The policy named by LOCAL_IAM_POLICY / LOCAL_IAM_POLICY_JSON; None when neither is set."""
     env = os.environ if environ is None else environ
-    path = env.get(POLICY_FILE_VAR, "").strip()
-    inline = env.get(POLICY_JSON_VAR, "").strip()
+    path, inline = (env.get(name, "").strip() for name in (POLICY_FILE_VAR, POLICY_JSON_VAR))
     if path and inline:
         raise PolicyError(f"set {POLICY_FILE_VAR} or {POLICY_JSON_VAR}, not both")
-    if path:
-        source = f"{POLICY_FILE_VAR}={path}"
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PolicyError(f"{source}: cannot read it: {exc.strerror or exc}") from None
-    elif inline:
-        source, text = POLICY_JSON_VAR, inline
-    else:
+    if not (path or inline):
         return None
+    source = f"{POLICY_FILE_VAR}={path}" if path else POLICY_JSON_VAR
     try:
-        document = json.loads(text)
+        document = json.loads(Path(path).read_text(encoding="utf-8") if path else inline)
+    except OSError as exc:
+        raise PolicyError(f"{source}: cannot read it: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise PolicyError(f"{source}: not valid JSON: {exc}") from None
     return parse_policy(document, source)

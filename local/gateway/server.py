@@ -33,7 +33,7 @@ from local.cfn_template import Route, api_routes, load_template
 from local.gateway.auth import LocalSigV4Verifier, strip_stage
 from local.gateway.sigv4 import LOCAL_ACCOUNT_ID, MISSING_TOKEN, AuthError
 from local.lambda_context import FakeLambdaContext
-from local.serving import HEADERS_KEY, json_response, serve_in_thread, server
+from local.serving import HEADERS_KEY, json_response, server
 
 DEFAULT_STAGE = "v1"
 DEFAULT_API_ID = "local0api1"
@@ -219,17 +219,15 @@ class ApiServer:
         *,
         host: str = "127.0.0.1",
         port: int = 3000,
-        stage: str = DEFAULT_STAGE,
-        api_id: str = DEFAULT_API_ID,
         account_id: str = LOCAL_ACCOUNT_ID,
-        routes: Sequence[Route] | None = None,
         context_factory: Callable[[], FakeLambdaContext] = FakeLambdaContext,
         quiet: bool = False,
     ) -> None:
+        """The stage and API id are the verifier's; the routes template.yaml's."""
         self.handler, self.verifier, self.context_factory = handler, verifier, context_factory
         self.host, self.requested_port, self.quiet = host, port, quiet
-        self.stage, self.api_id, self.account_id = stage, api_id, account_id
-        self.routes = list(api_routes(load_template()) if routes is None else routes)
+        self.stage, self.api_id, self.account_id = verifier.stage, verifier.api_id, account_id
+        self.routes = api_routes(load_template())
         # One Lambda execution environment handles one invocation at a time.
         self._invoke_lock = threading.Lock()
         self._http: Any = None
@@ -294,7 +292,8 @@ class ApiServer:
     def start(self) -> int:
         """Listen, and serve in a daemon thread; returns the port."""
         self._http = server(self.host, self.requested_port, self, name="api", quiet=self.quiet)
-        self._thread = serve_in_thread(self._http, "api")
+        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.1,), daemon=True)
+        self._thread.start()
         return self.port
 
     def stop(self) -> None:

@@ -9,10 +9,12 @@ JSON, word for word where its wording is fixed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,10 +53,8 @@ Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 class LocalCredential:
     """A credential the local endpoint accepts, and who API Gateway would say signed with it.
 
-    ``user_id`` (``caller``/``user``: ``AIDA…``, or ``AROA…:session`` for a role session) is
-    derived from the key when not given. With ``session_token`` set a request must present it in
-    ``X-Amz-Security-Token``; without, a request presenting one is refused.
-    """
+    ``user_id`` (``AIDA…``, ``AROA…:session``) is derived from the key when not given. A
+    ``session_token`` must be presented when set, and must not be when unset."""
 
     secret_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -76,22 +76,17 @@ class CallerIdentity:
 
     def as_request_context_identity(self) -> dict[str, str | None]:
         """``requestContext.identity`` as API Gateway sends it to a REST proxy integration."""
+        cognito = ("cognitoIdentityPoolId", "cognitoIdentityId", "cognitoAuthenticationType")
+        unset = (*cognito, "cognitoAuthenticationProvider", "principalOrgId", "apiKey", "apiKeyId")
         return {
-            "cognitoIdentityPoolId": None,
+            **dict.fromkeys((*unset, "clientCert")),
             "accountId": self.account_id,
-            "cognitoIdentityId": None,
             "caller": self.caller,
             "sourceIp": self.source_ip,
-            "principalOrgId": None,
             "accessKey": self.access_key,
-            "cognitoAuthenticationType": None,
-            "cognitoAuthenticationProvider": None,
             "userArn": self.user_arn,
             "userAgent": self.user_agent,
             "user": self.user,
-            "apiKey": None,
-            "apiKeyId": None,
-            "clientCert": None,
         }
 
 
@@ -117,21 +112,13 @@ class AuthError:
         return {"Content-Type": "application/json", "x-amzn-ErrorType": self.error_type}
 
 
-def _incomplete(message: str) -> AuthError:
-    return AuthError(message, "IncompleteSignatureException")
-
-
-def _invalid(message: str) -> AuthError:
-    return AuthError(message, "InvalidSignatureException")
+_incomplete = functools.partial(AuthError, error_type="IncompleteSignatureException")
+_invalid = functools.partial(AuthError, error_type="InvalidSignatureException")
 
 
 class _ReplaySigV4(SigV4Auth):
-    """botocore's signer, signing exactly the headers the caller listed in ``SignedHeaders``.
-
-    ``SigV4Auth.headers_to_sign`` drops some hop-by-hop headers and adds ``host``; a verifier
-    takes the caller's list as given. Everything else (canonical request, string to sign, key
-    derivation, HMAC) is botocore's.
-    """
+    """botocore's signer on exactly the caller's ``SignedHeaders`` (botocore's own choice drops
+    some and adds ``host``); the canonical request, key derivation and HMAC are botocore's."""
 
     def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
         header_map = HTTPHeaders()
@@ -156,10 +143,8 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
 ) -> CallerIdentity | AuthError:
     """Check a request's SigV4 signature as API Gateway's AWS_IAM authorization does.
 
-    ``url_path`` and ``query_string`` are as they arrived on the wire (percent-encoded, the stage
-    included, no ``?``): what the caller signed. ``credentials`` maps an access key id to its
-    secret key or a :class:`LocalCredential`. ``now`` (datetime or epoch seconds) is for tests.
-    """
+    ``url_path`` and ``query_string`` as on the wire (percent-encoded, stage included): what the
+    caller signed. ``now`` (datetime or epoch seconds) is the verifier's clock, for tests."""
     items: Any = getattr(headers, "items", None)
     raw_pairs = cast(Iterable[tuple[str, str]], items() if callable(items) else headers)
     pairs = [(str(name).lower(), str(value)) for name, value in raw_pairs]
@@ -183,7 +168,8 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
         return _invalid(
             f"Credential should be scoped with a valid terminator: 'aws4_request', not '{end}'. "
         )
-    skew_error = _check_skew(stamp, _as_datetime(now), max_skew)
+    clock = now if isinstance(now, datetime) else datetime.fromtimestamp(now or time.time(), UTC)
+    skew_error = _check_skew(stamp, clock if clock.tzinfo else clock.replace(tzinfo=UTC), max_skew)
     if skew_error is not None:
         return skew_error
 
@@ -329,11 +315,3 @@ def _check_skew(timestamp: str, now: datetime, max_skew: int) -> AuthError | Non
 
 def _first(pairs: list[tuple[str, str]], name: str) -> str | None:
     return next((value for key, value in pairs if key == name), None)
-
-
-def _as_datetime(now: datetime | float | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if isinstance(now, datetime):
-        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(now, UTC)
