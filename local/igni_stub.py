@@ -36,8 +36,8 @@ from typing import Any, cast
 import urllib3
 from werkzeug.wrappers import Request, Response
 
+from local.gateway.server import json_response, server
 from local.moto_server import die_with_parent
-from local.serving import json_response, server
 
 TOKEN_PATH_SUFFIX = "/api/v1/oauth2/token"
 DEFAULT_LIFETIME = 172800  # 48 h, what Igni's documentation shows in its example answer.

@@ -30,24 +30,13 @@ from local.run import STATE_FILE, LocalEnvironment, load_handler
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where the invocation runs (``source``: "make local" or "ephemeral")."""
-
-    function_env: dict[str, str]
-    secret_arn: str
-    secret_name: str
-    function_name: str
-    timeout_s: float
-    source: str
-
-
-@dataclass(frozen=True)
 class InvokeResult:
-    """The handler's answer, or the error it raised in Lambda's error shape."""
+    """The handler's answer, or the error it raised in Lambda's error shape, and the stack's state
+    (as ``.local-state/env.json`` has it, with ``source``: "make local" or "ephemeral")."""
 
     response: Any
     error: dict[str, Any] | None
-    target: Target
+    target: dict[str, Any]
 
     @property
     def ok(self) -> bool:
@@ -55,27 +44,20 @@ class InvokeResult:
 
 
 @contextlib.contextmanager
-def target_stack(state_file: Path = STATE_FILE, *, ephemeral: bool = False) -> Iterator[Target]:
-    """The stack `make local` serves, or a throw-away one removed when the block ends."""
-    target = None
+def target_stack(state_file: Path = STATE_FILE, *, ephemeral: bool = False) -> Iterator[Any]:
+    """The state of the stack `make local` serves, or of a throw-away one while the block runs."""
     try:
         state = {} if ephemeral else json.loads(state_file.read_text(encoding="utf-8"))
-        moto, stack = urllib.parse.urlsplit(state["moto_endpoint"]), state["stack"]
-        if answers_http(moto.hostname or "127.0.0.1", moto.port or 80, timeout=1.0):
-            name = stack.get("function_name", "local-TokenFunction")
-            timeout_s = float(state.get("function_timeout_s", 25.0))
-            secret = (stack["secret_arn"], stack["secret_name"])
-            target = Target(dict(state["function_env"]), *secret, name, timeout_s, "make local")
+        moto = urllib.parse.urlsplit(state["moto_endpoint"])
+        live = answers_http(moto.hostname or "127.0.0.1", moto.port or 80, timeout=1.0)
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    if target is not None:
-        yield target
+        live = False
+    if live:
+        yield {**state, "source": "make local"}
         return
     local = LocalEnvironment()
-    with local as stack:
-        secret = (stack.secret_arn, stack.secret_name)
-        name, timeout_s = stack.function_name, stack.function_timeout_s
-        yield Target(local.function_env, *secret, name, timeout_s, "ephemeral")
+    with local:
+        yield {**local.state(None, None), "source": "ephemeral"}
 
 
 def invoke_event(
@@ -93,17 +75,18 @@ def invoke_event(
     with target_stack(state_file, ephemeral=ephemeral) as target:
         raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
         # Lambda delivers JSON: what cannot round-trip cannot reach a real function either.
-        secret = (target.secret_arn, target.secret_name)
+        stack = target["stack"]
+        secret = (stack["secret_arn"], stack["secret_name"])
         payload = json.loads(json.dumps(substitute_secret(raw, *secret)))
         saved = dict(os.environ)
-        os.environ.update(target.function_env)
+        os.environ.update(target["function_env"])
         # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer. The
         # import happens inside the redirect so that loggers made at import bind to stderr too.
         with contextlib.redirect_stdout(sys.stderr):
             fn = handler if callable(handler) else load_handler(handler)
-            context = FakeLambdaContext(
-                timeout_s=target.timeout_s, function_name=target.function_name
-            )
+            timeout_s = float(target.get("function_timeout_s", 25.0))
+            name = stack.get("function_name", "local-TokenFunction")
+            context = FakeLambdaContext(timeout_s=timeout_s, function_name=name)
             # A cold start, as with `sam local invoke`: nothing cached by an earlier in-process
             # invoke (against another stack) may answer this one.
             module = sys.modules.get(getattr(fn, "__module__", "") or "")
@@ -140,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = invoke_event(
         args.event, handler=args.handler, state_file=args.state_file, ephemeral=args.ephemeral
     )
-    print(f"make invoke: ran against the {result.target.source} stack", file=sys.stderr)
+    print(f"make invoke: ran against the {result.target['source']} stack", file=sys.stderr)
     print(json.dumps(result.response if result.ok else result.error, indent=2))
     return 0 if result.ok else 1
 

@@ -179,15 +179,6 @@ class MotoServer:
             time.sleep(0.05)
         return self.start()
 
-    def reset(self) -> None:
-        """Drop every resource in the running server without restarting it."""
-        conn = http.client.HTTPConnection(self.host, self.port or 0, timeout=5)
-        try:
-            conn.request("POST", "/moto-api/reset")
-            conn.getresponse().read()
-        finally:
-            conn.close()
-
     def log_tail(self, max_bytes: int = 4000) -> str:
         with contextlib.suppress(OSError), self.log_path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)

@@ -20,7 +20,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,34 +99,30 @@ class RealIgni:
         return cls(workspace, client_id, client_secret, url) if workspace else None
 
 
+@dataclass(kw_only=True)
 class LocalEnvironment:
     """A moto server, the Igni stub (or real Igni) and one stack on it; stop() undoes it all."""
 
-    def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        moto_port: int = 0,
-        stub_port: int = 0,
-        stack_name: str | None = None,
-        region: str = DEFAULT_REGION,
-        real_igni: RealIgni | None = None,
-        profiles: Sequence[str] = (),
-        quiet: bool = True,
-    ) -> None:
-        if profiles and real_igni is not None:
+    host: str = "127.0.0.1"
+    moto_port: int = 0
+    stub_port: int = 0
+    stack_name: str = field(default_factory=lambda: f"local-{uuid.uuid4().hex[:8]}")
+    region: str = DEFAULT_REGION
+    real_igni: RealIgni | None = None
+    profiles: Sequence[str] = ()
+    quiet: bool = True
+
+    def __post_init__(self) -> None:
+        if self.profiles and self.real_igni is not None:
             raise ValueError(
                 "extra profiles need the Igni stub (each gets its own stub client); "
                 "unset IGNI_WORKSPACE or drop --profiles / LOCAL_PROFILES"
             )
-        self.host, self.stub_port, self.quiet, self.region = host, stub_port, quiet, region
-        self.moto = MotoServer(host, moto_port)
+        self.moto = MotoServer(self.host, self.moto_port)
         self.stub: StubProcess | None = None
-        self.real_igni, self.profiles = real_igni, tuple(profiles)
-        self.stack_name = stack_name or f"local-{uuid.uuid4().hex[:8]}"
         self.stack: LocalStack | None = None
         self.function_env: dict[str, str] = {}  # Taken at start, before it reaches os.environ.
-        self.mode = "stub" if real_igni is None else "igni"
+        self.mode = "stub" if self.real_igni is None else "igni"
 
     def start(self) -> LocalStack:
         try:

@@ -40,18 +40,13 @@ def strip_stage(path: str, stage: str) -> str:
 # --- IAM's execute-api:Invoke, imitated -----------------------------------------------------
 
 
-def method_arn(
-    method: str,
-    resource_path: str,
-    *,
-    region: str = "us-east-1",
-    account_id: str = sigv4.LOCAL_ACCOUNT_ID,
-    api_id: str = "local",
-    stage: str = "v1",
-) -> str:
-    """``arn:aws:execute-api:REGION:ACCOUNT:API_ID/STAGE/METHOD/resource/path``."""
-    path = resource_path.lstrip("/")
-    return f"arn:aws:execute-api:{region}:{account_id}:{api_id}/{stage}/{method.upper()}/{path}"
+def method_arn(method: str, resource_path: str, **where: str) -> str:
+    """``arn:aws:execute-api:REGION:ACCOUNT:API_ID/STAGE/METHOD/resource/path``; ``where`` may set
+    ``region`` (us-east-1), ``account_id`` (the local one), ``api_id`` (local), ``stage`` (v1)."""
+    w = {"region": "us-east-1", "account_id": sigv4.LOCAL_ACCOUNT_ID, "api_id": "local"}
+    w |= {"stage": "v1", **where}
+    arn = f"arn:aws:execute-api:{w['region']}:{w['account_id']}:{w['api_id']}/{w['stage']}"
+    return f"{arn}/{method.upper()}/{resource_path.lstrip('/')}"
 
 
 def authorize(
@@ -59,10 +54,7 @@ def authorize(
     method: str,
     resource_path: str,
     allowed: Mapping[str, Iterable[str]] | None,
-    *,
-    region: str = "us-east-1",
-    api_id: str = "local",
-    stage: str = "v1",
+    **where: str,
 ) -> bool:
     """Would IAM allow ``execute-api:Invoke`` on the method (``None``: no policy, yes)? As in IAM,
     ``*`` matches any characters (``/`` too), ``?`` one, case-sensitively."""
@@ -71,35 +63,20 @@ def authorize(
     callers = (identity.access_key, identity.user_arn, "*")
     patterns = next((allowed[k] for k in callers if k in allowed), ())
     short = f"{method.upper()}/{resource_path.lstrip('/')}"
-    where = {"region": region, "api_id": api_id, "stage": stage}
-    full = method_arn(method, resource_path, account_id=identity.account_id, **where)
-    return any(_iam_pattern(p).fullmatch(full if p.startswith("arn:") else short) for p in patterns)
-
-
-def _iam_pattern(pattern: str) -> re.Pattern[str]:
+    full = method_arn(method, resource_path, **{**where, "account_id": identity.account_id})
     wild = {"*": ".*", "?": "."}
-    return re.compile("".join(wild.get(c) or re.escape(c) for c in pattern), re.DOTALL)
+    regexes = (re.compile("".join(wild.get(c) or re.escape(c) for c in p), re.S) for p in patterns)
+    return any(r.fullmatch(full if r.pattern.startswith("arn:") else short) for r in regexes)
 
 
 def not_authorized_error(
-    identity: CallerIdentity,
-    method: str,
-    resource_path: str,
-    *,
-    region: str = "us-east-1",
-    api_id: str = "local",
-    stage: str = "v1",
+    identity: CallerIdentity, method: str, resource_path: str, **where: str
 ) -> AuthError:
     """API Gateway's 403 when IAM says no: capital ``Message``, the account masked."""
     masked = "********" + identity.account_id[-4:]
-    where = {"region": region, "api_id": api_id, "stage": stage}
-    resource = method_arn(method, resource_path, account_id=masked, **where)
-    return AuthError(
-        f"User: {identity.user_arn} is not authorized to perform: execute-api:Invoke "
-        f"on resource: {resource}",
-        "AccessDeniedException",
-        message_key="Message",
-    )
+    resource = method_arn(method, resource_path, **{**where, "account_id": masked})
+    message = f"User: {identity.user_arn} is not authorized to perform: execute-api:Invoke"
+    return AuthError(f"{message} on resource: {resource}", "AccessDeniedException", 403, "Message")
 
 
 @dataclass(frozen=True)

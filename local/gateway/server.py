@@ -1,5 +1,9 @@
 """What API Gateway (REST API, AWS_IAM auth, Lambda proxy integration) does, on loopback.
 
+Served by werkzeug's threaded server, changed so that an answer it gives by itself (414, 431, a
+bad request line) is JSON, and the headers reach the application exactly as sent (a SigV4 check
+and multi-value headers need what WSGI's ``HTTP_*`` keys lose).
+
 In API Gateway's order: framing (501 unknown method or Transfer-Encoding, 411 chunked body, 413
 over 10 MB, JSON like every answer of the server itself); routing (a path or method the API in
 template.yaml does not declare is 403 Missing Authentication Token, signed or not); the SigV4
@@ -25,15 +29,16 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Response
 
 from local.cfn_template import Route, api_routes, load_template
 from local.gateway.auth import LocalSigV4Verifier, strip_stage
 from local.gateway.sigv4 import LOCAL_ACCOUNT_ID, MISSING_TOKEN, AuthError
 from local.lambda_context import FakeLambdaContext
-from local.serving import HEADERS_KEY, json_response, server
 
 DEFAULT_STAGE = "v1"
 DEFAULT_API_ID = "local0api1"
@@ -41,6 +46,53 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[dict[str, Any], Any], Any]
+
+
+# --- werkzeug's server, with JSON errors (the Igni stub uses it too) ---------------------------
+
+HEADERS_KEY = "local.headers"  # the headers as sent: names as written, repeats, in order
+
+
+class JsonErrorHandler(WSGIRequestHandler):
+    log_name = "http"
+    quiet = False
+    timeout = 60  # An idle keep-alive connection (or a stalled client) frees its thread.
+
+    def make_environ(self) -> Any:
+        return {**super().make_environ(), HEADERS_KEY: tuple(self.headers.items())}
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The phrase only: http.server's message can quote the malformed request line.
+        body = json.dumps({"message": HTTPStatus(code).phrase}).encode()
+        self.close_connection = True
+        # An unparsable request line leaves http.server at HTTP/0.9: no status line, no headers.
+        self.request_version = "HTTP/1.1"
+        self.send_response(code)
+        for name, value in ("Content-Type", "application/json"), ("Connection", "close"):
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        # The request line and status only: no header (Authorization) and no body is logged.
+        if not self.quiet:
+            sys.stderr.write(f"{self.log_name}: {self.address_string()} {message % args}\n")
+
+
+def json_response(
+    status: int, body: object, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    return Response(
+        json.dumps(body), status, [("Content-Type", "application/json"), *(headers or [])]
+    )
+
+
+def server(host: str, port: int, app: Any, *, name: str, quiet: bool) -> BaseWSGIServer:
+    """A threaded server for ``app`` on host:port (0: a free port, see ``server.port``)."""
+    handler = type(f"{name}Handler", (JsonErrorHandler,), {"log_name": name, "quiet": quiet})
+    return make_server(host, port, app, threaded=True, request_handler=handler)
 
 
 @dataclass(frozen=True)

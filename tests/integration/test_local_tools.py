@@ -579,11 +579,11 @@ def test_invoke_runs_a_handler_on_an_event_against_an_ephemeral_stack(tmp_path: 
 
     # Then the handler ran on the event, with the secret of the stack it was given
     assert result.ok
-    assert result.target.source == "ephemeral"
+    assert result.target["source"] == "ephemeral"
     body = json.loads(result.response["body"])
-    assert body["event"]["resources"] == [result.target.secret_arn]
+    assert body["event"]["resources"] == [result.target["stack"]["secret_arn"]]
     assert PLACEHOLDER_SECRET_ARN not in json.dumps(body["event"])
-    assert body["env"]["IGNI_SECRET_ID"] == result.target.secret_arn
+    assert body["env"]["IGNI_SECRET_ID"] == result.target["stack"]["secret_arn"]
     assert body["env"]["IGNI_TOKEN_URL"].startswith("http://127.0.0.1:")
     # and the caller's environment is as it was
     assert dict(os.environ) == environ_before
@@ -610,7 +610,7 @@ def test_invoke_uses_the_running_local_stack(
     result = invoke_event("get_token", handler=fake_handlers.echo, state_file=state_file)
 
     # Then it ran against that stack
-    assert result.target.source == "make local"
+    assert result.target["source"] == "make local"
     assert json.loads(result.response["body"])["env"]["TOKEN_TABLE_NAME"] == stack.table_name
 
 
