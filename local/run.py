@@ -247,7 +247,9 @@ def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path
         igni = f"REAL Igni, workspace {real.workspace}: {url}"
     profiles = "".join(f"\n    profile {p:<12} {api_url}/token/{p}" for p in env.profiles)
     accepted = "\n".join(
-        f"  {line}" if line.startswith(" ") else textwrap.fill(line, 98, initial_indent="  ")
+        f"  {line}"
+        if line.startswith(" ")
+        else textwrap.fill(line, 98, initial_indent="  ", subsequent_indent="    ")
         for line in auth.description
     )
     cli = Path(sys.executable).parent / "igni-token"

@@ -75,6 +75,9 @@ class JsonErrorHandler(WSGIRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("info", '"%s" %s', self.requestline, code)  # werkzeug's would add colours
+
     def log(self, type: str, message: str, *args: Any) -> None:
         # The request line and status only: no header (Authorization) and no body is logged.
         if not self.quiet:
