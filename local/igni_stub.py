@@ -172,28 +172,25 @@ class StubApp:
                 return self.token(request)
             body = {"error": "method_not_allowed", "message": "Use POST"}
             return json_response(405, body, [("Allow", "POST")])
-        control = path.removeprefix(CONTROL_PREFIX) if path.startswith(CONTROL_PREFIX) else None
-        if method == "POST" and control == "config":
+        control = (method, path.removeprefix(CONTROL_PREFIX))
+        if control == ("POST", "config"):
             try:
                 self.configure(json.loads(request.get_data() or b"{}"))
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
                 return json_response(400, {"error": "invalid_config", "message": str(exc)})
-        if method == "POST" and control == "reset":
-            with self.lock:
+        with self.lock:
+            if control == ("POST", "reset"):
                 self.generation += 1
                 self.config, self.faults, self.calls = dict(self.initial), collections.deque(), []
-        with self.lock:
-            config = {**self.config, "clients": sorted(self.config["clients"])}
             pending = {"faults_pending": len(self.faults)}
+            config = {**self.config, "clients": sorted(self.config["clients"]), **pending}
             calls = {"count": len(self.calls), "calls": [dict(c) for c in self.calls], **pending}
-        answers = {"calls": calls, "config": {**config, **pending}, "health": {"ok": True}}
-        answer = answers.get(control or "") if method == "GET" else None
-        if method == "POST" and control in ("config", "reset"):
-            answer = answers["config"] if control == "config" else answers["health"]
-        if answer is None:
+        answers = {("GET", "calls"): calls, ("GET", "config"): config, ("POST", "config"): config}
+        answers |= {("GET", "health"): {"ok": True}, ("POST", "reset"): {"ok": True}}
+        if not path.startswith(CONTROL_PREFIX) or control not in answers:
             message = f"No route for {method} {path}"
             return json_response(404, {"error": "not_found", "message": message})
-        return json_response(200, answer)
+        return json_response(200, answers[control])
 
     def token(self, request: Request) -> Response:
         # The fault is taken first so that "the next request fails" holds whatever the request is.

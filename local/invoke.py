@@ -1,12 +1,7 @@
-"""``make invoke EVENT=events/x.json``: what ``sam local invoke`` does, without Docker.
+"""``make invoke EVENT=events/x.json``: ``sam local invoke`` without Docker (docs/local.md).
 
-Runs the handler once, as a cold start, on an event file against the stack ``make local`` serves
-(``.local-state/env.json``, if its moto server still answers), else against a throw-away moto
-server, Igni stub and stack. The event's placeholder secret is replaced by the stack's. The
-handler's JSON answer goes to stdout, its logs to stderr. Exit status: 0 when the handler
-returned (whatever the HTTP status inside), 1 when it raised (printed as Lambda reports it), 2
-for a usage error.
-"""
+The handler once, as a cold start, against the stack ``make local`` serves, else a throw-away
+one; its answer on stdout, its logs on stderr; exit 1 when it raised, 2 for a usage error."""
 
 from __future__ import annotations
 

@@ -258,17 +258,13 @@ def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path
         key, secret = LOCAL_TEST_ACCESS_KEY_ID, TEST_SECRET
     return f"""
 Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
-
   API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token){profiles}
   AWS (moto server)      {stack.endpoint_url}: table {stack.table_name}, secret {stack.secret_name}
   state for other tools  {state_file}
-
-Routes are template.yaml's: any other path or method is 403 Missing Authentication Token.
-Signatures are checked as API Gateway's AWS_IAM does (SigV4, service execute-api, region
-{stack.region}); a missing, wrong or stale one gets 403 and never reaches the function.
+Routes are template.yaml's (others: 403 Missing Authentication Token); SigV4 is checked as API
+Gateway's AWS_IAM does (service execute-api, region {stack.region}).
 {accepted}
-
-Call it (Ctrl-C stops everything):
+Call it (Ctrl-C stops everything; docs/local.md has more):
   {cli if cli.exists() else "igni-token"} get --endpoint {api_url}   (--json, --profile NAME)
   curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{key}:{secret}" \\
     {api_url}/v1/token

@@ -1,11 +1,6 @@
-"""The stack's AWS resources on an AWS endpoint (a moto server), created from template.yaml.
-
-The table, the KMS key, the secret and the API function's environment are read from the
-template, not restated, so a template change changes what local runs and tests exercise. The
-stack name plays ``AWS::StackName`` (tests use one per test). Not reproduced: key policy, IAM
-roles, the API itself (local.gateway), schedules and rules. The secret's resource policy is put
-on the local secret as the template resolves it (moto stores it without enforcing it).
-"""
+"""The stack's key, table, secret (with its resource policy, stored not enforced by moto) and the
+API function's environment on a moto server, read from template.yaml rather than restated; the
+stack name plays ``AWS::StackName``. IAM roles, key policy, schedules and rules are not made."""
 
 from __future__ import annotations
 
@@ -57,7 +52,6 @@ class LocalStack:
     region: str
     account_id: str
     table_name: str
-    table_arn: str
     kms_key_id: str
     kms_key_arn: str
     secret_name: str
@@ -71,12 +65,8 @@ class LocalStack:
     template_env: dict[str, str] = field(default_factory=dict)
 
     def function_env(self, *, keep_empty: bool = False) -> dict[str, str]:
-        """Environment variables for the handler, as Lambda would set them for this stack.
-
-        Template variables that resolve to "" (IGNI_WORKSPACE, IGNI_TOKEN_URL when not given)
-        are left out unless ``keep_empty``: deployed, Lambda sets them to "", which the handler
-        must treat as unset; ``keep_empty=True`` reproduces that.
-        """
+        """The handler's environment as Lambda sets it; variables that resolve to "" are left
+        out unless ``keep_empty`` (deployed, they are "", which the handler takes as unset)."""
         env = {k: v for k, v in self.template_env.items() if keep_empty or v != ""}
         env |= {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
         env |= {"AWS_REGION": self.region, "AWS_LAMBDA_FUNCTION_NAME": self.function_name}
@@ -85,11 +75,8 @@ class LocalStack:
         env["POWERTOOLS_TRACE_DISABLED"] = "true"  # No X-Ray daemon to emit to.
         igni = {"IGNI_TOKEN_URL": self.igni_token_url, "IGNI_WORKSPACE": self.igni_workspace}
         env |= {k: v for k, v in igni.items() if v}
-        env |= {
-            k: "testing"
-            for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-            if not os.environ.get(k)
-        }
+        keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        env |= {k: "testing" for k in keys if not os.environ.get(k)}
         return env
 
     def names(self) -> dict[str, str]:
@@ -232,7 +219,6 @@ def create_stack(
         region=region,
         account_id=account_id,
         table_name=table_name,
-        table_arn=table["TableArn"],
         kms_key_id=key["KeyId"],
         kms_key_arn=key["Arn"],
         secret_name=secret_name,

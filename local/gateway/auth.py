@@ -1,15 +1,10 @@
-"""Who may call ``make local``'s API: the accepted credentials, and a local stand-in for IAM.
-
-After the signature (:mod:`local.gateway.sigv4`), IAM's ``execute-api:Invoke`` decision is
-imitated by a map of caller (access key id, user ARN or ``"*"``) -> allowed methods
-(``METHOD/resource/path`` or an execute-api ARN, ``*`` matching anything), read from
-``LOCAL_IAM_POLICY`` (a JSON file) or ``LOCAL_IAM_POLICY_JSON``, optionally with extra
-``callers`` and their keys (docs/local.md). A caller the map does not name is denied; without a
-policy every caller whose signature verifies may invoke everything.
-"""
+"""Who may call ``make local``'s API: the accepted credentials, and IAM's ``execute-api:Invoke``
+imitated by a map of caller -> methods from ``LOCAL_IAM_POLICY`` / ``LOCAL_IAM_POLICY_JSON``
+(docs/local.md); without one, every caller whose signature verifies may invoke everything."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -81,7 +76,8 @@ def not_authorized_error(
 
 @dataclass(frozen=True)
 class LocalSigV4Verifier:
-    """The signature, then the policy: one :meth:`check` per request, as API Gateway does."""
+    """The signature, then the policy: one :meth:`check` per request, as API Gateway does; what
+    ``make local`` accepts and allows (``description`` says it in words)."""
 
     credentials: Mapping[str, str | LocalCredential]
     region: str = "us-east-1"
@@ -89,6 +85,17 @@ class LocalSigV4Verifier:
     api_id: str = "local"
     stage: str = "v1"
     max_skew: int = sigv4.MAX_SKEW_SECONDS
+    description: tuple[str, ...] = ()
+
+    def verifier(self, **where: str) -> LocalSigV4Verifier:
+        """This one for another ``region``, ``api_id`` or ``stage``."""
+        return dataclasses.replace(self, **where)  # type: ignore[arg-type]
+
+    def state(self) -> dict[str, Any]:
+        """For .local-state/env.json: access key ids, ARNs and the policy; no secret key."""
+        callers = {k: getattr(c, "user_arn", None) for k, c in self.credentials.items()}
+        policy = None if self.allowed is None else {k: list(v) for k, v in self.allowed.items()}
+        return {"callers": callers, "iam_policy": policy}
 
     def check(
         self,
@@ -231,26 +238,7 @@ def load_policy(environ: Mapping[str, str] | None = None) -> LocalPolicy | None:
     return parse_policy(document, source)
 
 
-@dataclass(frozen=True)
-class LocalAuth:
-    """What ``make local`` accepts (credentials) and allows (policy), and how to say so."""
-
-    credentials: dict[str, LocalCredential]
-    allowed: dict[str, tuple[str, ...]] | None
-    description: list[str]
-
-    def verifier(self, *, region: str, api_id: str, stage: str) -> LocalSigV4Verifier:
-        return LocalSigV4Verifier(
-            self.credentials, region=region, allowed=self.allowed, api_id=api_id, stage=stage
-        )
-
-    def state(self) -> dict[str, Any]:
-        """For .local-state/env.json: access key ids, ARNs and the policy; no secret key."""
-        allowed = self.allowed
-        return {
-            "callers": {key: cred.user_arn for key, cred in self.credentials.items()},
-            "iam_policy": None if allowed is None else {k: list(v) for k, v in allowed.items()},
-        }
+LocalAuth = LocalSigV4Verifier  # make local's: from local_auth().verifier(...)
 
 
 def local_auth(environ: Mapping[str, str] | None = None) -> LocalAuth:
@@ -264,7 +252,7 @@ def local_auth(environ: Mapping[str, str] | None = None) -> LocalAuth:
             f"No local IAM policy ({POLICY_FILE_VAR} / {POLICY_JSON_VAR} unset): a caller whose "
             "signature verifies may invoke every method."
         )
-        return LocalAuth(credentials, None, lines)
+        return LocalAuth(credentials, description=tuple(lines))
     for key, cred in policy.callers.items():
         if key in credentials:
             raise PolicyError(f"{policy.source}: callers: {key} is already accepted")
@@ -277,4 +265,4 @@ def local_auth(environ: Mapping[str, str] | None = None) -> LocalAuth:
         for key, cred in credentials.items()
         if not {key, cred.user_arn, "*"} & set(policy.allowed)
     )
-    return LocalAuth(credentials, policy.allowed, lines)
+    return LocalAuth(credentials, allowed=policy.allowed, description=tuple(lines))

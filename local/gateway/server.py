@@ -1,15 +1,7 @@
-"""What API Gateway (REST API, AWS_IAM auth, Lambda proxy integration) does, on loopback.
-
-Served by werkzeug's threaded server, changed so that an answer it gives by itself (414, 431, a
-bad request line) is JSON, and the headers reach the application exactly as sent (a SigV4 check
-and multi-value headers need what WSGI's ``HTTP_*`` keys lose).
-
-In API Gateway's order: framing (501 unknown method or Transfer-Encoding, 411 chunked body, 413
-over 10 MB, JSON like every answer of the server itself); routing (a path or method the API in
-template.yaml does not declare is 403 Missing Authentication Token, signed or not); the SigV4
-check and the local IAM policy (:mod:`local.gateway.auth`); then the payload 1.0 proxy event,
-the handler in-process with a fresh Lambda context, one invocation at a time, and its answer
-translated back (malformed, raised or over the function's timeout: 502).
+"""API Gateway (REST API, AWS_IAM, Lambda proxy) on loopback, in its order: framing (JSON errors
+of the server itself), routing (an undeclared path or method is 403 Missing Authentication
+Token, signed or not), SigV4 and the local IAM policy, then the proxy event, the handler
+in-process, and its answer translated back. Served by werkzeug (docs/local.md).
 """
 
 from __future__ import annotations
@@ -48,9 +40,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
-# --- werkzeug's server, with JSON errors (the Igni stub uses it too) ---------------------------
-
-HEADERS_KEY = "local.headers"  # the headers as sent: names as written, repeats, in order
+# werkzeug's server (the Igni stub's too), answering its own errors in JSON and handing the
+# application the headers as sent (names as written, repeats, in order), which SigV4 and
+# multi-value headers need and WSGI's HTTP_* keys lose.
+HEADERS_KEY = "local.headers"
 
 
 class JsonErrorHandler(WSGIRequestHandler):

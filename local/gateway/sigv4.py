@@ -1,10 +1,6 @@
-"""Signature Version 4 checks as API Gateway's AWS_IAM authorization makes them.
-
-Nothing here computes SigV4 by hand: the signature is recomputed with botocore's own signer on
-a request rebuilt from the incoming one (same ``X-Amz-Date``, exactly the caller's
-``SignedHeaders``) and compared with :func:`hmac.compare_digest`. A refusal is API Gateway's 403
-JSON, word for word where its wording is fixed.
-"""
+"""SigV4 checks as API Gateway's AWS_IAM makes them: botocore's own signer on the request as
+received (its ``X-Amz-Date``, exactly its ``SignedHeaders``), compared in constant time; a
+refusal is API Gateway's 403 JSON, word for word where its wording is fixed."""
 
 from __future__ import annotations
 
