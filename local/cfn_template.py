@@ -91,23 +91,21 @@ def api_function(template: Mapping[str, Any]) -> str:
     raise ValueError("template has no function with Api events")
 
 
-def evaluate_condition(template: Mapping[str, Any], name: str, refs: Mapping[str, Any]) -> bool:
-    """Evaluate a named condition (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition)."""
-    return _eval_condition(template, template["Conditions"][name], refs)
-
-
-def _eval_condition(template: Mapping[str, Any], expr: Any, refs: Mapping[str, Any]) -> bool:
+def evaluate_condition(template: Mapping[str, Any], name: Any, refs: Mapping[str, Any]) -> bool:
+    """Evaluate a named condition, or (not a name) a condition expression: Fn::Equals, Fn::Not,
+    Fn::And, Fn::Or, Condition."""
+    expr = template["Conditions"][name] if isinstance(name, str) else name
     if isinstance(expr, dict) and len(expr) == 1:
         ((fn, args),) = expr.items()
         if fn == "Fn::Equals":
             left, right = (resolve(template, a, refs) for a in args)
             return str(left) == str(right)
         if fn == "Fn::Not":
-            return not _eval_condition(template, args[0], refs)
+            return not evaluate_condition(template, args[0], refs)
         if fn == "Fn::And":
-            return all(_eval_condition(template, a, refs) for a in args)
+            return all(evaluate_condition(template, a, refs) for a in args)
         if fn == "Fn::Or":
-            return any(_eval_condition(template, a, refs) for a in args)
+            return any(evaluate_condition(template, a, refs) for a in args)
         if fn == "Condition":
             return evaluate_condition(template, args, refs)
     raise ValueError(f"unsupported condition expression {expr!r}")

@@ -123,17 +123,13 @@ def match_route(
 
 
 def request_to_event(
-    request: HttpRequest,
-    identity: Mapping[str, Any],
-    *,
-    resource: str,
-    path_parameters: Mapping[str, str] | None = None,
-    stage: str = DEFAULT_STAGE,
-    account_id: str = LOCAL_ACCOUNT_ID,
-    api_id: str = DEFAULT_API_ID,
-    request_id: str | None = None,
+    request: HttpRequest, identity: Mapping[str, Any], resource: str, **where: Any
 ) -> dict[str, Any]:
-    """The REST API (payload version 1.0) Lambda proxy event for ``request``."""
+    """The REST API (payload version 1.0) Lambda proxy event for ``request``; ``where`` may set
+    ``path_parameters``, ``request_id``, ``stage``, ``account_id``, ``api_id``."""
+    path_parameters, request_id = where.get("path_parameters"), where.get("request_id")
+    stage, api_id = where.get("stage", DEFAULT_STAGE), where.get("api_id", DEFAULT_API_ID)
+    account_id = where.get("account_id", LOCAL_ACCOUNT_ID)
     now = datetime.now(UTC)
     path = strip_stage(urllib.parse.unquote(request.raw_path), stage)
     headers: dict[str, list[str]] = {}
@@ -307,17 +303,10 @@ class ApiServer:
         )
         if isinstance(caller, AuthError):
             return _refusal(caller)
-        event = request_to_event(
-            request,
-            caller.as_request_context_identity(),
-            resource=matched[0],
-            path_parameters=matched[1],
-            stage=self.stage,
-            account_id=self.account_id,
-            api_id=self.api_id,
-            request_id=request_id,
-        )
-        return self.invoke(event)
+        where: dict[str, Any] = {"stage": self.stage, "account_id": self.account_id}
+        identity = caller.as_request_context_identity()
+        where |= {"api_id": self.api_id, "path_parameters": matched[1], "request_id": request_id}
+        return self.invoke(request_to_event(request, identity, matched[0], **where))
 
     def invoke(self, event: dict[str, Any]) -> Response:
         """Run the handler on a proxy event as Lambda would and translate its answer."""

@@ -166,7 +166,7 @@ def test_api_base64_encodes_binary_request_bodies() -> None:
     request = HttpRequest("POST", "/token/refresh", "", headers, b"\xff\xfe", "1.2.3.4", 3000)
 
     # When it becomes an event
-    event = request_to_event(request, {"userArn": "arn"}, resource="/token/refresh")
+    event = request_to_event(request, {"userArn": "arn"}, "/token/refresh")
 
     # Then the body is base64 and flagged so
     assert event["isBase64Encoded"] is True
