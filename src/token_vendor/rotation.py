@@ -89,7 +89,7 @@ def get_clients() -> _Clients:
         boto_config = BotoConfig(
             connect_timeout=AWS_CONNECT_TIMEOUT,
             read_timeout=AWS_READ_TIMEOUT,
-            retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": AWS_MAX_ATTEMPTS},
         )
         _clients = _Clients(
             secretsmanager=boto3.session.Session().client("secretsmanager", config=boto_config),

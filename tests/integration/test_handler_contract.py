@@ -203,7 +203,9 @@ def test_a_missing_secret_is_500_configuration_error(
     monkeypatch.setenv("IGNI_SECRET_ID", "igni/does-not-exist")
     handler.reset_runtime()
     body = assert_error(invoke(load_event("get_token")), 500, "configuration_error")
-    assert "igni/does-not-exist" in body["message"]
+    # The message says what is wrong; the secret's name goes to the log line only (issue 10)
+    assert "could not be read (ResourceNotFoundException)" in body["message"]
+    assert "igni/does-not-exist" not in json.dumps(body)
 
 
 def test_no_workspace_and_no_token_url_is_500_configuration_error(
