@@ -21,7 +21,9 @@ from local.environment import EnvironmentProcess
 from local.events import load_event
 from local.igni_stub import StubProcess
 from local.lambda_context import FakeLambdaContext
+from local.run import upstream_parameters
 from local.stack import LocalStack
+from tests.conftest import MakeStack
 from tests.integration.conftest import Rotation
 from token_vendor import handler
 from token_vendor.rotation import RotationError
@@ -347,3 +349,50 @@ def test_rotation_tests_a_profile_key_with_the_profiles_method_and_audience(
         "https://api.example",
         200,
     )
+
+
+# ------------------------------------------------------- template parameters, make local
+
+
+def test_the_template_parameters_set_the_function_and_make_local_passes_them(
+    make_stack: MakeStack, igni_stub: StubProcess
+) -> None:
+    # Given make local's shell setting the three upstream variables
+    shell = {
+        "IGNI_TOKEN_ENDPOINT_AUTH_METHOD": "client_secret_basic",
+        "IGNI_AUDIENCE": "https://api.example",
+        "IGNI_DEFAULT_EXPIRES_IN": "900",
+        "IGNI_SCOPE": "not passed this way",
+    }
+    parameters = upstream_parameters(shell)
+    assert parameters == {
+        "IgniTokenEndpointAuthMethod": "client_secret_basic",
+        "IgniAudience": "https://api.example",
+        "IgniDefaultExpiresIn": "900",
+    }
+    # When a stack is made from template.yaml with those parameters, against a Basic-only
+    # server sending neither expires_in nor a JWT
+    stack = make_stack(parameters=parameters)
+    assert {key: stack.function_env()[key] for key in shell if key != "IGNI_SCOPE"} == {
+        key: value for key, value in shell.items() if key != "IGNI_SCOPE"
+    }
+    igni_stub.configure(auth_methods=BASIC_ONLY, expires_in_style="omit", token_format="opaque")
+    # Then the function authenticates with Basic, asks for the audience, and applies 900 s
+    assert 895 <= vended_expires_in(invoke(load_event("get_token"))) <= 900
+    [call] = igni_stub.calls()
+    assert (call["auth_scheme"], call["audience"]) == ("Basic", "https://api.example")
+
+
+def test_the_template_defaults_keep_igni_s_documented_behaviour(
+    stack: LocalStack, igni_stub: StubProcess
+) -> None:
+    # Given the template's defaults (as a deployment without the new parameters has them)
+    env = stack.function_env(keep_empty=True)
+    assert env["IGNI_TOKEN_ENDPOINT_AUTH_METHOD"] == "client_secret_post"
+    assert env["IGNI_DEFAULT_EXPIRES_IN"] == "3600"
+    assert env["IGNI_AUDIENCE"] == ""
+    # When a token is asked for, then it is exchanged in the form, without an audience
+    assert invoke(load_event("get_token"))["statusCode"] == 200
+    [call] = igni_stub.calls()
+    assert call["auth_scheme"] is None
+    assert call["form_fields"] == ["client_id", "client_secret", "grant_type"]
