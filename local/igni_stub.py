@@ -12,16 +12,27 @@ It prints exactly one line ``READY <port>`` on stdout once it listens. Or use it
 :class:`IgniStub`. Tests steer it through a small JSON control API under ``/_stub/``:
 
 ``GET /_stub/calls``
-    ``{"count": n, "calls": [{"client_id", "scope", "status", "at", "fingerprint"}],
-    "faults_pending": k}``. A call records neither the client secret nor the token: only a
-    fingerprint, the first 12 hex digits of the token's SHA-256. ``status`` is ``null`` for a
-    request whose connection the stub closed without answering; ``fingerprint`` is ``null`` when no
-    token was issued.
+    ``{"count": n, "calls": [{"client_id", "scope", "status", "at", "fingerprint", "audience",
+    "form_fields", "auth_scheme"}], "faults_pending": k}``. A call records neither the client
+    secret nor the token: only a fingerprint, the first 12 hex digits of the token's SHA-256.
+    ``status`` is ``null`` for a request whose connection the stub closed without answering;
+    ``fingerprint`` is ``null`` when no token was issued. ``form_fields`` is the sorted list of
+    the form's field names (never their values), ``auth_scheme`` the scheme of the Authorization
+    header (``"Basic"``) or ``null`` without one (never the credentials); ``client_id`` is taken
+    from the Basic header when the form has none.
 ``POST /_stub/reset``
     Forget the calls and pending faults, and go back to the configuration given at start-up.
 ``POST /_stub/config``
     Any of ``{"clients": {"id": "secret"}, "lifetime": int, "latency_ms": int, "exp_offset": int,
-    "faults": [...]}``. ``clients`` and ``faults`` replace what was there. ``faults`` is a FIFO
+    "expires_in_style": str, "token_format": str, "auth_methods": [str], "faults": [...]}``.
+    ``expires_in_style`` is how ``expires_in`` is sent: ``"int"`` (the default), ``"string"``
+    (``"172800"``), ``"float"`` (``172800.5``) or ``"omit"`` (no ``expires_in``; the JWT's ``exp``
+    still says the lifetime). ``token_format`` ``"opaque"`` issues a random string instead of a
+    JWT (no ``exp`` to read). ``auth_methods`` lists the client authentications accepted, of
+    ``client_secret_post`` (id and secret in the form) and ``client_secret_basic`` (HTTP Basic,
+    RFC 6749 2.3.1); both by default. A request authenticated otherwise gets 401
+    ``invalid_client`` with ``WWW-Authenticate: Basic realm="igni"`` when Basic is accepted.
+    ``clients`` and ``faults`` replace what was there. ``faults`` is a FIFO
     queue; each token request consumes one, whatever the request holds. A fault is one of
     ``{"status": 500}``, ``{"status": 429, "retry_after": 1}`` (sends ``Retry-After``),
     ``{"garbage": true}`` (200 with a body that is not JSON), ``{"body": {...}, "status": 200}``
@@ -68,6 +79,15 @@ MAX_BODY_BYTES = 64 * 1024
 CONTROL_PREFIX = "/_stub/"
 
 JsonObject = dict[str, Any]
+
+# Issue 13: how the stub sends expires_in, what token it issues and which client
+# authentications it accepts (``POST /_stub/config`` keys, validated in oauth_config_update).
+CLIENT_SECRET_POST = "client_secret_post"  # nosec B105 - a method name
+CLIENT_SECRET_BASIC = "client_secret_basic"  # nosec B105 - a method name
+AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
+EXPIRES_IN_STYLES = ("int", "string", "float", "omit")
+TOKEN_FORMATS = ("jwt", "opaque")
+OAUTH_CONFIG_KEYS = {"expires_in_style", "token_format", "auth_methods"}
 
 
 def parse_clients(spec: str) -> dict[str, str]:
@@ -134,9 +154,21 @@ class StubConfig:
     lifetime: int = DEFAULT_LIFETIME
     latency_ms: int = 0
     exp_offset: int = 0
+    # Issue 13 (tolerant upstream parsing, client_secret_basic): see OAUTH_CONFIG_KEYS.
+    expires_in_style: str = "int"
+    token_format: str = "jwt"
+    auth_methods: tuple[str, ...] = AUTH_METHODS
 
     def copy(self) -> StubConfig:
-        return StubConfig(dict(self.clients), self.lifetime, self.latency_ms, self.exp_offset)
+        return StubConfig(
+            dict(self.clients),
+            self.lifetime,
+            self.latency_ms,
+            self.exp_offset,
+            self.expires_in_style,
+            self.token_format,
+            self.auth_methods,
+        )
 
 
 @dataclass
@@ -163,7 +195,8 @@ class StubState:
 
     def configure(self, update: Mapping[str, Any]) -> None:
         """Apply a ``/_stub/config`` body; raise ValueError, changing nothing, if it is invalid."""
-        unknown = set(update) - {"clients", "lifetime", "latency_ms", "exp_offset", "faults"}
+        known = {"clients", "lifetime", "latency_ms", "exp_offset", "faults", *OAUTH_CONFIG_KEYS}
+        unknown = set(update) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         clients = update.get("clients")
@@ -179,6 +212,7 @@ class StubState:
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise ValueError(f"{key} must be an integer")
                 ints[key] = value
+        oauth = oauth_config_update(update)
         faults = update.get("faults")
         if faults is not None:
             if not isinstance(faults, list):
@@ -188,7 +222,7 @@ class StubState:
         with self.lock:
             if clients is not None:
                 self.config.clients = dict(clients)
-            for key, value in ints.items():
+            for key, value in {**ints, **oauth}.items():
                 setattr(self.config, key, value)
             if faults is not None:
                 self.faults = collections.deque(faults)
@@ -204,6 +238,8 @@ class StubState:
         status: int | None,
         token: str | None,
         generation: int | None = None,
+        *,
+        request: Mapping[str, Any] | None = None,
     ) -> None:
         entry = {
             "client_id": client_id,
@@ -211,6 +247,11 @@ class StubState:
             "status": status,
             "at": time.time(),
             "fingerprint": token_fingerprint(token) if token else None,
+            # Issue 13: what the request carried (see request_facts); names, never values.
+            "audience": None,
+            "form_fields": [],
+            "auth_scheme": None,
+            **(request or {}),
         }
         with self.lock:
             if generation is not None and generation != self.generation:
@@ -232,8 +273,77 @@ class StubState:
                 "lifetime": self.config.lifetime,
                 "latency_ms": self.config.latency_ms,
                 "exp_offset": self.config.exp_offset,
+                "expires_in_style": self.config.expires_in_style,
+                "token_format": self.config.token_format,
+                "auth_methods": list(self.config.auth_methods),
                 "faults_pending": len(self.faults),
             }
+
+
+def oauth_config_update(update: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue-13 keys of a ``/_stub/config`` body, checked; ValueError if one is invalid."""
+    checked: dict[str, Any] = {}
+    style = update.get("expires_in_style")
+    if style is not None:
+        if style not in EXPIRES_IN_STYLES:
+            raise ValueError(f"expires_in_style must be one of {list(EXPIRES_IN_STYLES)}")
+        checked["expires_in_style"] = style
+    token_format = update.get("token_format")
+    if token_format is not None:
+        if token_format not in TOKEN_FORMATS:
+            raise ValueError(f"token_format must be one of {list(TOKEN_FORMATS)}")
+        checked["token_format"] = token_format
+    methods = update.get("auth_methods")
+    if methods is not None:
+        if (
+            not isinstance(methods, list)
+            or not methods
+            or any(method not in AUTH_METHODS for method in methods)
+        ):
+            raise ValueError(f"auth_methods must be a non-empty list of {list(AUTH_METHODS)}")
+        checked["auth_methods"] = tuple(methods)
+    return checked
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(client_id, client_secret) from ``Authorization: Basic ...`` (RFC 6749 2.3.1: each
+    form-urlencoded, then joined by ':' and base64-encoded); None if it is not that."""
+    scheme, _, encoded = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    client_id, sep, client_secret = decoded.partition(":")
+    if not sep:
+        return None
+    return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(client_secret)
+
+
+def request_facts(form: Mapping[str, list[str]], authorization: str | None) -> JsonObject:
+    """What a call record says about a token request: the audience asked for, the form's field
+    names and the Authorization scheme; never a credential."""
+    scheme = (authorization or "").strip().partition(" ")[0]
+    return {
+        "audience": form.get("audience", [None])[0],
+        "form_fields": sorted(form),
+        # A scheme is a token (RFC 9110); anything else is recorded as "invalid", not repeated.
+        "auth_scheme": (scheme if scheme.isalnum() and len(scheme) <= 32 else "invalid")
+        if authorization is not None
+        else None,
+    }
+
+
+def expires_in_value(lifetime: int, style: str) -> object:
+    """``expires_in`` as the configured style sends it (None: leave it out)."""
+    if style == "string":
+        return str(lifetime)
+    if style == "float":
+        return lifetime + 0.5
+    if style == "omit":
+        return None
+    return lifetime
 
 
 FAULT_KEYS = {"status", "retry_after", "garbage", "body", "close", "delay_ms"}
@@ -304,6 +414,8 @@ class StubRequestHandler(BaseHTTPRequestHandler):
     timeout = 60
     server: StubServer
     _generation: int | None = None
+    _request: JsonObject | None = None
+    _basic: tuple[str, str] | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -405,6 +517,11 @@ class StubRequestHandler(BaseHTTPRequestHandler):
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         client_id = form.get("client_id", [None])[0]
         scope = form.get("scope", [None])[0]
+        # Issue 13: the call record's facts about the request, and the Basic client id.
+        self._request = request_facts(form, self.headers.get("Authorization"))
+        self._basic = basic_credentials(self.headers.get("Authorization"))
+        if client_id is None and self._basic is not None:
+            client_id = self._basic[0]
 
         delay_ms = (fault or {}).get("delay_ms", 0) + config.latency_ms
         if delay_ms:
@@ -414,14 +531,23 @@ class StubRequestHandler(BaseHTTPRequestHandler):
             return
 
         status, answer, token = self._exchange(form, config)
-        state.record(client_id, scope, status, token, self._generation)
-        self._send_json(status, answer)
+        state.record(client_id, scope, status, token, self._generation, request=self._request)
+        extra = {}
+        if (
+            status == 401
+            and CLIENT_SECRET_BASIC in config.auth_methods
+            and (self._basic is not None or CLIENT_SECRET_POST not in config.auth_methods)
+        ):
+            # RFC 6749 5.2: a client that tried Basic is challenged with it; a Basic-only
+            # server challenges any other client too (a Passport-like one never does).
+            extra["WWW-Authenticate"] = 'Basic realm="igni"'
+        self._send_json(status, answer, extra)
 
     def _play_fault(self, fault: JsonObject, client_id: str | None, scope: str | None) -> bool:
         """Answer with ``fault``; False when it was only a delay and the normal answer follows."""
         state = self.server.state
         if fault.get("close"):
-            state.record(client_id, scope, None, None, self._generation)
+            state.record(client_id, scope, None, None, self._generation, request=self._request)
             self._drop_connection()
             return True
         status = int(fault.get("status", 200))
@@ -429,7 +555,7 @@ class StubRequestHandler(BaseHTTPRequestHandler):
         if "retry_after" in fault:
             extra["Retry-After"] = str(fault["retry_after"])
         if fault.get("garbage"):
-            state.record(client_id, scope, status, None, self._generation)
+            state.record(client_id, scope, status, None, self._generation, request=self._request)
             self._send(status, b"<html><body>502 Bad Gateway</body></html>", "text/html", extra)
             return True
         if "body" in fault:
@@ -441,11 +567,12 @@ class StubRequestHandler(BaseHTTPRequestHandler):
                 status,
                 token if isinstance(token, str) else None,
                 self._generation,
+                request=self._request,
             )
             self._send_json(status, body, extra)
             return True
         if "status" in fault and status != 200:
-            state.record(client_id, scope, status, None, self._generation)
+            state.record(client_id, scope, status, None, self._generation, request=self._request)
             default = {"error": "error", "message": HTTPStatus(status).phrase}
             self._send_json(status, DEFAULT_ERROR_BODIES.get(status, default), extra)
             return True
@@ -474,10 +601,21 @@ class StubRequestHandler(BaseHTTPRequestHandler):
                 None,
             )
         client_id = form.get("client_id", [None])[0]
+        client_secret = form.get("client_secret", [None])[0]
+        # Issue 13: HTTP Basic client authentication, and servers that accept only one method.
+        basic = self._basic
+        if basic is not None:
+            if client_secret is not None:
+                # RFC 6749 2.3: a client MUST NOT use more than one authentication method.
+                return 400, _invalid_request("Use one client authentication method."), None
+            if CLIENT_SECRET_BASIC not in config.auth_methods:
+                return 401, dict(DEFAULT_ERROR_BODIES[401]), None
+            client_id, client_secret = basic
+        elif CLIENT_SECRET_POST not in config.auth_methods:
+            return 401, dict(DEFAULT_ERROR_BODIES[401]), None
         if not client_id:
             # league/oauth2-server (under Passport) treats a missing client_id as a bad request.
             return 400, _invalid_request('Check the "client_id" parameter.'), None
-        client_secret = form.get("client_secret", [None])[0]
         expected = config.clients.get(client_id)
         if (
             expected is None
@@ -487,11 +625,13 @@ class StubRequestHandler(BaseHTTPRequestHandler):
             return 401, dict(DEFAULT_ERROR_BODIES[401]), None
         scope = form.get("scope", [""])[0]
         token = make_jwt(client_id, scope.split(), config.lifetime, config.exp_offset)
-        return (
-            200,
-            {"token_type": "Bearer", "expires_in": config.lifetime, "access_token": token},
-            token,
-        )
+        if config.token_format == "opaque":
+            token = secrets.token_urlsafe(40)
+        answer: JsonObject = {"token_type": "Bearer", "access_token": token}
+        expires_in = expires_in_value(config.lifetime, config.expires_in_style)
+        if expires_in is not None:
+            answer["expires_in"] = expires_in
+        return 200, answer, token
 
 
 def _invalid_request(message: str) -> JsonObject:

@@ -129,6 +129,24 @@ class RealIgni:
         return cls(workspace, client_id, client_secret, environ.get("IGNI_TOKEN_URL") or None)
 
 
+# The upstream settings of the shell that make local hands to the function, through the
+# template parameters that set them when deployed (issue 13).
+UPSTREAM_PARAMETERS = {
+    "IGNI_TOKEN_ENDPOINT_AUTH_METHOD": "IgniTokenEndpointAuthMethod",
+    "IGNI_AUDIENCE": "IgniAudience",
+    "IGNI_DEFAULT_EXPIRES_IN": "IgniDefaultExpiresIn",
+}
+
+
+def upstream_parameters(environ: Mapping[str, str]) -> dict[str, str]:
+    """Template parameters for the UPSTREAM_PARAMETERS variables set (non-empty) in ``environ``."""
+    return {
+        parameter: environ[var].strip()
+        for var, parameter in UPSTREAM_PARAMETERS.items()
+        if environ.get(var, "").strip()
+    }
+
+
 class LocalEnvironment:
     """A moto server, the Igni stub (or real Igni) and one stack on it; stop() undoes it all."""
 
@@ -143,6 +161,7 @@ class LocalEnvironment:
         real_igni: RealIgni | None = None,
         profiles: Sequence[str] = (),
         quiet: bool = True,
+        parameters: Mapping[str, str] | None = None,
     ) -> None:
         if profiles and real_igni is not None:
             raise ValueError(
@@ -157,6 +176,7 @@ class LocalEnvironment:
             clients = dict([(STUB_CLIENT_ID, STUB_CLIENT_SECRET), *map(stub_client, profiles)])
             self.stub = IgniStub(clients, host=host, port=stub_port, quiet=quiet)
         self.real_igni = real_igni
+        self.parameters = dict(parameters or {})
         self.stack_name = stack_name or f"local-{uuid.uuid4().hex[:8]}"
         self.region = region
         self.stack: LocalStack | None = None
@@ -177,6 +197,7 @@ class LocalEnvironment:
                 self.stack_name,
                 endpoint_url=endpoint,
                 region=self.region,
+                parameters=self.parameters,
                 **self._stack_arguments(),
             )
             self.function_env = self.stack.function_env()
@@ -408,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="make local",
         epilog="environment: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (the credentials accepted; "
         "else the documented test ones), IGNI_LOCAL_CALLER_ARN, LOCAL_IAM_POLICY or "
-        "LOCAL_IAM_POLICY_JSON (which caller may invoke what), LOCAL_PROFILES, and "
+        "LOCAL_IAM_POLICY_JSON (which caller may invoke what), LOCAL_PROFILES, "
+        "IGNI_TOKEN_ENDPOINT_AUTH_METHOD, IGNI_AUDIENCE, IGNI_DEFAULT_EXPIRES_IN, and "
         "IGNI_WORKSPACE + IGNI_CLIENT_ID + IGNI_CLIENT_SECRET for the real Igni (docs/local.md)",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -455,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             real_igni=real,
             profiles=profiles,
             quiet=False,
+            parameters=upstream_parameters(environ),
         )
     except (ValueError, PolicyError) as exc:
         print(f"make local: {exc}", file=sys.stderr)

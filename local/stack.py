@@ -241,12 +241,14 @@ def create_stack(
     igni_token_url: str | None = None,
     igni_workspace: str | None = None,
     template_path: Path | str = TEMPLATE_PATH,
+    parameters: Mapping[str, Any] | None = None,
 ) -> LocalStack:
     """Create the table (with TTL), the KMS key and the secret for stack ``name``.
 
     ``secret_value`` becomes the secret's SecretString (a mapping is JSON-encoded), e.g.
     ``{"client_id": "...", "client_secret": "...", "workspace": "..."}``. ``igni_token_url`` and
-    ``igni_workspace`` fill the template's IgniTokenUrl and IgniWorkspace parameters.
+    ``igni_workspace`` fill the template's IgniTokenUrl and IgniWorkspace parameters;
+    ``parameters`` other template parameters by name (e.g. ``{"IgniAudience": "..."}``).
     """
     template = load_template(template_path)
     session = _session(region)
@@ -256,6 +258,7 @@ def create_stack(
 
     refs: dict[str, Any] = {
         **parameter_defaults(template),
+        **(parameters or {}),
         "IgniWorkspace": igni_workspace or "",
         "IgniTokenUrl": igni_token_url or "",
         "AWS::StackName": name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import random
 import threading
@@ -19,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from token_vendor.config import Config, Profile, same_secret, token_url_for
+from token_vendor.config import (
+    CLIENT_SECRET_POST,
+    Config,
+    Profile,
+    same_secret,
+    token_url_for,
+)
 from token_vendor.errors import (
     BACKOFF_ERRORS,
     ConfigurationError,
@@ -75,9 +82,18 @@ class Vended:
 
 def cache_key(profile: Profile) -> str:
     """Identifies a credential set and what is asked of it; holds nothing secret."""
-    material = "\n".join(
-        [profile.secret_id, profile.token_url or "", profile.workspace or "", profile.scope or ""]
-    )
+    fields = [
+        profile.secret_id,
+        profile.token_url or "",
+        profile.workspace or "",
+        profile.scope or "",
+    ]
+    material = "\n".join(fields)
+    if profile.audience:
+        # A newer field joins the material only when set, so that the items of profiles without
+        # it keep their key across a deploy. JSON, so that no scope text can imitate it (a
+        # secret id never starts with '[').
+        material = json.dumps([*fields, profile.audience])
     return "token#" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -344,9 +360,16 @@ class TokenService:
             if version is None or version == record.auth_failed_version:
                 if stale is not None:
                     return self._vended(profile, stale, DYNAMODB)
+                # The shared item keeps the code, not the message: the method is named as a
+                # possible cause wherever it could be one (the form, Igni's documented way).
+                method = (
+                    " (or, if Igni asked for HTTP Basic, set client_secret_basic)"
+                    if profile.token_endpoint_auth_method == CLIENT_SECRET_POST
+                    else ""
+                )
                 raise UpstreamAuthFailed(
                     "Igni rejected the client credentials (invalid_client) moments ago; "
-                    "fix the secret and retry",
+                    f"fix the secret{method} and retry",
                     retry_after=max(1, math.ceil(record.auth_failed_until - now)),
                 )
             # Igni refused an older version: the backoff it set is not about this one.
@@ -455,11 +478,15 @@ class TokenService:
             credentials.client_secret,
             deadline=deadline,
             scope=profile.scope,
+            audience=profile.audience,
+            auth_method=profile.token_endpoint_auth_method,
             on_attempt=lambda outcome, ms: self._telemetry.upstream_attempt(
                 profile.name, outcome, ms
             ),
         )
-        expires_at = effective_expiry(issued_at, issued.expires_in, issued.access_token)
+        expires_at = effective_expiry(
+            issued_at, issued.expires_in, issued.access_token, profile.default_expires_in
+        )
         token = CachedToken(
             access_token=issued.access_token,
             token_type=issued.token_type,
