@@ -18,12 +18,15 @@ from botocore.config import Config as BotoConfig
 
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
 from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
+from token_vendor.exchange import Exchange
 from token_vendor.igni import IgniClient
+from token_vendor.lease import Lease
 from token_vendor.observability import Telemetry, logger
 from token_vendor.secret_store import SecretStore
 from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService, Vended
 from token_vendor.token_cipher import TokenCipher
 from token_vendor.token_store import MemoryTier, TokenTable
+from token_vendor.versions import SecretVersions
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000
@@ -94,31 +97,32 @@ def build_runtime(config: Config) -> Runtime:
         kms = cast("KMSClient", session.create_client("kms", config=boto_config))
         quick_kms = cast("KMSClient", session.create_client("kms", config=quick_config))
     telemetry = Telemetry()
+    secrets = SecretStore(
+        cast("SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)),
+        cache_seconds=config.secret_cache_seconds,
+        quick_client=cast(
+            "SecretsManagerClient", session.create_client("secretsmanager", config=quick_config)
+        ),
+    )
+    versions = SecretVersions(secrets, telemetry, pause_seconds=config.recheck_pause_seconds)
+    igni = IgniClient(
+        urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
+        connect_timeout=config.igni_connect_timeout,
+        read_timeout=config.igni_read_timeout,
+        max_attempts=config.igni_max_attempts,
+    )
+    table = TokenTable(
+        cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
+        config.table_name,
+        TokenCipher(kms, config.kms_key_id, quick_kms=quick_kms),
+        quick_client=cast("DynamoDBClient", session.create_client("dynamodb", config=quick_config)),
+    )
     service = TokenService(
         config,
-        secrets=SecretStore(
-            cast(
-                "SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)
-            ),
-            cache_seconds=config.secret_cache_seconds,
-            quick_client=cast(
-                "SecretsManagerClient", session.create_client("secretsmanager", config=quick_config)
-            ),
-        ),
-        igni=IgniClient(
-            urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
-            connect_timeout=config.igni_connect_timeout,
-            read_timeout=config.igni_read_timeout,
-            max_attempts=config.igni_max_attempts,
-        ),
-        table=TokenTable(
-            cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
-            config.table_name,
-            TokenCipher(kms, config.kms_key_id, quick_kms=quick_kms),
-            quick_client=cast(
-                "DynamoDBClient", session.create_client("dynamodb", config=quick_config)
-            ),
-        ),
+        versions=versions,
+        exchange=Exchange(versions, igni, telemetry, config.freshness),
+        table=table,
+        lease=Lease(table, lease_seconds=config.lease_seconds),
         memory=MemoryTier(),
         telemetry=telemetry,
     )
