@@ -37,12 +37,6 @@ MAX_REJECTED_TOKEN_BYTES = 16 * 1024
 MAX_MIN_TTL_DIGITS = 9
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 TIERS = frozenset({MEMORY, DYNAMODB, UPSTREAM})
-KNOWN_ROUTES = (
-    (("GET",), ("token",)),
-    (("GET",), ("token", "*")),
-    (("POST",), ("token", "refresh")),
-    (("POST",), ("token", "*", "refresh")),
-)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -350,16 +344,10 @@ def handle_not_found(_: NotFoundError) -> Response[str]:
 
 
 def _allowed_methods(path: str) -> set[str]:
-    parts = [part for part in path.split("/") if part]
-    if parts and parts[0] == "v1":
-        parts = parts[1:]
-    allowed: set[str] = set()
-    for methods, pattern in KNOWN_ROUTES:
-        if len(parts) == len(pattern) and all(
-            p in ("*", q) for p, q in zip(pattern, parts, strict=True)
-        ):
-            allowed.update(methods)
-    return allowed
+    """The methods the resolver routes for `path`: the routes are declared once, here (and in
+    template.yaml, which a test holds them to), never listed again."""
+    routes = (*app._static_routes, *app._dynamic_routes)
+    return {route.method.upper() for route in routes if route.rule.match(path)}
 
 
 def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:

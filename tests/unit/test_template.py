@@ -28,6 +28,7 @@ from local.cfn_template import (
     resource_properties,
     resources_of_type,
 )
+from tests.unit.test_routes import template_routes
 from token_vendor import observability
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,12 +39,6 @@ SAM = REPO_ROOT / ".venv-sam" / "bin" / "sam"
 ACCOUNT = "111122223333"
 STACK = "vendor"
 NO_VALUE = object()
-API_ROUTES = {
-    ("GET", "/token"),
-    ("POST", "/token/refresh"),
-    ("GET", "/token/{profile}"),
-    ("POST", "/token/{profile}/refresh"),
-}
 ITEM_LEVEL_DYNAMODB = {
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -200,10 +195,11 @@ def test_function_environment_declares_the_contract_variables(template: dict[str
     assert resolved(template, env["IGNI_PROFILES"], Profiles='{"a": {}}') == '{"a": {}}'
 
 
-def test_api_events_serve_the_four_routes_on_the_rest_api(template: dict[str, Any]) -> None:
+def test_api_events_serve_the_routes_on_the_rest_api(template: dict[str, Any]) -> None:
     events = resource_properties(template, "TokenFunction")["Events"]
     api_events = [e["Properties"] for e in events.values() if e["Type"] == "Api"]
-    assert {(e["Method"].upper(), e["Path"]) for e in api_events} == API_ROUTES
+    # The routes themselves are declared here once (test_routes holds the function to them)
+    assert {(e["Method"].upper(), e["Path"]) for e in api_events} == template_routes()
     for event in api_events:
         assert event["RestApiId"] == {"Ref": "TokenApi"}
         assert "Auth" not in event  # nothing opts out of AWS_IAM
@@ -951,7 +947,7 @@ def test_transformed_template_has_one_logged_throttled_traced_stage() -> None:
         for path, ops in body["paths"].items()
         for method, spec in ops.items()
     }
-    assert set(methods) == API_ROUTES
+    assert set(methods) == template_routes()
     for spec in methods.values():
         assert spec["security"] == [{"AWS_IAM": []}]
     statements = body["x-amazon-apigateway-policy"]["Statement"]
