@@ -24,6 +24,7 @@ import signal
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import botocore.session
 import pytest
@@ -89,7 +90,8 @@ class Target:
 def stack_api_url(stack: str, region: str | None) -> str:
     """The ``ApiUrl`` output of a deployed stack (CloudFormation DescribeStacks)."""
     session = botocore.session.get_session()
-    cloudformation = session.create_client("cloudformation", region_name=region)
+    # Any: no CloudFormation stubs are installed for one call.
+    cloudformation: Any = session.create_client("cloudformation", region_name=region)
     stacks = cloudformation.describe_stacks(StackName=stack)["Stacks"]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
     if "ApiUrl" not in outputs:
@@ -114,6 +116,8 @@ def deployed_target(environ: Mapping[str, str]) -> Target | None:
             "no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
         )
     frozen = found.get_frozen_credentials()
+    if not frozen.access_key or not frozen.secret_key:
+        raise pytest.UsageError("the AWS credentials found have no access key or secret key")
     return Target(
         base_url=base_url.rstrip("/"),
         region=region,

@@ -4,6 +4,7 @@ credentials from botocore's chain. The stack is a CloudFormation stack in the mo
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import botocore.session
 import pytest
@@ -34,7 +35,7 @@ def test_a_base_url_gives_its_region_and_the_callers_credentials(moto_server: st
 
 def test_a_stack_name_is_resolved_to_its_api_url_output(moto_server: str) -> None:
     # Given a deployed stack (in moto) whose ApiUrl output is the API's base URL
-    cloudformation = botocore.session.get_session().create_client(
+    cloudformation: Any = botocore.session.get_session().create_client(
         "cloudformation", region_name="us-east-1"
     )
     template = {
@@ -54,7 +55,7 @@ def test_a_stack_name_is_resolved_to_its_api_url_output(moto_server: str) -> Non
 
 
 def test_a_stack_without_the_output_is_a_usage_error(moto_server: str) -> None:
-    cloudformation = botocore.session.get_session().create_client(
+    cloudformation: Any = botocore.session.get_session().create_client(
         "cloudformation", region_name="us-east-1"
     )
     template = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}}
