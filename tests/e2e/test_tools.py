@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import botocore.session
@@ -92,10 +93,22 @@ def test_the_python_client_for_a_named_profile(target: Target, named_profile: st
 # ------------------------------------------------------------------------------------ CLI
 
 
-def igni_token(
-    target: Target, *args: str, credentials: Credentials | None = None, stdin: str | None = None
-) -> subprocess.Popen[str]:
+@dataclass
+class Run:
     """The CLI started, not waited for: the suite runs its calls side by side."""
+
+    proc: subprocess.Popen[str]
+    stdin: str
+
+    def finished(self) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr)."""
+        stdout, stderr = self.proc.communicate(self.stdin, timeout=TOOL_TIMEOUT_S)
+        return self.proc.returncode, stdout, stderr
+
+
+def igni_token(
+    target: Target, *args: str, credentials: Credentials | None = None, stdin: str = ""
+) -> Run:
     proc = subprocess.Popen(
         [str(IGNI_TOKEN), *args, "--endpoint", target.base_url, "--region", target.region],
         env=target.shell_env(credentials),
@@ -104,16 +117,7 @@ def igni_token(
         stderr=subprocess.PIPE,
         text=True,
     )
-    if proc.stdin is not None:
-        proc.stdin.write(stdin or "")
-        proc.stdin.close()
-    return proc
-
-
-def finished(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr)."""
-    stdout, stderr = proc.communicate(timeout=TOOL_TIMEOUT_S)
-    return proc.returncode, stdout, stderr
+    return Run(proc, stdin)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +139,7 @@ def test_the_cli_prints_tokens_and_exits_with_each_errors_code(target: Target) -
         "too_long": igni_token(target, "get", "--min-ttl", "999999999"),
         "forbidden": igni_token(target, "get", credentials=wrong_secret(target)),
     }
-    done = {name: finished(proc) for name, proc in runs.items()}
+    done = {name: run.finished() for name, run in runs.items()}
 
     # Then it prints the token, as JSON or as a header line
     code, stdout, stderr = done["get"]
