@@ -152,7 +152,7 @@ def _versions(client: SecretsManagerClient, secret_id: str, token: str) -> _Vers
     if not metadata.get("RotationEnabled"):
         raise RotationError(
             f"secret '{secret_id}' is not enabled for rotation; start the rotation with "
-            "aws secretsmanager rotate-secret (see the rotation runbook in the README)"
+            "aws secretsmanager rotate-secret (see docs/rotation.md)"
         )
     stages = {v: list(s) for v, s in (metadata.get("VersionIdsToStages") or {}).items()}
     current = next((v for v, s in stages.items() if CURRENT in s), None)
