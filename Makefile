@@ -30,11 +30,12 @@ CLIENT_PROJECT := $(wildcard client/pyproject.toml)
 CLIENT_EDITABLE := $(if $(CLIENT_PROJECT),-e ./client,)
 LOCK_CONSTRAINT := $(if $(wildcard $(LOCK)),-c $(LOCK),)
 
-.PHONY: help venv lock lint scan test local invoke build deploy bench clean
+.PHONY: help venv lock lint scan test e2e local invoke build deploy bench clean
 
 help:
 	@echo "make venv     dev venv in $(VENV) (pinned by $(LOCK))"
 	@echo "make test     lint, then pytest (starts its own moto server and Igni stub)"
+	@echo "make e2e      the end-to-end suite against make local, or a deployed one: STACK=<name>"
 	@echo "make scan     cfn-lint, checkov (.venv-scan), bandit, pip-audit (scripts/scan.sh)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict, cfn-lint"
 	@echo "make local    the service on http://127.0.0.1:3000 (moto + Igni stub; Ctrl-C stops)"
@@ -80,6 +81,12 @@ scan: venv
 
 test: lint scan
 	$(PY) -m pytest
+
+# tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
+# make e2e STACK=<name> reads the stack's ApiUrl output (or set IGNI_E2E_BASE_URL) and signs
+# with your AWS credentials (docs/deploying.md, "Testing a deployed stack").
+e2e: venv
+	$(if $(STACK),IGNI_E2E_STACK='$(STACK)' ,)$(PY) -m pytest tests/e2e -q $(E2E_ARGS)
 
 local: venv
 	$(PY) -m local.run

@@ -1143,6 +1143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.markdown.write_text(markdown, encoding="utf-8")
         if not args.no_save:
             _progress(f"wrote {save(report).relative_to(ROOT)} and bench/results/latest.json")
+            from bench.plot import plot_report  # one hunk here: bench/plot.py holds the rest
+
+            _progress(f"drew {plot_report(report).relative_to(ROOT)}")
         failed = any(row["errors"] or row["unsent"] for row in report["fleet"])
         if failed:
             _progress("some requests failed or were not sent in time: see the errors column")

@@ -45,6 +45,13 @@ MAX_BODY_BYTES = 64 * 1024
 CONTROL_PREFIX = "/_stub/"
 FAULT_KEYS = {"status", "retry_after", "garbage", "body", "close", "delay_ms"}
 FORM = "application/x-www-form-urlencoded"
+# How expires_in is sent, what token is issued, which client authentications are accepted.
+CLIENT_SECRET_POST, CLIENT_SECRET_BASIC = "client_secret_post", "client_secret_basic"  # nosec
+OAUTH_CHOICES = {
+    "expires_in_style": ("int", "string", "float", "omit"),
+    "token_format": ("jwt", "opaque"),
+    "auth_methods": (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC),
+}
 
 JsonObject = dict[str, Any]
 
@@ -116,7 +123,8 @@ class StubApp:
 
     def __init__(self, clients: Mapping[str, str], lifetime: int, latency_ms: int) -> None:
         self.initial = {"clients": dict(clients), "lifetime": lifetime, "latency_ms": latency_ms}
-        self.initial["exp_offset"] = 0
+        self.initial |= {"exp_offset": 0, "expires_in_style": "int", "token_format": "jwt"}
+        self.initial["auth_methods"] = list(OAUTH_CHOICES["auth_methods"])
         self.config: JsonObject = dict(self.initial)
         self.faults: collections.deque[JsonObject] = collections.deque()
         self.calls: list[JsonObject] = []
@@ -139,6 +147,12 @@ class StubApp:
         for key in ("lifetime", "latency_ms", "exp_offset"):
             if key in update and (type(update[key]) is not int):
                 raise ValueError(f"{key} must be an integer")
+        for key, choices in OAUTH_CHOICES.items():
+            value = update.get(key, choices[0])
+            listed = value if key == "auth_methods" else [value]
+            if not isinstance(listed, list) or not listed or any(v not in choices for v in listed):
+                many = "a non-empty list of " if key == "auth_methods" else ""
+                raise ValueError(f"{key} must be {many}one of {list(choices)}")
         faults = update.get("faults", [])
         if not isinstance(faults, list):
             raise ValueError("faults must be a list")  # noqa: TRY004 - the control API's 400
@@ -149,11 +163,9 @@ class StubApp:
             if "faults" in update:
                 self.faults = collections.deque(faults)
 
-    def record(
-        self, gen: int, client_id: str | None, scope: str | None, status: int | None, token: Any
-    ) -> None:
+    def record(self, gen: int, facts: JsonObject, status: int | None, token: Any) -> None:
         fingerprint = token_fingerprint(token) if isinstance(token, str) and token else None
-        entry = {"client_id": client_id, "scope": scope, "status": status, "at": time.time()}
+        entry = {**facts, "status": status, "at": time.time()}
         with self.lock:
             if gen == self.generation:
                 self.calls.append({**entry, "fingerprint": fingerprint})
@@ -198,8 +210,19 @@ class StubApp:
             fault = self.faults.popleft() if self.faults else {}
             config, gen = dict(self.config), self.generation
         form = urllib.parse.parse_qs(request.get_data().decode("utf-8", "replace"), True)
-        client_id = form.get("client_id", [None])[0]
-        scope = form.get("scope", [None])[0]
+        authorization = request.headers.get("Authorization")
+        basic = basic_credentials(authorization)
+        # What the call record says of the request: field names and the scheme, never a value.
+        scheme = (authorization or "").strip().partition(" ")[0]
+        facts = {
+            "client_id": form.get("client_id", [basic[0] if basic else None])[0],
+            "scope": form.get("scope", [None])[0],
+            "audience": form.get("audience", [None])[0],
+            "form_fields": sorted(form),
+            "auth_scheme": None if authorization is None else scheme,
+        }
+        if authorization is not None and not (scheme.isalnum() and len(scheme) <= 32):
+            facts["auth_scheme"] = "invalid"  # a scheme is a token (RFC 9110), never repeated
         delay_ms = fault.get("delay_ms", 0) + config["latency_ms"]
         if delay_ms:
             time.sleep(delay_ms / 1000)
@@ -207,31 +230,50 @@ class StubApp:
         status = int(fault.get("status", 200))
         extra = [("Retry-After", str(fault["retry_after"]))] if "retry_after" in fault else []
         if fault.get("close"):
-            self.record(gen, client_id, scope, None, None)
+            self.record(gen, facts, None, None)
             # A load balancer resetting the connection: no status line at all.
             with contextlib.suppress(OSError):
                 request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
             return Response(b"", 200, [("Connection", "close")])
         if fault.get("garbage"):
-            self.record(gen, client_id, scope, status, None)
+            self.record(gen, facts, status, None)
             page = b"<html><body>502 Bad Gateway</body></html>"
             return Response(page, status, extra, content_type="text/html")
         if "body" in fault:
             body = fault["body"]
-            token = isinstance(body, dict) and body.get("access_token")
-            self.record(gen, client_id, scope, status, token)
+            self.record(gen, facts, status, isinstance(body, dict) and body.get("access_token"))
             return json_response(status, body, extra)
         if status != 200:
-            self.record(gen, client_id, scope, status, None)
+            self.record(gen, facts, status, None)
             default = {"error": "error", "message": HTTPStatus(status).phrase}
             return json_response(status, DEFAULT_ERROR_BODIES.get(status, default), extra)
-        status, answer = exchange(request, form, config)
-        self.record(gen, client_id, scope, status, answer.get("access_token"))
-        return json_response(status, answer)
+        status, answer = exchange(request, form, basic, config)
+        self.record(gen, facts, status, answer.get("access_token"))
+        # RFC 6749 5.2: a client that tried Basic is challenged with it; a Basic-only server
+        # challenges any other client too (a Passport-like one never does).
+        methods = config["auth_methods"]
+        basic_only = CLIENT_SECRET_POST not in methods
+        if status == 401 and CLIENT_SECRET_BASIC in methods and (basic or basic_only):
+            extra.append(("WWW-Authenticate", 'Basic realm="igni"'))
+        return json_response(status, answer, extra)
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(client_id, client_secret) from ``Authorization: Basic ...`` (RFC 6749 2.3.1: each
+    form-urlencoded, joined by ':', base64-encoded); None if it is not that."""
+    scheme, _, encoded = (header or "").strip().partition(" ")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    client_id, sep, client_secret = decoded.partition(":")
+    if scheme.lower() != "basic" or not sep:
+        return None
+    return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(client_secret)
 
 
 def exchange(
-    request: Request, form: Mapping[str, list[str]], config: JsonObject
+    request: Request, form: Mapping[str, list[str]], basic: tuple[str, str] | None, config: Any
 ) -> tuple[int, JsonObject]:
     """Validate a token request as Igni does: (status, JSON answer)."""
     if "application/json" not in _media_types(request.headers.get("Accept")):
@@ -241,17 +283,33 @@ def exchange(
     if form.get("grant_type", [None])[0] != "client_credentials":
         message = "The authorization grant type is not supported by the authorization server."
         return 400, {"error": "unsupported_grant_type", "message": message}
-    client_id = form.get("client_id", [None])[0]
+    client_id, secret = form.get("client_id", [None])[0], form.get("client_secret", [None])[0]
+    if basic is not None and secret is not None:
+        # RFC 6749 2.3: a client MUST NOT use more than one authentication method.
+        return 400, _invalid_request("Use one client authentication method.")
+    method = CLIENT_SECRET_POST if basic is None else CLIENT_SECRET_BASIC
+    if method not in config["auth_methods"]:
+        return 401, dict(DEFAULT_ERROR_BODIES[401])
+    client_id, secret = basic or (client_id, secret)
     if not client_id:
         # league/oauth2-server (under Passport) treats a missing client_id as a bad request.
         return 400, _invalid_request('Check the "client_id" parameter.')
-    secret = form.get("client_secret", [None])[0]
     expected = config["clients"].get(client_id)
-    if expected is None or not hmac.compare_digest(expected.encode(), (secret or "").encode()):
+    if (
+        expected is None
+        or secret is None
+        or not hmac.compare_digest(expected.encode(), secret.encode())
+    ):
         return 401, dict(DEFAULT_ERROR_BODIES[401])
-    scope = form.get("scope", [""])[0]
-    token = make_jwt(client_id, scope.split(), config["lifetime"], config["exp_offset"])
-    return 200, {"token_type": "Bearer", "expires_in": config["lifetime"], "access_token": token}
+    lifetime, scope = config["lifetime"], form.get("scope", [""])[0]
+    token = make_jwt(client_id, scope.split(), lifetime, config["exp_offset"])
+    if config["token_format"] == "opaque":
+        token = secrets.token_urlsafe(40)
+    styles = {"int": lifetime, "string": str(lifetime), "float": lifetime + 0.5, "omit": None}
+    answer: JsonObject = {"token_type": "Bearer", "access_token": token}
+    if styles[config["expires_in_style"]] is not None:
+        answer["expires_in"] = styles[config["expires_in_style"]]
+    return 200, answer
 
 
 def _media_types(header: str | None) -> list[str]:
@@ -262,7 +320,33 @@ def _invalid_request(message: str) -> JsonObject:
     return {"error": "invalid_request", "message": message}
 
 
-class StubProcess:
+class StubControl:
+    """The control API of a stub running elsewhere (``make local``'s: its ``stub_base_url``)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token_url = self.base_url + TOKEN_PATH_SUFFIX
+        # No retries: the stub is local, and a retried POST /_stub/config could double-queue faults.
+        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
+
+    def _call(self, method: str, path: str, body: object = None) -> JsonObject:
+        response = self._http.request(method, self.base_url + CONTROL_PREFIX + path, json=body)
+        if response.status != 200:
+            raise RuntimeError(f"igni stub {path}: {response.status} {response.data[:300]!r}")
+        return cast(JsonObject, response.json())
+
+    def configure(self, **update: Any) -> JsonObject:
+        """POST /_stub/config; returns the configuration now in force (client ids only)."""
+        return self._call("POST", "config", update)
+
+    def reset(self) -> None:
+        self._call("POST", "reset", {})
+
+    def calls(self) -> list[JsonObject]:
+        return cast(list[JsonObject], self._call("GET", "calls")["calls"])
+
+
+class StubProcess(StubControl):
     """The stub as a child process, sharing nothing with the function but sockets, as Igni.
 
     The first client is ``client_id`` / ``client_secret``; all are in ``clients``."""
@@ -308,26 +392,7 @@ class StubProcess:
                 f"{line!r}, exit {self._proc.poll()}); log {self.log_path}: {log}"
             )
         self.port = int(line[6:])
-        self.base_url = f"http://{host}:{self.port}"
-        self.token_url = self.base_url + TOKEN_PATH_SUFFIX
-        # No retries: the stub is local, and a retried POST /_stub/config could double-queue faults.
-        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
-
-    def _call(self, method: str, path: str, body: object = None) -> JsonObject:
-        response = self._http.request(method, self.base_url + CONTROL_PREFIX + path, json=body)
-        if response.status != 200:
-            raise RuntimeError(f"igni stub {path}: {response.status} {response.data[:300]!r}")
-        return cast(JsonObject, response.json())
-
-    def configure(self, **update: Any) -> JsonObject:
-        """POST /_stub/config; returns the configuration now in force (client ids only)."""
-        return self._call("POST", "config", update)
-
-    def reset(self) -> None:
-        self._call("POST", "reset", {})
-
-    def calls(self) -> list[JsonObject]:
-        return cast(list[JsonObject], self._call("GET", "calls")["calls"])
+        super().__init__(f"http://{host}:{self.port}")
 
     def stop(self) -> None:
         if self._proc.poll() is None:

@@ -1,9 +1,11 @@
 """``make local``: the whole service on loopback, no Docker, no AWS account (docs/local.md).
 
 A moto server, the Igni stub (or the real Igni: ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID``,
-``IGNI_CLIENT_SECRET``), the stack made from template.yaml, and the API function served as API
-Gateway serves it (:mod:`local.gateway`) until Ctrl-C. ``.local-state/env.json`` tells other
-commands where the stack is; it holds no secret but the stub's fake credentials.
+``IGNI_CLIENT_SECRET``), the stack made from template.yaml (``IGNI_TOKEN_ENDPOINT_AUTH_METHOD``,
+``IGNI_AUDIENCE``, ``IGNI_DEFAULT_EXPIRES_IN`` pass through its parameters), and the API
+function served as API Gateway serves it (:mod:`local.gateway`) until Ctrl-C.
+``.local-state/env.json`` tells other commands where the stack is; it holds no secret but the
+stub's fake credentials.
 """
 
 from __future__ import annotations
@@ -99,6 +101,21 @@ class RealIgni:
         return cls(workspace, client_id, client_secret, url) if workspace else None
 
 
+# The shell's upstream settings make local hands to the function, through the template
+# parameters that set them when deployed (issue 13).
+UPSTREAM_PARAMETERS = {
+    "IGNI_TOKEN_ENDPOINT_AUTH_METHOD": "IgniTokenEndpointAuthMethod",
+    "IGNI_AUDIENCE": "IgniAudience",
+    "IGNI_DEFAULT_EXPIRES_IN": "IgniDefaultExpiresIn",
+}
+
+
+def upstream_parameters(environ: Mapping[str, str]) -> dict[str, str]:
+    """Template parameters for the UPSTREAM_PARAMETERS variables set (non-empty) in ``environ``."""
+    pairs = ((name, environ.get(var, "").strip()) for var, name in UPSTREAM_PARAMETERS.items())
+    return {name: value for name, value in pairs if value}
+
+
 @dataclass(kw_only=True)
 class LocalEnvironment:
     """A moto server, the Igni stub (or real Igni) and one stack on it; stop() undoes it all."""
@@ -111,6 +128,7 @@ class LocalEnvironment:
     real_igni: RealIgni | None = None
     profiles: Sequence[str] = ()
     quiet: bool = True
+    parameters: Mapping[str, str] = field(default_factory=dict)  # more template parameters
 
     def __post_init__(self) -> None:
         if self.profiles and self.real_igni is not None:
@@ -138,6 +156,7 @@ class LocalEnvironment:
                 self.stack_name,
                 endpoint_url=endpoint,
                 region=self.region,
+                parameters=self.parameters,
                 secret_value={**secret, "workspace": real.workspace},
                 igni_workspace=None if self.stub else real.workspace,
                 igni_token_url=self.stub.token_url if self.stub else real.token_url,
@@ -313,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             real_igni=real,
             profiles=parse_profiles(args.profiles),
             quiet=False,
+            parameters=upstream_parameters(environ),
         )
     except (ValueError, PolicyError) as exc:
         print(f"make local: {exc}", file=sys.stderr)

@@ -22,7 +22,20 @@ IGNI_TOKEN_URL_TEMPLATE = "https://{workspace}.igni.co/api/v1/oauth2/token"  # n
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _N = TypeVar("_N", int, float)
-_PROFILE_FIELDS = frozenset({"secret_id", "workspace", "token_url", "scope"})
+_PROFILE_FIELDS = frozenset({"secret_id", "workspace", "token_url", "scope", "audience"})
+_PROFILE_KEYS = _PROFILE_FIELDS | {"token_endpoint_auth_method", "default_expires_in"}
+# How the client authenticates at the token endpoint (RFC 6749 section 2.3.1): in the form body,
+# as Igni's document shows, or with HTTP Basic, which every RFC 6749 server must accept.
+CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105  # nosec B105 - a method name
+CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105  # nosec B105 - a method name
+AUTH_METHODS = (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC)
+# The longest lifetime believed from Igni: 10 years of 365 days (315,360,000 s). Longer is a
+# broken or hostile answer, and would overflow the float arithmetic of expiry times.
+MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
+# The lifetime assumed when Igni announces none (RFC 6749 5.1 only RECOMMENDS expires_in) and
+# the token carries no usable JWT exp; a shorter one than any configured default is pointless.
+DEFAULT_EXPIRES_IN = 3600
+MIN_DEFAULT_EXPIRES_IN = 60
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,9 @@ class Profile:
     workspace: str | None = None
     token_url: str | None = None
     scope: str | None = None
+    audience: str | None = None
+    token_endpoint_auth_method: str = CLIENT_SECRET_POST
+    default_expires_in: int = DEFAULT_EXPIRES_IN
 
 
 @dataclass(frozen=True)
@@ -197,37 +213,45 @@ def _secret_name(ref: str) -> str:
 
 def profile_for_secret(secret_id: str, env: Mapping[str, str] | None = None) -> Profile:
     """The profile whose secret this is (from IGNI_PROFILES), else the default profile's
-    settings (IGNI_WORKSPACE, IGNI_TOKEN_URL, IGNI_SCOPE) for it: how the vendor exchanges it."""
+    settings (IGNI_WORKSPACE, IGNI_TOKEN_URL, IGNI_SCOPE, IGNI_AUDIENCE, ...) for it: how the
+    vendor exchanges it."""
     env = os.environ if env is None else env
     extra = {key: value for key, value in env.items() if key == "IGNI_PROFILES"}
     if extra:
         for profile in _load_profiles(extra).values():
             if same_secret(profile.secret_id, secret_id):
                 return profile
-    return _profile(
-        DEFAULT_PROFILE,
-        {
-            "secret_id": secret_id,
-            "workspace": env.get("IGNI_WORKSPACE", ""),
-            "token_url": env.get("IGNI_TOKEN_URL", ""),
-            "scope": env.get("IGNI_SCOPE", ""),
-        },
+    return _default_profile(secret_id, env)
+
+
+def _default_profile(secret_id: str, env: Mapping[str, str]) -> Profile:
+    """The default profile: its secret and the IGNI_* variables, as a profile entry would say."""
+    entry: dict[str, object] = {
+        "secret_id": secret_id,
+        "workspace": env.get("IGNI_WORKSPACE", ""),
+        "token_url": env.get("IGNI_TOKEN_URL", ""),
+        "scope": env.get("IGNI_SCOPE", ""),
+        "audience": env.get("IGNI_AUDIENCE", ""),
+    }
+    method = env.get("IGNI_TOKEN_ENDPOINT_AUTH_METHOD", "").strip()
+    if method:
+        if method not in AUTH_METHODS:
+            # The value is not echoed: whatever was typed there stays out of error bodies.
+            raise ConfigurationError(
+                "IGNI_TOKEN_ENDPOINT_AUTH_METHOD must be client_secret_post or client_secret_basic"
+            )
+        entry["token_endpoint_auth_method"] = method
+    entry["default_expires_in"] = _int(
+        env, "IGNI_DEFAULT_EXPIRES_IN", DEFAULT_EXPIRES_IN, MIN_DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN
     )
+    return _profile(DEFAULT_PROFILE, entry)
 
 
 def _load_profiles(env: Mapping[str, str]) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
     secret_id = env.get("IGNI_SECRET_ID", "").strip()
     if secret_id:
-        profiles[DEFAULT_PROFILE] = _profile(
-            DEFAULT_PROFILE,
-            {
-                "secret_id": secret_id,
-                "workspace": env.get("IGNI_WORKSPACE", ""),
-                "token_url": env.get("IGNI_TOKEN_URL", ""),
-                "scope": env.get("IGNI_SCOPE", ""),
-            },
-        )
+        profiles[DEFAULT_PROFILE] = _default_profile(secret_id, env)
     raw = env.get("IGNI_PROFILES", "").strip()
     if raw:
         try:
@@ -257,7 +281,7 @@ def _profile(name: str, entry: object) -> Profile:
         )
     if not isinstance(entry, dict):
         raise ConfigurationError(f"profile '{name}': must be a JSON object")
-    unknown = set(entry) - _PROFILE_FIELDS
+    unknown = set(entry) - _PROFILE_KEYS
     if unknown:
         raise ConfigurationError(f"profile '{name}': unknown field '{sorted(unknown)[0]}'")
     values: dict[str, str | None] = {}
@@ -276,8 +300,43 @@ def _profile(name: str, entry: object) -> Profile:
     if workspace and not WORKSPACE_NAME.match(workspace):
         raise ConfigurationError(f"profile '{name}': field 'workspace' is not a valid host label")
     return Profile(
-        name=name, secret_id=secret, workspace=workspace, token_url=token_url, scope=values["scope"]
+        name=name,
+        secret_id=secret,
+        workspace=workspace,
+        token_url=token_url,
+        scope=values["scope"],
+        audience=values["audience"],
+        token_endpoint_auth_method=_profile_auth_method(name, entry),
+        default_expires_in=_profile_default_expires_in(name, entry),
     )
+
+
+def _profile_auth_method(name: str, entry: Mapping[str, object]) -> str:
+    method = entry.get("token_endpoint_auth_method")
+    if method is None:
+        return CLIENT_SECRET_POST
+    if not isinstance(method, str) or method.strip() not in AUTH_METHODS:
+        raise ConfigurationError(
+            f"profile '{name}': field 'token_endpoint_auth_method' must be client_secret_post "
+            "or client_secret_basic"
+        )
+    return method.strip()
+
+
+def _profile_default_expires_in(name: str, entry: Mapping[str, object]) -> int:
+    value = entry.get("default_expires_in")
+    if value is None:
+        return DEFAULT_EXPIRES_IN
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_DEFAULT_EXPIRES_IN <= value <= MAX_EXPIRES_IN
+    ):
+        raise ConfigurationError(
+            f"profile '{name}': field 'default_expires_in' must be a whole number of seconds "
+            f"from {MIN_DEFAULT_EXPIRES_IN} to {MAX_EXPIRES_IN}"
+        )
+    return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from token_vendor.config import Freshness
+from token_vendor.config import DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, Freshness
 
 # 9999-12-31T23:59:59Z: later `exp` claims are ignored (see jwt_exp).
 MAX_JWT_EXP = 253_402_300_799
@@ -39,13 +39,24 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def effective_expiry(issued_at: float, expires_in: int, access_token: str) -> int:
+def effective_expiry(
+    issued_at: float,
+    expires_in: int | None,
+    access_token: str,
+    default_expires_in: int = DEFAULT_EXPIRES_IN,
+) -> int:
     """Exchange time plus `expires_in`, or the JWT's `exp` claim when that is earlier.
 
-    The claim is read, never verified (there is no key), so it can only shorten a lifetime.
+    The claim is read, never verified (there is no key), so it can only shorten a lifetime,
+    except when Igni announced no `expires_in` (None): then a claim in the future and at most
+    MAX_EXPIRES_IN ahead is the expiry, and failing that `default_expires_in` is the lifetime.
     """
-    expiry = math.floor(issued_at + expires_in)
     claimed = jwt_exp(access_token)
+    if expires_in is None:
+        if claimed is not None and issued_at < claimed <= issued_at + MAX_EXPIRES_IN:
+            return claimed
+        expires_in = default_expires_in
+    expiry = math.floor(issued_at + expires_in)
     if claimed is not None and claimed < expiry:
         return claimed
     return expiry

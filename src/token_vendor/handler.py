@@ -13,17 +13,21 @@ import botocore.session
 import urllib3
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config as BotoConfig
 
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
 from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
+from token_vendor.exchange import Exchange
 from token_vendor.igni import IgniClient
+from token_vendor.lease import Lease
 from token_vendor.observability import Telemetry, logger
 from token_vendor.secret_store import SecretStore
 from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService, Vended
 from token_vendor.token_cipher import TokenCipher
 from token_vendor.token_store import MemoryTier, TokenTable
+from token_vendor.versions import SecretVersions
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000
@@ -34,12 +38,6 @@ MAX_REJECTED_TOKEN_BYTES = 16 * 1024
 MAX_MIN_TTL_DIGITS = 9
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 TIERS = frozenset({MEMORY, DYNAMODB, UPSTREAM})
-KNOWN_ROUTES = (
-    (("GET",), ("token",)),
-    (("GET",), ("token", "*")),
-    (("POST",), ("token", "refresh")),
-    (("POST",), ("token", "*", "refresh")),
-)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -94,31 +92,32 @@ def build_runtime(config: Config) -> Runtime:
         kms = cast("KMSClient", session.create_client("kms", config=boto_config))
         quick_kms = cast("KMSClient", session.create_client("kms", config=quick_config))
     telemetry = Telemetry()
+    secrets = SecretStore(
+        cast("SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)),
+        cache_seconds=config.secret_cache_seconds,
+        quick_client=cast(
+            "SecretsManagerClient", session.create_client("secretsmanager", config=quick_config)
+        ),
+    )
+    versions = SecretVersions(secrets, telemetry, pause_seconds=config.recheck_pause_seconds)
+    igni = IgniClient(
+        urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
+        connect_timeout=config.igni_connect_timeout,
+        read_timeout=config.igni_read_timeout,
+        max_attempts=config.igni_max_attempts,
+    )
+    table = TokenTable(
+        cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
+        config.table_name,
+        TokenCipher(kms, config.kms_key_id, quick_kms=quick_kms),
+        quick_client=cast("DynamoDBClient", session.create_client("dynamodb", config=quick_config)),
+    )
     service = TokenService(
         config,
-        secrets=SecretStore(
-            cast(
-                "SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)
-            ),
-            cache_seconds=config.secret_cache_seconds,
-            quick_client=cast(
-                "SecretsManagerClient", session.create_client("secretsmanager", config=quick_config)
-            ),
-        ),
-        igni=IgniClient(
-            urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
-            connect_timeout=config.igni_connect_timeout,
-            read_timeout=config.igni_read_timeout,
-            max_attempts=config.igni_max_attempts,
-        ),
-        table=TokenTable(
-            cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
-            config.table_name,
-            TokenCipher(kms, config.kms_key_id, quick_kms=quick_kms),
-            quick_client=cast(
-                "DynamoDBClient", session.create_client("dynamodb", config=quick_config)
-            ),
-        ),
+        versions=versions,
+        exchange=Exchange(versions, igni, telemetry, config.freshness),
+        table=table,
+        lease=Lease(table, lease_seconds=config.lease_seconds),
         memory=MemoryTier(),
         telemetry=telemetry,
     )
@@ -346,16 +345,10 @@ def handle_not_found(_: NotFoundError) -> Response[str]:
 
 
 def _allowed_methods(path: str) -> set[str]:
-    parts = [part for part in path.split("/") if part]
-    if parts and parts[0] == "v1":
-        parts = parts[1:]
-    allowed: set[str] = set()
-    for methods, pattern in KNOWN_ROUTES:
-        if len(parts) == len(pattern) and all(
-            p in ("*", q) for p, q in zip(pattern, parts, strict=True)
-        ):
-            allowed.update(methods)
-    return allowed
+    """The methods the resolver routes for `path`: the routes are declared once, here (and in
+    template.yaml, which a test holds them to), never listed again."""
+    routes = (*app._static_routes, *app._dynamic_routes)
+    return {route.method.upper() for route in routes if route.rule.match(path)}
 
 
 def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:
@@ -435,7 +428,9 @@ def _api_event_problem(event: dict[str, Any]) -> str | None:
     return None
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(
+    clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_REST
+)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     if not isinstance(event, dict):
         logger.warning("unsupported event", extra={"event_type": type(event).__name__})

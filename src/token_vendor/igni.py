@@ -8,18 +8,25 @@ fits in the time left.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import urllib3
 
-from token_vendor.config import token_url_problem
+from token_vendor.config import (
+    CLIENT_SECRET_BASIC,
+    CLIENT_SECRET_POST,
+    MAX_EXPIRES_IN,
+    token_url_problem,
+)
 from token_vendor.errors import (
     ConfigurationError,
     UpstreamAuthFailed,
@@ -31,20 +38,24 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Below this much time left an attempt cannot succeed; give up instead of starting one.
 MIN_ATTEMPT_SECONDS = 0.25
 MAX_BODY_BYTES = 64 * 1024
-# The longest lifetime believed from Igni: 10 years of 365 days (315,360,000 s). Longer is a
-# broken or hostile answer, and would overflow the float arithmetic of expiry times.
-MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
+# expires_in as a string (several providers send "172800"): ASCII digits only, no sign, space,
+# exponent or other script's digits (str.isdigit accepts those), and short enough that int()
+# never meets Python's limit on digit strings; 20 digits leave room for leading zeros.
+_DIGITS = re.compile(r"[0-9]{1,20}")
+# A Basic challenge anywhere in WWW-Authenticate (it may list several schemes).
+_BASIC_CHALLENGE = re.compile(r"(?:^|,)\s*basic(?:\s|,|$)", re.IGNORECASE)
 
 AttemptObserver = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
 class IssuedToken:
-    """What Igni answered: the token and the lifetime it announced."""
+    """What Igni answered: the token and the lifetime it announced, None when it announced
+    none (freshness.effective_expiry then takes the JWT's exp or the configured default)."""
 
     access_token: str
     token_type: str
-    expires_in: int
+    expires_in: int | None
 
 
 class IgniClient:
@@ -83,27 +94,22 @@ class IgniClient:
         *,
         deadline: float,
         scope: str | None = None,
+        audience: str | None = None,
+        auth_method: str = CLIENT_SECRET_POST,
         on_attempt: AttemptObserver | None = None,
     ) -> IssuedToken:
-        """POST the client-credentials grant; `deadline` is on this client's clock."""
+        """POST the client-credentials grant; `deadline` is on this client's clock.
+
+        The client authenticates with `auth_method`: client_secret_post puts the id and secret
+        in the form, client_secret_basic in the Authorization header (and not in the form).
+        """
         # Checked again where it is sent (config checks it first): the credentials go only
         # where urllib3 itself reads the URL to point, and nowhere if that is not allowed.
         problem = token_url_problem(token_url)
         if problem is not None:
             raise ConfigurationError(f"the Igni token URL {problem}; nothing was sent")
         observe = on_attempt or self._on_attempt
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": client_secret,
-        }
-        if scope:
-            form["scope"] = scope
-        body = urlencode(form)
-        headers = {
-            "Accept": "application/json",
-            "Content-Type": "application/x-www-form-urlencoded",
-        }
+        body, headers = _token_request(client_id, client_secret, scope, audience, auth_method)
         last_error = UpstreamUnavailable("Igni could not be reached before the deadline")
         for attempt in range(1, self._max_attempts + 1):
             remaining = deadline - self._clock()
@@ -148,7 +154,12 @@ class IgniClient:
                     return _parse_token(payload)
                 if status not in RETRYABLE_STATUSES:
                     self._observe(observe, "auth" if status == 401 else "rejected", started)
-                    raise _rejection(status, payload)
+                    raise _rejection(
+                        status,
+                        payload,
+                        basic_wanted=auth_method != CLIENT_SECRET_BASIC
+                        and _basic_challenge(response.headers.get("WWW-Authenticate")),
+                    )
                 kind = "throttled" if status == 429 else "server_error"
                 self._observe(observe, kind, started)
                 retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
@@ -199,25 +210,92 @@ def _parse_token(payload: bytes) -> IssuedToken:
     return IssuedToken(access_token=token, token_type="Bearer", expires_in=expires_in)  # noqa: S106  # nosec B106
 
 
-def _lifetime(value: object) -> int:
-    """The token lifetime Igni announced, in whole seconds: a positive integer of at most
-    MAX_EXPIRES_IN; anything else is a bad answer (502), never an overflow further on."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UpstreamBadResponse("Igni answered 2xx without a positive integer expires_in")
-    if not 0 < value <= MAX_EXPIRES_IN:
+def _token_request(
+    client_id: str,
+    client_secret: str,
+    scope: str | None,
+    audience: str | None,
+    auth_method: str,
+) -> tuple[str, dict[str, str]]:
+    """The form body and headers of a client-credentials request."""
+    form = {"grant_type": "client_credentials"}
+    headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+    if auth_method == CLIENT_SECRET_BASIC:
+        headers["Authorization"] = basic_authorization(client_id, client_secret)
+    else:
+        form["client_id"] = client_id
+        form["client_secret"] = client_secret
+    if scope:
+        form["scope"] = scope
+    if audience:
+        form["audience"] = audience
+    return urlencode(form), headers
+
+
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """The Authorization header of client_secret_basic (RFC 6749 section 2.3.1): the id and the
+    secret each form-urlencoded (UTF-8), joined by ':', then base64."""
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
+
+
+def _lifetime(value: object) -> int | None:
+    """The token lifetime Igni announced, in whole seconds, or None when it announced none.
+
+    A JSON integer, a finite float (floored) or a string of ASCII digits, then a positive
+    number of at most MAX_EXPIRES_IN; anything else is a bad answer (502), never an overflow
+    further on.
+    """
+    if value is None:
+        return None
+    seconds: int
+    if isinstance(value, bool):
+        raise UpstreamBadResponse("Igni answered 2xx with an expires_in that is not a number")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise UpstreamBadResponse("Igni answered 2xx with an infinite or NaN expires_in")
+        seconds = math.floor(value)
+    elif isinstance(value, str):
+        if not _DIGITS.fullmatch(value):
+            raise UpstreamBadResponse(
+                "Igni answered 2xx with an expires_in string that is not up to 20 digits 0-9"
+            )
+        seconds = int(value)
+    else:
+        raise UpstreamBadResponse("Igni answered 2xx with an expires_in that is not a number")
+    if not 0 < seconds <= MAX_EXPIRES_IN:
         raise UpstreamBadResponse(
             f"Igni answered 2xx with an expires_in outside 1..{MAX_EXPIRES_IN} seconds"
         )
-    return value
+    return seconds
 
 
-def _rejection(status: int, payload: bytes) -> UpstreamAuthFailed | UpstreamBadResponse:
+def _basic_challenge(value: str | None) -> bool:
+    # Only the scheme is looked at, and never repeated: the realm is the server's free text.
+    return bool(value) and _BASIC_CHALLENGE.search(value or "") is not None
+
+
+def _rejection(
+    status: int, payload: bytes, *, basic_wanted: bool = False
+) -> UpstreamAuthFailed | UpstreamBadResponse:
     code = _error_code(payload)
     if status == 401 or code == "invalid_client":
-        error = UpstreamAuthFailed(
-            "Igni rejected the client credentials (invalid_client): check client_id and "
-            "client_secret in the secret"
-        )
+        if status == 401 and basic_wanted:
+            message = (
+                "Igni rejected the client credentials sent in the form (invalid_client, "
+                "client_secret_post) and asks for HTTP Basic authentication: the server may "
+                "want client_secret_basic "
+                "(set IGNI_TOKEN_ENDPOINT_AUTH_METHOD or the profile's "
+                "token_endpoint_auth_method), or client_id and client_secret are wrong"
+            )
+        else:
+            message = (
+                "Igni rejected the client credentials (invalid_client): check client_id and "
+                "client_secret in the secret"
+            )
+        error = UpstreamAuthFailed(message)
         error.kind = "auth"
         return error
     detail = f" ({code})" if code else ""

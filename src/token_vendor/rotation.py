@@ -30,6 +30,7 @@ is ever logged: token fingerprints and version ids at most.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def get_clients() -> _Clients:
         boto_config = BotoConfig(
             connect_timeout=AWS_CONNECT_TIMEOUT,
             read_timeout=AWS_READ_TIMEOUT,
-            retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": AWS_MAX_ATTEMPTS},
         )
         _clients = _Clients(
             secretsmanager=boto3.session.Session().client("secretsmanager", config=boto_config),
@@ -151,7 +152,7 @@ def _versions(client: SecretsManagerClient, secret_id: str, token: str) -> _Vers
     if not metadata.get("RotationEnabled"):
         raise RotationError(
             f"secret '{secret_id}' is not enabled for rotation; start the rotation with "
-            "aws secretsmanager rotate-secret (see the rotation runbook in the README)"
+            "aws secretsmanager rotate-secret (see docs/rotation.md)"
         )
     stages = {v: list(s) for v, s in (metadata.get("VersionIdsToStages") or {}).items()}
     current = next((v for v, s in stages.items() if CURRENT in s), None)
@@ -244,6 +245,8 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
             credentials.client_secret,
             deadline=deadline,
             scope=profile.scope,
+            audience=profile.audience,
+            auth_method=profile.token_endpoint_auth_method,
             on_attempt=lambda outcome, ms: logger.info(
                 "igni token request",
                 extra={"outcome": outcome, "upstream_latency_ms": round(ms, 1)},
@@ -255,7 +258,9 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
             f"Igni did not accept the staged credentials (version {credentials.version_id}): "
             f"{exc.code}: {exc.message}"
         ) from None
-    expires_at = effective_expiry(issued_at, issued.expires_in, issued.access_token)
+    expires_at = effective_expiry(
+        issued_at, issued.expires_in, issued.access_token, profile.default_expires_in
+    )
     if expires_at <= time.time():
         raise RotationError(
             "Igni issued an already expired token for the staged credentials "
@@ -266,7 +271,7 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
         extra={
             "pending_version": credentials.version_id,
             "token_fingerprint": fingerprint(issued.access_token),
-            "expires_in": issued.expires_in,
+            "expires_in": math.floor(expires_at - issued_at),
         },
     )
     return "tested"

@@ -133,7 +133,7 @@ class TokenTable:
             ":until": _n(lease_until),
             ":state_ttl": _n(int(now) + _STATE_TTL_SECONDS),
         }
-        condition = "(attribute_not_exists(lease_until) OR lease_until < :now)"
+        condition = "(attribute_not_exists(lease_until) OR lease_until <= :now)"
         if seen_fingerprint is None:
             condition += " AND attribute_not_exists(fp)"
         else:
@@ -144,7 +144,7 @@ class TokenTable:
             "expires_at = if_not_exists(expires_at, :state_ttl)"
         )
         if forced_floor is not None:
-            condition += " AND (attribute_not_exists(forced_at) OR forced_at < :floor)"
+            condition += " AND (attribute_not_exists(forced_at) OR forced_at <= :floor)"
             values[":floor"] = _n(forced_floor)
             update += ", forced_at = :now"
         return self._conditional_update(key, update, condition, values)

@@ -86,30 +86,33 @@ def test_many_cold_environments_make_one_upstream_call(fleet: Fleet, igni_stub: 
 def test_at_the_end_of_a_short_lifetime_the_fleet_refreshes_once(
     fleet: Fleet, igni_stub: Any
 ) -> None:
-    # Given six environments holding a 6 s token
-    igni_stub.configure(lifetime=6, latency_ms=200)
-    envs = fleet(6)
+    # Given six environments holding a 4 s token that may be vended while more than half of
+    # its lifetime is left (so, for at most its first second or two)
+    igni_stub.configure(lifetime=4, latency_ms=200)
+    envs = fleet(6, TOKEN_MIN_REMAINING_FRACTION="0.5", TOKEN_REFRESH_FRACTION="0.4")
     first = {token_of(r)["access_token"] for r in all_at_once(envs, load_event("get_token"))}
     assert len(first) == 1
     # When the token is past the point where it may be vended and they all ask again
-    time.sleep(5.7)
+    time.sleep(1.5)
     responses = all_at_once(envs, load_event("get_token"))
-    # Then one more upstream call was made between them, and all vend the same fresh token
+    # Then one more upstream call was made between them, and all vend the same fresh token,
+    # with more than the vend margin (half of 4 s) left
     bodies = [token_of(r) for r in responses]
     assert len({b["access_token"] for b in bodies}) == 1
     assert bodies[0]["access_token"] not in first
-    assert all(b["expires_in"] >= 4 for b in bodies)
+    assert all(b["expires_in"] > 2 for b in bodies)
     assert len(igni_stub.calls()) == 2
 
 
 def test_refresh_ahead_serves_the_current_token_while_one_environment_refreshes(
     fleet: Fleet, igni_stub: Any
 ) -> None:
-    # Given a 20 s token, past its refresh point (15 s) but still vendable (until about 17 s)
+    # Given a 20 s token, past its refresh point (2 s) but still vendable (until about 17 s);
+    # the new token's own refresh point is 2 s after it is minted
     igni_stub.configure(lifetime=20, latency_ms=600)
-    envs = fleet(5)
+    envs = fleet(5, TOKEN_REFRESH_FRACTION="0.1")
     old = token_of(envs[0].invoke(load_event("get_token")))["access_token"]
-    time.sleep(15.3)
+    time.sleep(2.0)
     # When all environments ask at once
     responses = all_at_once(envs, load_event("get_token"))
     # Then one of them refreshed (one more call) and nobody was handed an expired token
@@ -174,12 +177,12 @@ def test_reports_of_a_rejected_token_coalesce_into_one_refresh(
 def test_a_refresh_failure_keeps_vending_and_the_backoff_is_shared(
     fleet: Fleet, igni_stub: Any
 ) -> None:
-    # Given a 20 s token past its refresh point (15 s), still vendable for about 2 s more,
+    # Given a 10 s token past its refresh point (1 s), still vendable for about 7 s more,
     # and Igni failing from then on
-    igni_stub.configure(lifetime=20)
-    first, second = fleet(2)
+    igni_stub.configure(lifetime=10)
+    first, second = fleet(2, TOKEN_REFRESH_FRACTION="0.1")
     token = token_of(first.invoke(load_event("get_token")))["access_token"]
-    time.sleep(15.3)
+    time.sleep(1.2)
     igni_stub.configure(faults=[{"status": 500}] * 20)
     # When one environment tries to refresh
     body = token_of(first.invoke(load_event("get_token")))

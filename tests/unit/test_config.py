@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +17,7 @@ from token_vendor.config import (
     validate_token_url,
 )
 from token_vendor.errors import ConfigurationError
+from token_vendor.service import cache_key
 
 BASE = {"TOKEN_TABLE_NAME": "tokens", "IGNI_SECRET_ID": "igni/default"}
 
@@ -231,3 +234,128 @@ def test_a_secret_outside_the_profiles_gets_the_default_profiles_settings() -> N
     assert profile_for_secret("igni/analytics", env).scope == "reports"
     other = profile_for_secret("igni/default", env)
     assert (other.name, other.workspace, other.scope) == ("default", "acme", "all")
+
+
+# --------------------------------- issue 13: client authentication, audience, default lifetime
+
+
+def test_the_oauth_settings_default_to_form_authentication_no_audience_and_an_hour() -> None:
+    # Given none of the issue-13 settings
+    profile = load_config(BASE).profiles[DEFAULT_PROFILE]
+    # Then the client authenticates in the form as Igni's document shows
+    assert profile.token_endpoint_auth_method == "client_secret_post"
+    assert profile.audience is None
+    assert profile.default_expires_in == 3600
+
+
+def test_the_environment_sets_the_default_profiles_oauth_settings() -> None:
+    # Given the three variables
+    env = {
+        **BASE,
+        "IGNI_TOKEN_ENDPOINT_AUTH_METHOD": "client_secret_basic",
+        "IGNI_AUDIENCE": "https://api.example",
+        "IGNI_DEFAULT_EXPIRES_IN": "900",
+        "IGNI_PROFILES": '{"analytics": {"secret_id": "igni/analytics"}}',
+    }
+    profiles = load_config(env).profiles
+    # Then the default profile takes them (as it takes IGNI_TOKEN_URL and IGNI_SCOPE)
+    default = profiles[DEFAULT_PROFILE]
+    assert default.token_endpoint_auth_method == "client_secret_basic"
+    assert default.audience == "https://api.example"
+    assert default.default_expires_in == 900
+    # And a profile of IGNI_PROFILES keeps its own (here the defaults)
+    analytics = profiles["analytics"]
+    assert (analytics.token_endpoint_auth_method, analytics.audience) == (
+        "client_secret_post",
+        None,
+    )
+    assert analytics.default_expires_in == 3600
+
+
+def test_a_profile_sets_its_own_oauth_settings() -> None:
+    entry = {
+        "secret_id": "igni/analytics",
+        "token_endpoint_auth_method": "client_secret_basic",
+        "audience": "reports",
+        "default_expires_in": 120,
+    }
+    profile = load_config({**BASE, "IGNI_PROFILES": json.dumps({"a": entry})}).profiles["a"]
+    assert profile.token_endpoint_auth_method == "client_secret_basic"
+    assert profile.audience == "reports"
+    assert profile.default_expires_in == 120
+
+
+@pytest.mark.parametrize(
+    "value", ["client_secret_jwt", "private_key_jwt", "none", "Client_Secret_Basic", "basic"]
+)
+def test_an_unknown_auth_method_is_a_configuration_error_naming_the_variable(value: str) -> None:
+    # When the variable holds anything but the two methods
+    with pytest.raises(ConfigurationError, match="IGNI_TOKEN_ENDPOINT_AUTH_METHOD") as raised:
+        load_config({**BASE, "IGNI_TOKEN_ENDPOINT_AUTH_METHOD": value})
+    # Then the error says what is allowed, and does not repeat what was written
+    assert raised.value.status == 500
+    assert raised.value.code == "configuration_error"
+    assert "client_secret_post or client_secret_basic" in raised.value.message
+    assert value not in raised.value.message.replace("client_secret_basic", "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("token_endpoint_auth_method", "tls_client_auth"),
+        ("token_endpoint_auth_method", 1),
+        ("audience", 5),
+        ("default_expires_in", "3600"),
+        ("default_expires_in", True),
+        ("default_expires_in", 59),
+        ("default_expires_in", 315_360_001),
+        ("default_expires_in", 60.5),
+    ],
+)
+def test_a_bad_oauth_profile_field_names_the_profile_and_the_field(
+    field: str, value: object
+) -> None:
+    profiles = json.dumps({"a": {"secret_id": "s", field: value}})
+    with pytest.raises(ConfigurationError, match=f"profile 'a': field '{field}'"):
+        load_config({**BASE, "IGNI_PROFILES": profiles})
+
+
+@pytest.mark.parametrize("value", ["59", "315360001", "abc", "1.5"])
+def test_a_bad_default_lifetime_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="IGNI_DEFAULT_EXPIRES_IN"):
+        load_config({**BASE, "IGNI_DEFAULT_EXPIRES_IN": value})
+
+
+def test_the_rotation_function_reads_the_same_oauth_settings() -> None:
+    # Given a secret of the default profile and one of a profile with its own settings
+    env = {
+        "IGNI_TOKEN_ENDPOINT_AUTH_METHOD": "client_secret_basic",
+        "IGNI_AUDIENCE": "aud",
+        "IGNI_PROFILES": json.dumps(
+            {"b": {"secret_id": "igni/b", "token_endpoint_auth_method": "client_secret_post"}}
+        ),
+    }
+    # Then each is tested as the vendor would exchange it
+    default = profile_for_secret("igni/default", env)
+    assert (default.token_endpoint_auth_method, default.audience) == ("client_secret_basic", "aud")
+    assert profile_for_secret("igni/b", env).token_endpoint_auth_method == "client_secret_post"
+    # And an unknown method fails there too
+    with pytest.raises(ConfigurationError, match="IGNI_TOKEN_ENDPOINT_AUTH_METHOD"):
+        profile_for_secret("igni/default", {"IGNI_TOKEN_ENDPOINT_AUTH_METHOD": "x"})
+
+
+def test_an_audience_changes_the_cache_key_and_no_audience_keeps_the_old_one() -> None:
+    # Given a profile as it was before issue 13, and the same with audiences
+    plain = Profile(name="a", secret_id="igni/a", token_url="https://x.igni.co/t", scope="r")
+    old_material = "\n".join(["igni/a", "https://x.igni.co/t", "", "r"])
+    old_key = "token#" + hashlib.sha256(old_material.encode()).hexdigest()[:32]
+    # Then without an audience the key is the one items already carry (no orphaned items after
+    # a deploy), and the method or default lifetime do not change it
+    assert cache_key(plain) == old_key
+    assert cache_key(replace(plain, token_endpoint_auth_method="client_secret_basic")) == old_key
+    assert cache_key(replace(plain, default_expires_in=60)) == old_key
+    # And each audience is a key of its own, which no scope text can imitate
+    one = cache_key(replace(plain, audience="one"))
+    assert len({old_key, one, cache_key(replace(plain, audience="two"))}) == 3
+    assert cache_key(replace(plain, scope='r\n["x"]', audience=None)) != one
+    assert cache_key(replace(plain, scope="r\none")) != one

@@ -124,3 +124,51 @@ def test_a_vendable_token_always_has_whole_seconds_left() -> None:
     # Then it is not vended: its expires_in would read 1 now and 0 a moment later
     assert not is_vendable(token, 1008.95, POLICY)
     assert is_vendable(token, 1007.99, POLICY)
+
+
+# ------------------------------------------------- issue 13: no expires_in from the server
+
+TEN_YEARS = 315_360_000
+
+
+def test_without_expires_in_the_jwt_exp_is_the_expiry() -> None:
+    # Given a token answer without expires_in, whose JWT exp is 2 h after the exchange
+    token = _jwt({"exp": 1000 + 7200})
+    # Then the lifetime is exp minus the exchange time, whatever the default says
+    assert effective_expiry(1000, None, token) == 8200
+    assert effective_expiry(1000.6, None, token, default_expires_in=60) == 8200
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "opaque-token",
+        _jwt({"iat": 1000}),
+        _jwt({"exp": "soon"}),
+        # exp more than 10 years ahead: not believed as a lifetime
+        _jwt({"exp": 1000 + TEN_YEARS + 1}),
+        _jwt({"exp": 10**40}),
+    ],
+)
+def test_without_expires_in_or_a_usable_exp_the_default_lifetime_applies(token: str) -> None:
+    # Given no expires_in and no JWT exp from now to 10 years ahead
+    # Then the configured default lifetime applies (3600 s unless configured)
+    assert effective_expiry(1000, None, token) == 1000 + 3600
+    assert effective_expiry(1000, None, token, default_expires_in=600) == 1600
+
+
+def test_without_expires_in_an_exp_of_exactly_ten_years_is_believed() -> None:
+    assert effective_expiry(1000, None, _jwt({"exp": 1000 + TEN_YEARS})) == 1000 + TEN_YEARS
+
+
+@pytest.mark.parametrize("exp", [1000, 999, 0, -5])
+def test_without_expires_in_an_exp_already_past_still_means_expired(exp: int) -> None:
+    # Given no expires_in and a JWT whose exp is not after the exchange
+    # Then the token is expired (the claim still shortens the default), never given an hour
+    assert effective_expiry(1000, None, _jwt({"exp": exp})) == max(0, exp)
+
+
+def test_an_earlier_jwt_exp_still_shortens_a_given_lifetime_whatever_the_default() -> None:
+    token = _jwt({"exp": 1100})
+    assert effective_expiry(1000, 3600, token, default_expires_in=60) == 1100
+    assert effective_expiry(1000, 50, token, default_expires_in=7200) == 1050

@@ -28,6 +28,7 @@ from local.cfn_template import (
     resource_properties,
     resources_of_type,
 )
+from tests.unit.test_routes import template_routes
 from token_vendor import observability
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,12 +39,6 @@ SAM = REPO_ROOT / ".venv-sam" / "bin" / "sam"
 ACCOUNT = "111122223333"
 STACK = "vendor"
 NO_VALUE = object()
-API_ROUTES = {
-    ("GET", "/token"),
-    ("POST", "/token/refresh"),
-    ("GET", "/token/{profile}"),
-    ("POST", "/token/{profile}/refresh"),
-}
 ITEM_LEVEL_DYNAMODB = {
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -200,10 +195,11 @@ def test_function_environment_declares_the_contract_variables(template: dict[str
     assert resolved(template, env["IGNI_PROFILES"], Profiles='{"a": {}}') == '{"a": {}}'
 
 
-def test_api_events_serve_the_four_routes_on_the_rest_api(template: dict[str, Any]) -> None:
+def test_api_events_serve_the_routes_on_the_rest_api(template: dict[str, Any]) -> None:
     events = resource_properties(template, "TokenFunction")["Events"]
     api_events = [e["Properties"] for e in events.values() if e["Type"] == "Api"]
-    assert {(e["Method"].upper(), e["Path"]) for e in api_events} == API_ROUTES
+    # The routes themselves are declared here once (test_routes holds the function to them)
+    assert {(e["Method"].upper(), e["Path"]) for e in api_events} == template_routes()
     for event in api_events:
         assert event["RestApiId"] == {"Ref": "TokenApi"}
         assert "Auth" not in event  # nothing opts out of AWS_IAM
@@ -909,6 +905,143 @@ def test_each_function_writes_only_to_its_own_log_group(template: dict[str, Any]
         assert actions == {"logs:CreateLogStream", "logs:PutLogEvents"}, fn_id
 
 
+# ------------------------------------------------------------------------ dashboard (issue 13)
+
+DASHBOARD_FUNCTION = "vendor-token"
+
+
+def dashboard_body(template: Mapping[str, Any], **params: str) -> dict[str, Any]:
+    """The dashboard's JSON as CloudFormation would render it for stack ``vendor``."""
+    body = resource_properties(template, "TokenDashboard")["DashboardBody"]
+    text = resolved(template, body, TokenFunction=DASHBOARD_FUNCTION, **params)
+    assert isinstance(text, str)
+    parsed: dict[str, Any] = json.loads(text)
+    return parsed
+
+
+def graph_lines(body: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Each metric widget's title and its metric lines."""
+    return {
+        w["properties"]["title"]: w["properties"]["metrics"]
+        for w in body["widgets"]
+        if w["type"] == "metric"
+    }
+
+
+def test_the_dashboard_exists_and_the_outputs_link_to_it(template: dict[str, Any]) -> None:
+    dashboard = resource(template, "TokenDashboard")
+    assert dashboard["Type"] == "AWS::CloudWatch::Dashboard"
+    # Dashboards are global to an account: one per stack and region.
+    name = resolved(template, dashboard["Properties"]["DashboardName"])
+    assert name == f"{STACK}-eu-west-1"
+    url = resolved(template, template["Outputs"]["DashboardUrl"]["Value"], TokenDashboard=name)
+    assert url == (
+        "https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1"
+        f"#dashboards/dashboard/{name}"
+    )
+
+
+def test_the_dashboard_body_is_json_once_its_placeholders_are_substituted(
+    template: dict[str, Any],
+) -> None:
+    # Given the body as written: a !Sub string
+    body = resource_properties(template, "TokenDashboard")["DashboardBody"]
+    text = body["Fn::Sub"]
+    assert isinstance(text, str)
+    # Then with any value for every ${...} it is JSON, and each name it uses exists
+    names = set(re.findall(r"\$\{([^}!]+)\}", text))
+    assert names <= {"AWS::StackName", "AWS::Region", "MetricsNamespace", "TokenFunction"}
+    for name in names - {"AWS::StackName", "AWS::Region"}:
+        assert name in template["Parameters"] or name in template["Resources"], name
+    json.loads(re.sub(r"\$\{[^}!]+\}", "x", text))
+    # and as CloudFormation renders it for a stack, too
+    assert dashboard_body(template)["widgets"]
+
+
+def test_the_dashboard_graphs_what_the_issue_asks_for(template: dict[str, Any]) -> None:
+    body = dashboard_body(template, MetricsNamespace="Team/Igni")
+    graphs = graph_lines(body)
+    api = resolved(template, resource_properties(template, "TokenApi")["Name"])
+    searches = [
+        line[0]["expression"]
+        for lines in graphs.values()
+        for line in lines
+        if isinstance(line[0], dict)
+    ]
+    plain = {
+        (line[0], line[1], tuple(line[2:-1]), line[-1].get("stat"))
+        for lines in graphs.values()
+        for line in lines
+        if isinstance(line[0], str)
+    }
+
+    # Tokens vended by tier: one line per tier, every profile summed, in the stack's namespace
+    for tier in ("memory", "dynamodb", "upstream"):
+        assert (
+            'SUM(SEARCH(\'{"Team/Igni",profile,service,tier} MetricName="TokensVended" '
+            f"tier=\"{tier}\"', 'Sum'))"
+        ) in searches, tier
+    # Upstream calls and errors; refresh failures while still vending
+    for metric, dimensions in (
+        ("UpstreamCalls", "profile,service"),
+        ("UpstreamErrors", "kind,profile,service"),
+        ("RefreshFailuresWhileValid", "profile,service"),
+    ):
+        expected = f"SUM(SEARCH('{{\"Team/Igni\",{dimensions}}} MetricName=\"{metric}\"', 'Sum'))"
+        assert expected in searches, metric
+    # API Gateway: 5xx, 4xx (widget stat Sum), p50 and p99 latency, for this API and stage
+    stage = ("ApiName", api, "Stage", "v1")
+    assert ("AWS/ApiGateway", "5XXError", stage, None) in plain
+    assert ("AWS/ApiGateway", "4XXError", stage, None) in plain
+    assert ("AWS/ApiGateway", "Latency", stage, "p50") in plain
+    assert ("AWS/ApiGateway", "Latency", stage, "p99") in plain
+    # Lambda: the token function's duration, throttles and concurrent executions
+    function = ("FunctionName", DASHBOARD_FUNCTION)
+    assert ("AWS/Lambda", "Duration", function, "p99") in plain
+    assert ("AWS/Lambda", "Throttles", function, None) in plain
+    assert ("AWS/Lambda", "ConcurrentExecutions", function, "Maximum") in plain
+    # Every graph is in the stack's region; the Sum graphs say so at widget level
+    for widget in body["widgets"]:
+        if widget["type"] == "metric":
+            assert widget["properties"]["region"] == "eu-west-1"
+            if any(
+                isinstance(line[0], str) and "stat" not in line[-1]
+                for line in widget["properties"]["metrics"]
+            ):
+                assert widget["properties"]["stat"] == "Sum"
+
+
+def test_the_dashboards_own_metrics_are_the_ones_the_function_emits() -> None:
+    # Given the metric names the dashboard searches for, and the dimensions each carries
+    source = (SRC / "observability.py").read_text(encoding="utf-8")
+    for metric in ("TokensVended", "UpstreamCalls", "UpstreamErrors", "RefreshFailuresWhileValid"):
+        assert f'"{metric}"' in source, metric
+    assert 'self._count("TokensVended", profile, tier=tier)' in source
+    assert 'self._count("UpstreamErrors", profile, kind=outcome)' in source
+
+
+def test_the_dashboard_widgets_fit_the_grid_without_overlapping(template: dict[str, Any]) -> None:
+    cells: set[tuple[int, int]] = set()
+    for widget in dashboard_body(template)["widgets"]:
+        x, y, width, height = (widget[k] for k in ("x", "y", "width", "height"))
+        assert x >= 0
+        assert x + width <= 24
+        area = {(col, row) for col in range(x, x + width) for row in range(y, y + height)}
+        assert not area & cells, widget
+        cells |= area
+
+
+def test_tracing_is_lambdas_and_api_gateways_own_no_sdk_is_packaged() -> None:
+    # docs/observability.md: active tracing without the Powertools Tracer, whose X-Ray SDK
+    # would add to every cold start
+    packaged = (REPO_ROOT / "src" / "requirements.txt").read_text(encoding="utf-8").lower()
+    assert "aws-xray-sdk" not in packaged
+    for module in SRC.glob("*.py"):
+        text = module.read_text(encoding="utf-8")
+        assert "Tracer" not in text, module.name
+        assert "aws_xray_sdk" not in text, module.name
+
+
 # ------------------------------------------------------------- SAM (needs .venv-sam)
 
 needs_sam = pytest.mark.skipif(
@@ -951,7 +1084,7 @@ def test_transformed_template_has_one_logged_throttled_traced_stage() -> None:
         for path, ops in body["paths"].items()
         for method, spec in ops.items()
     }
-    assert set(methods) == API_ROUTES
+    assert set(methods) == template_routes()
     for spec in methods.values():
         assert spec["security"] == [{"AWS_IAM": []}]
     statements = body["x-amazon-apigateway-policy"]["Statement"]
