@@ -148,7 +148,7 @@ class StubApp:
             if key in update and (type(update[key]) is not int):
                 raise ValueError(f"{key} must be an integer")
         for key, choices in OAUTH_CHOICES.items():
-            value = update.get(key, choices[0])
+            value = update.get(key, [choices[0]] if key == "auth_methods" else choices[0])
             listed = value if key == "auth_methods" else [value]
             if not isinstance(listed, list) or not listed or any(v not in choices for v in listed):
                 many = "a non-empty list of " if key == "auth_methods" else ""
