@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import math
+import os
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -50,11 +53,28 @@ app = APIGatewayRestResolver()
 
 
 @dataclass(frozen=True)
+class Clients:
+    """The AWS SDK clients: the costly part of a runtime (service models, endpoint rules)."""
+
+    dynamodb: DynamoDBClient
+    secretsmanager: SecretsManagerClient
+    kms: KMSClient | None
+
+    def drop_connections(self) -> None:
+        """Close every pooled connection; a client opens new ones on its next call."""
+        for client in (self.dynamodb, self.secretsmanager, self.kms):
+            if client is not None:
+                client.close()
+
+
+@dataclass(frozen=True)
 class Runtime:
     """What an execution environment builds once and reuses across invocations."""
 
     config: Config
     service: TokenService
+    clients: Clients
+    http: urllib3.PoolManager
 
 
 _runtime: Runtime | None = None
@@ -74,6 +94,10 @@ def reset_runtime() -> None:
 
 
 def build_runtime(config: Config) -> Runtime:
+    return assemble_runtime(config, build_clients(config))
+
+
+def build_clients(config: Config) -> Clients:
     boto_config = BotoConfig(
         connect_timeout=config.aws_connect_timeout,
         read_timeout=config.aws_read_timeout,
@@ -82,35 +106,90 @@ def build_runtime(config: Config) -> Runtime:
     # botocore directly, not boto3: boto3's import pulls in s3transfer, about 70 ms of cold
     # start for nothing this function uses. Same credential chain, same AWS_ENDPOINT_URL.
     session = botocore.session.get_session()
-    kms = (
-        cast("KMSClient", session.create_client("kms", config=boto_config))
+    return Clients(
+        dynamodb=cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
+        secretsmanager=cast(
+            "SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)
+        ),
+        kms=cast("KMSClient", session.create_client("kms", config=boto_config))
         if config.kms_key_id
-        else None
+        else None,
     )
-    telemetry = Telemetry()
+
+
+def assemble_runtime(config: Config, clients: Clients) -> Runtime:
+    """The cheap part: the service with a new lease owner id, empty caches, its own pool."""
+    http = urllib3.PoolManager(num_pools=4, maxsize=2, retries=False)
     service = TokenService(
         config,
-        secrets=SecretStore(
-            cast(
-                "SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)
-            ),
-            cache_seconds=config.secret_cache_seconds,
-        ),
+        secrets=SecretStore(clients.secretsmanager, cache_seconds=config.secret_cache_seconds),
         igni=IgniClient(
-            urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
+            http,
             connect_timeout=config.igni_connect_timeout,
             read_timeout=config.igni_read_timeout,
             max_attempts=config.igni_max_attempts,
         ),
         table=TokenTable(
-            cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
-            config.table_name,
-            TokenCipher(kms, config.kms_key_id),
+            clients.dynamodb, config.table_name, TokenCipher(clients.kms, config.kms_key_id)
         ),
         memory=MemoryTier(),
-        telemetry=telemetry,
+        telemetry=Telemetry(),
     )
-    return Runtime(config=config, service=service)
+    return Runtime(config=config, service=service, clients=clients, http=http)
+
+
+# --------------------------------------------------------------------------- SnapStart
+# Lambda sets AWS_LAMBDA_INITIALIZATION_TYPE to "snap-start" for the init that a SnapStart
+# snapshot is taken of (the template's SnapStart parameter turns it on). Then the configuration
+# and clients are built here, during init, so that a restored environment does not pay for
+# them. Nothing is fetched: no secret, token or lease is ever in a snapshot. Every environment
+# restored from one snapshot starts with the same memory, so after_restore() gives each its
+# own lease owner id, random state and connections. See docs/deploying.md.
+SNAPSTART = "snap-start"
+
+
+def after_restore() -> None:
+    """Run by the runtime in each environment restored from a snapshot, before its first event."""
+    global _runtime  # noqa: PLW0603 - the restored environment's own runtime
+    # The snapshot's random state is every restored environment's: jitter would be in lockstep.
+    random.seed(os.urandom(32))
+    runtime = _runtime
+    if runtime is None:
+        return
+    # Connections opened before the snapshot are shared, or dead, after it.
+    runtime.clients.drop_connections()
+    runtime.http.clear()
+    # A new TokenService: a lease owner id of its own (two environments with one id would each
+    # take the other's lease for their own), an empty memory tier and secret cache.
+    _runtime = assemble_runtime(runtime.config, runtime.clients)
+
+
+def init_for_snapshot() -> bool:
+    """Build the runtime during init when SnapStart will snapshot it; True if it was built.
+
+    A configuration error is left for get_runtime() to raise again at each request, where it
+    is answered 500 configuration_error. Without the managed runtime's snapshot_restore_py
+    nothing is built early: a snapshot must never hold an identity it cannot renew.
+    """
+    global _runtime  # noqa: PLW0603 - built before the snapshot, renewed after each restore
+    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != SNAPSTART:
+        return False
+    try:
+        hooks = importlib.import_module("snapshot_restore_py")
+    except ImportError:
+        logger.warning("snapshot_restore_py not found: the runtime is built at the first event")
+        return False
+    hooks.register_after_restore(after_restore)
+    try:
+        config = load_config()
+    except VendorError as exc:
+        logger.error("configuration error", extra={"reason": exc.message})
+        return False
+    _runtime = build_runtime(config)
+    return True
+
+
+init_for_snapshot()
 
 
 # --------------------------------------------------------------------------------- routes
