@@ -114,9 +114,12 @@ check-build: build
 #
 # What each function needs, declared per function (the recipe is the same for all):
 #   <Function>_PACKAGES  distributions it imports; versions from src/requirements.txt
-#   <Function>_SERVICES  botocore service models it makes clients for (all ~400 are 28 MB)
+#   <Function>_SERVICES  botocore services it makes clients for: their models and endpoints
+#                        only (scripts/prune_botocore.py; all ~400 are 28 MB)
 #   <Function>_PRUNE     parts of those distributions it never imports
 LAMBDA_PYTHON ?= python3.13
+# sam build runs make in a copy of src/: scripts/ is found from this Makefile's own path.
+PROJECT_ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 LAMBDA_PIP_TARGET := --platform manylinux2014_aarch64 --only-binary=:all: \
 	--python-version 3.13 --implementation cp
 LAMBDA_FUNCTIONS := TokenFunction RotationFunction
@@ -141,8 +144,7 @@ $(addprefix build-,$(LAMBDA_FUNCTIONS)): build-%:
 		$(LAMBDA_PIP_TARGET) --target "$(ARTIFACTS_DIR)" \
 		--constraint requirements.txt $($*_PACKAGES)
 	rm -rf "$(ARTIFACTS_DIR)/bin" $(foreach p,$($*_PRUNE),"$(ARTIFACTS_DIR)/$(p)")
-	find "$(ARTIFACTS_DIR)/botocore/data" -mindepth 1 -maxdepth 1 -type d \
-		$(foreach s,$($*_SERVICES),! -name $(s)) -exec rm -rf {} +
+	$(LAMBDA_PYTHON) $(PROJECT_ROOT)scripts/prune_botocore.py "$(ARTIFACTS_DIR)" $($*_SERVICES)
 	mkdir -p "$(ARTIFACTS_DIR)/token_vendor"
 	cp token_vendor/*.py "$(ARTIFACTS_DIR)/token_vendor/"
 	$(LAMBDA_PYTHON) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \

@@ -10,7 +10,9 @@ For each function of BUILD_DIR/template.yaml (what sam build wrote):
   cannot make it stale;
 - its handler module imports from a read-only copy in a fresh interpreter with bytecode writes
   off (``-I -S -B``), every module of the artifact loaded from its bytecode (``-v`` says which
-  file each code object came from), and nothing is written into the copy.
+  file each code object came from), and nothing is written into the copy;
+- the services its botocore keeps (scripts/prune_botocore.py) resolve the same endpoints in
+  several partitions as the whole botocore of the interpreter running this check.
 
 Exit status 1 with one line per problem; run with Python 3.13, the runtime's.
 """
@@ -18,6 +20,7 @@ Exit status 1 with one line per problem; run with Python 3.13, the runtime's.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -28,9 +31,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from local.cfn_template import load_template  # noqa: E402 - after the path is set
+import botocore  # noqa: E402 - after the path is set
+import botocore.session  # noqa: E402
+
+from local.cfn_template import load_template  # noqa: E402
 
 RUNTIME = (3, 13)
+# Regions of several partitions, where a pruned endpoints.json would show first.
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2", "cn-north-1", "us-gov-west-1")
+ENDPOINTS_MARK = "ENDPOINTS "
+ENDPOINTS_CODE = """
+import json, botocore, botocore.session
+session = botocore.session.get_session()
+found = {}
+for service in sys.argv[1].split(","):
+    for region in sys.argv[2].split(","):
+        client = session.create_client(service, region_name=region)
+        found[service + " " + region] = [client.meta.endpoint_url, client.meta.partition]
+print("ENDPOINTS " + json.dumps({"version": botocore.__version__, "endpoints": found}))
+"""
 TAG = "cpython-313"
 UNCHECKED_HASH = 0b01
 # `python -v` names the file each module's code object came from.
@@ -72,6 +91,32 @@ def bytecode_problems(artifact: Path) -> list[str]:
     return problems
 
 
+def services(artifact: Path) -> list[str]:
+    """The botocore services whose models the artifact keeps."""
+    data = artifact / "botocore" / "data"
+    return sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+
+
+def endpoint_problems(stdout: str) -> list[str]:
+    """The artifact's endpoints for its services, against this interpreter's whole botocore."""
+    lines = [line for line in stdout.splitlines() if line.startswith(ENDPOINTS_MARK)]
+    if not lines:
+        return []
+    seen = json.loads(lines[-1][len(ENDPOINTS_MARK) :])
+    session = botocore.session.get_session()
+    problems = []
+    for name, url in seen["endpoints"].items():
+        service, region = name.split(" ")
+        meta = session.create_client(service, region_name=region).meta
+        expected = [meta.endpoint_url, meta.partition]
+        if url != expected:
+            problems.append(
+                f"{service} in {region}: {url} from the artifact's botocore "
+                f"{seen['version']}, {expected} from botocore {botocore.__version__}"
+            )
+    return problems
+
+
 def _listing(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")}
 
@@ -93,7 +138,10 @@ def import_problems(artifact: Path, module: str) -> list[str]:
                 "-B",
                 "-v",
                 "-c",
-                f"import sys; sys.path.insert(0, {str(copy)!r}); import {module}",
+                f"import sys; sys.path.insert(0, {str(copy)!r}); import {module}\n"
+                + ENDPOINTS_CODE,
+                ",".join(services(copy)),
+                ",".join(REGIONS),
             ],
             cwd=tmp,
             env={"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1"},
@@ -118,6 +166,7 @@ def import_problems(artifact: Path, module: str) -> list[str]:
         ]
         if not mine:
             problems.append(f"import {module}: nothing was loaded from the artifact")
+        problems += endpoint_problems(done.stdout)
         written = sorted(_listing(copy) - before)
         problems += [f"import {module} wrote {w}" for w in written]
         return problems
