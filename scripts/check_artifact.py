@@ -41,14 +41,15 @@ RUNTIME = (3, 13)
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2", "cn-north-1", "us-gov-west-1")
 ENDPOINTS_MARK = "ENDPOINTS "
 ENDPOINTS_CODE = """
-import json, botocore, botocore.session
-session = botocore.session.get_session()
-found = {}
-for service in sys.argv[1].split(","):
-    for region in sys.argv[2].split(","):
-        client = session.create_client(service, region_name=region)
-        found[service + " " + region] = [client.meta.endpoint_url, client.meta.partition]
-print("ENDPOINTS " + json.dumps({"version": botocore.__version__, "endpoints": found}))
+if sys.argv[1]:
+    import json, botocore, botocore.session
+    session = botocore.session.get_session()
+    found = {}
+    for service in sys.argv[1].split(","):
+        for region in sys.argv[2].split(","):
+            meta = session.create_client(service, region_name=region).meta
+            found[service + " " + region] = [meta.endpoint_url, meta.partition]
+    print("ENDPOINTS " + json.dumps({"version": botocore.__version__, "endpoints": found}))
 """
 TAG = "cpython-313"
 UNCHECKED_HASH = 0b01
