@@ -13,9 +13,11 @@ as ``/var/task`` is on Lambda. It times, from its first line:
   the same item, with boto3 as a function that uses the runtime's SDK gets it (bytecode
   compiled, here the dev venv's site-packages).
 
-Rounds are interleaved (one unrecorded round first, for the page cache and the table), so that a
-busy moment of this shared machine affects every line alike; medians are reported. We run as
-root, for whom mode bits do not stop a write, so the copies are also checked to be unchanged.
+Rounds are interleaved (one unrecorded round first, for the page cache and the table), each
+line next to the one it is compared with, in alternating order, so that a busy moment of this
+shared machine affects both alike; medians are reported, and CPU times (less distorted by
+other load than wall time). We run as root, for whom mode bits do not stop a write, so the
+copies are also checked to be unchanged.
 
 ``python -m bench.coldstart`` runs this section on its own (moto server and Igni stub included);
 ``make bench`` runs it inside the full benchmark. Both need ``make build`` first.
@@ -206,14 +208,18 @@ def measure(stack: LocalStack, *, repeats: int, build_dir: Path = BUILD_DIR) -> 
     config = load_config(stack.function_env())
     key = cache_key(config.profiles["default"])
     event = json.dumps(load_event("get_token"))
+    # Pairs run back to back, their order swapped every round, so that a busy moment of this
+    # shared machine hits both lines of a pair alike.
     lines: dict[str, list[str]] = {
-        "import_as_built": ["vendor", "{plain}", "import"],
-        "import_precompiled": ["vendor", "{compiled}", "import"],
-        "import_boto3": ["boto3", "{site}", "import"],
-        "token_as_built": ["vendor", "{plain}", "token", event],
         "token_precompiled": ["vendor", "{compiled}", "token", event],
         "baseline": ["boto3", "{site}", "token", stack.table_name, key],
+        "import_precompiled": ["vendor", "{compiled}", "import"],
+        "import_boto3": ["boto3", "{site}", "import"],
+        "import_as_built": ["vendor", "{plain}", "import"],
+        "token_as_built": ["vendor", "{plain}", "token", event],
     }
+    names = list(lines)
+    pairs = [names[i : i + 2] for i in range(0, len(names), 2)]
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in lines}
     with tempfile.TemporaryDirectory(prefix="igni-bench-cold-") as tmp:
         source = artifacts[API_FUNCTION]
@@ -224,11 +230,12 @@ def measure(stack: LocalStack, *, repeats: int, build_dir: Path = BUILD_DIR) -> 
         }
         before = {p: _listing(Path(paths[p])) for p in ("{compiled}", "{plain}")}
         for round_index in range(repeats + 1):
-            for name, template in lines.items():
-                args = [paths.get(arg, arg) for arg in template]
-                answer = _run(python, env, args, cwd=Path(tmp))
-                if round_index:
-                    samples[name].append(answer)
+            for pair in pairs:
+                for name in pair if round_index % 2 else reversed(pair):
+                    args = [paths.get(arg, arg) for arg in lines[name]]
+                    answer = _run(python, env, args, cwd=Path(tmp))
+                    if round_index:
+                        samples[name].append(answer)
         written = {p: sorted(set(_listing(Path(paths[p]))) - set(before[p])) for p in before}
     result: dict[str, Any] = {"repeats": repeats, "goal": GOAL, "python": python}
     for name, answers in samples.items():
@@ -239,6 +246,7 @@ def measure(stack: LocalStack, *, repeats: int, build_dir: Path = BUILD_DIR) -> 
             "median_ms": round(statistics.median(values), 1),
             "samples_ms": [round(v, 1) for v in values],
             "median_cpu_ms": round(statistics.median(cpu), 1),
+            "samples_cpu_ms": [round(v, 1) for v in cpu],
         }
         if field == "total_ms":
             result[name]["tiers"] = sorted({str(a.get("tier")) for a in answers})
