@@ -9,24 +9,17 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-import botocore.session
-import urllib3
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config as BotoConfig
 
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
 from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
-from token_vendor.igni import IgniClient
-from token_vendor.observability import Telemetry, logger
-from token_vendor.secret_store import SecretStore
-from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService, Vended
-from token_vendor.token_cipher import TokenCipher
-from token_vendor.token_store import MemoryTier, TokenTable
+from token_vendor.observability import logger
+from token_vendor.runtime import Runtime, assemble_runtime, build_runtime
+from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, Vended
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000
@@ -44,37 +37,7 @@ KNOWN_ROUTES = (
     (("POST",), ("token", "*", "refresh")),
 )
 
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-    from mypy_boto3_kms import KMSClient
-    from mypy_boto3_secretsmanager import SecretsManagerClient
-
 app = APIGatewayRestResolver()
-
-
-@dataclass(frozen=True)
-class Clients:
-    """The AWS SDK clients: the costly part of a runtime (service models, endpoint rules)."""
-
-    dynamodb: DynamoDBClient
-    secretsmanager: SecretsManagerClient
-    kms: KMSClient | None
-
-    def drop_connections(self) -> None:
-        """Close every pooled connection; a client opens new ones on its next call."""
-        for client in (self.dynamodb, self.secretsmanager, self.kms):
-            if client is not None:
-                client.close()
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What an execution environment builds once and reuses across invocations."""
-
-    config: Config
-    service: TokenService
-    clients: Clients
-    http: urllib3.PoolManager
 
 
 _runtime: Runtime | None = None
@@ -91,51 +54,6 @@ def reset_runtime() -> None:
     """Forget the configuration and clients (tests change the environment between cases)."""
     global _runtime  # noqa: PLW0603
     _runtime = None
-
-
-def build_runtime(config: Config) -> Runtime:
-    return assemble_runtime(config, build_clients(config))
-
-
-def build_clients(config: Config) -> Clients:
-    boto_config = BotoConfig(
-        connect_timeout=config.aws_connect_timeout,
-        read_timeout=config.aws_read_timeout,
-        retries={"mode": "standard", "max_attempts": config.aws_max_attempts},
-    )
-    # botocore directly, not boto3: boto3's import pulls in s3transfer, about 70 ms of cold
-    # start for nothing this function uses. Same credential chain, same AWS_ENDPOINT_URL.
-    session = botocore.session.get_session()
-    return Clients(
-        dynamodb=cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
-        secretsmanager=cast(
-            "SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)
-        ),
-        kms=cast("KMSClient", session.create_client("kms", config=boto_config))
-        if config.kms_key_id
-        else None,
-    )
-
-
-def assemble_runtime(config: Config, clients: Clients) -> Runtime:
-    """The cheap part: the service with a new lease owner id, empty caches, its own pool."""
-    http = urllib3.PoolManager(num_pools=4, maxsize=2, retries=False)
-    service = TokenService(
-        config,
-        secrets=SecretStore(clients.secretsmanager, cache_seconds=config.secret_cache_seconds),
-        igni=IgniClient(
-            http,
-            connect_timeout=config.igni_connect_timeout,
-            read_timeout=config.igni_read_timeout,
-            max_attempts=config.igni_max_attempts,
-        ),
-        table=TokenTable(
-            clients.dynamodb, config.table_name, TokenCipher(clients.kms, config.kms_key_id)
-        ),
-        memory=MemoryTier(),
-        telemetry=Telemetry(),
-    )
-    return Runtime(config=config, service=service, clients=clients, http=http)
 
 
 # --------------------------------------------------------------------------- SnapStart
