@@ -61,6 +61,8 @@ def main() -> int:
             os.close(go_write)
             random.setstate(state)
             snapshot_restore_py.restore()
+            # Drawn before the request, whose lease waits draw jitter of their own.
+            drawn = random.random()
             os.read(go_read, 1)  # returns when the parent closes its end: all start together
             response = handler.lambda_handler(event, FakeLambdaContext())
             body = json.loads(response["body"])
@@ -68,7 +70,7 @@ def main() -> int:
                 json.dumps(
                     {
                         "owner": handler.get_runtime().service._owner,
-                        "random": random.random(),
+                        "random": drawn,
                         "status": response["statusCode"],
                         "token": body.get("access_token"),
                         "error": body.get("error"),
