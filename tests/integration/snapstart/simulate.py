@@ -45,7 +45,7 @@ def main() -> int:
         json.dumps(
             {
                 "built": runtime is not None,
-                "owner": runtime.service._owner if runtime else None,
+                "owner": runtime.service.lease_owner if runtime else None,
                 "aws_requests_during_init": aws_requests,
             }
         )
@@ -69,7 +69,7 @@ def main() -> int:
             (results / f"child{index}.json").write_text(
                 json.dumps(
                     {
-                        "owner": handler.get_runtime().service._owner,
+                        "owner": handler.get_runtime().service.lease_owner,
                         "random": drawn,
                         "status": response["statusCode"],
                         "token": body.get("access_token"),
