@@ -2,8 +2,8 @@
 #
 # The dev venv (.venv) is built from pyproject.toml's dev extra, constrained by
 # requirements-dev.lock, and rebuilt only when either changes. aws-sam-cli lives in its own venv
-# (.venv-sam), installed on first `make build` / `make deploy`: its dependencies conflict with
-# the project's pins, and `make test` does not need it.
+# (.venv-sam), installed on first `make build` / `make test` / `make deploy`: its dependencies
+# conflict with the project's pins.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -30,7 +30,7 @@ CLIENT_PROJECT := $(wildcard client/pyproject.toml)
 CLIENT_EDITABLE := $(if $(CLIENT_PROJECT),-e ./client,)
 LOCK_CONSTRAINT := $(if $(wildcard $(LOCK)),-c $(LOCK),)
 
-.PHONY: help venv lock lint scan test e2e local invoke build deploy bench clean
+.PHONY: help venv lock lint scan test e2e local invoke build check-build deploy bench clean
 
 help:
 	@echo "make venv     dev venv in $(VENV) (pinned by $(LOCK))"
@@ -40,9 +40,10 @@ help:
 	@echo "make lint     ruff check, ruff format --check, mypy --strict, cfn-lint"
 	@echo "make local    the service on http://127.0.0.1:3000 (moto + Igni stub; Ctrl-C stops)"
 	@echo "make invoke EVENT=events/get_token.json   run the handler once on an event"
-	@echo "make build    sam build (aws-sam-cli $(SAM_VERSION) in $(SAM_VENV))"
+	@echo "make build    sam build (aws-sam-cli $(SAM_VERSION) in $(SAM_VENV)): precompiled artifacts"
+	@echo "make check-build  make build, then check the artifacts' bytecode (scripts/check_artifact.py)"
 	@echo "make deploy   sam deploy --guided"
-	@echo "make bench    python -m bench.run"
+	@echo "make bench    make build, then python -m bench.run (cold start: python -m bench.coldstart)"
 	@echo "make lock     regenerate $(LOCK) from a clean install of the dev extra"
 	@echo "make clean    remove venvs, build output and caches"
 
@@ -79,7 +80,8 @@ lint: venv
 scan: venv
 	VENV=$(VENV) scripts/scan.sh
 
-test: lint scan
+# The SAM venv too: the template tests that run the SAM translator and sam validate need it.
+test: lint scan $(SAM_STAMP)
 	$(PY) -m pytest
 
 # tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
@@ -100,18 +102,67 @@ $(SAM_STAMP):
 	$(SAM_VENV)/bin/python -m pip install --quiet 'aws-sam-cli==$(SAM_VERSION)'
 	@touch $@
 
-# sam build looks for the runtime's interpreter (python3.13) on PATH; the dev venv has one.
-# CodeUri is src/: leave no build litter there for sam build to package.
+# sam build runs the build-<Function> targets below with python3.13 from PATH (the dev venv's).
 build: $(SAM_STAMP) venv
-	rm -rf src/*.egg-info src/.mypy_cache
-	find src -name __pycache__ -type d -prune -exec rm -rf {} +
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SAM) build --template-file template.yaml
+
+# Every module of every artifact has unchecked-hash 3.13 bytecode, and each handler imports
+# from a read-only copy without compiling or writing anything (scripts/check_artifact.py).
+check-build: build
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" python3.13 scripts/check_artifact.py
+
+# ------------------------------------------------------------------- Lambda artifacts
+# Each function in template.yaml has `BuildMethod: makefile` and `ContextPath: .`: sam build
+# copies CodeUri (src/) to a scratch directory and runs `make build-<LogicalId>` there with
+# ARTIFACTS_DIR set, so plain `sam build` makes the same artifacts as `make build`. Lambda's
+# /var/task is read-only: bytecode not in the artifact is compiled again at every cold start.
+# So the recipe compiles everything with the runtime's Python (3.13), hash-based and unchecked,
+# which stays valid whatever zipping does to modification times. docs/benchmark.md has figures.
+#
+# What each function needs, declared per function (the recipe is the same for all):
+#   <Function>_PACKAGES  distributions it imports; versions from src/requirements.txt
+#   <Function>_SERVICES  botocore services it makes clients for: their models and endpoints
+#                        only (scripts/prune_botocore.py; all ~400 are 28 MB)
+#   <Function>_PRUNE     parts of those distributions it never imports
+LAMBDA_PYTHON ?= python3.13
+# sam build runs make in a copy of src/: scripts/ is found from this Makefile's own path.
+PROJECT_ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+LAMBDA_PIP_TARGET := --platform manylinux2014_aarch64 --only-binary=:all: \
+	--python-version 3.13 --implementation cp
+LAMBDA_FUNCTIONS := TokenFunction RotationFunction
+
+TokenFunction_PACKAGES := aws-lambda-powertools botocore urllib3
+TokenFunction_SERVICES := dynamodb kms secretsmanager sts
+TokenFunction_PRUNE :=
+
+RotationFunction_PACKAGES := aws-lambda-powertools botocore urllib3
+RotationFunction_SERVICES := secretsmanager sts
+RotationFunction_PRUNE := aws_lambda_powertools/event_handler
+
+.PHONY: $(addprefix build-,$(LAMBDA_FUNCTIONS))
+$(addprefix build-,$(LAMBDA_FUNCTIONS)): build-%:
+	@if [ -z "$(ARTIFACTS_DIR)" ]; then \
+		echo "ARTIFACTS_DIR is not set: run make build (or sam build), which runs this target" >&2; \
+		exit 2; fi
+	@$(LAMBDA_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' || { \
+		echo "build-$*: '$(LAMBDA_PYTHON)' is not Python 3.13: the runtime is python3.13 and" \
+			"loads only 3.13 bytecode; put a python3.13 on PATH or set LAMBDA_PYTHON" >&2; exit 2; }
+	$(LAMBDA_PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile \
+		$(LAMBDA_PIP_TARGET) --target "$(ARTIFACTS_DIR)" \
+		--constraint requirements.txt $($*_PACKAGES)
+	rm -rf "$(ARTIFACTS_DIR)/bin" $(foreach p,$($*_PRUNE),"$(ARTIFACTS_DIR)/$(p)")
+	$(LAMBDA_PYTHON) $(PROJECT_ROOT)scripts/prune_botocore.py "$(ARTIFACTS_DIR)" $($*_SERVICES)
+	mkdir -p "$(ARTIFACTS_DIR)/token_vendor"
+	cp token_vendor/*.py "$(ARTIFACTS_DIR)/token_vendor/"
+	$(LAMBDA_PYTHON) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
+		"$(ARTIFACTS_DIR)"
 
 # The roles are named (the key policy names the token function's role), hence NAMED_IAM.
 deploy: $(SAM_STAMP)
 	$(SAM) deploy --guided --capabilities CAPABILITY_NAMED_IAM
 
-bench: venv
+# The cold-start section measures the built artifacts.
+bench: venv build
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -14,8 +14,9 @@ E (`--sequential` runs them one after another: cleaner latencies, three times as
 runs through local/atomic_moto.py, which serializes its requests so that a conditional write is
 atomic as in DynamoDB (`--moto-as-is`: moto's own server, where two lease takers can both win).
 
-Also measured: the handler's import time beside a bare ``import boto3`` (fresh interpreters,
-median of several) and a DynamoDB-tier hit with and without KMS (TOKEN_KMS_KEY_ID set / unset).
+Also measured: the cold start of the `sam build` artifact as Lambda runs it, to the first token
+served from the DynamoDB tier, beside a bare boto3 + GetItem (bench/coldstart.py; ``make bench``
+builds first), and a DynamoDB-tier hit with and without KMS (TOKEN_KMS_KEY_ID set / unset).
 
 Prints a markdown report; writes JSON to bench/results/ (a timestamped file and latest.json).
 Exit status 1 if any request failed or was not sent in time. See bench/README.md.
@@ -51,6 +52,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import coldstart
 from local.environment import EnvironmentProcess
 from local.events import load_event
 from local.igni_stub import StubProcess
@@ -66,14 +68,6 @@ TIERS = ("memory", "dynamodb", "upstream")
 START_WORKERS = 6
 # An invocation gets this long (the fake Lambda context's timeout); the vendor answers before.
 INVOKE_TIMEOUT_MS = 25_000
-IMPORT_CODE = (
-    "import json, sys, time\n"
-    "started = time.perf_counter()\n"
-    "__import__(sys.argv[1])\n"
-    "ms = (time.perf_counter() - started) * 1000.0\n"
-    "print(json.dumps({'ms': ms, 'file': sys.modules[sys.argv[1]].__file__}))\n"
-)
-IMPORT_GOAL = 1.5
 # A request for a profile nobody configured: every variant builds its clients and answers 404
 # without touching Secrets Manager, DynamoDB or Igni.
 WARM_UP_PROFILE = "bench-warm-up"
@@ -193,7 +187,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument("--lifetime", type=int, help="token lifetime the stub issues, seconds")
     parser.add_argument("--lifetimes", type=float, help="lifetimes a round lasts")
     parser.add_argument("--latency-ms", type=int, help="the stub's answer latency")
-    parser.add_argument("--import-repeats", type=int, help="fresh interpreters per import timing")
+    parser.add_argument(
+        "--import-repeats", type=int, help="fresh interpreters per cold-start line (median)"
+    )
     parser.add_argument("--kms-samples", type=int, help="DynamoDB hits per KMS setting")
     parser.add_argument(
         "--sequential", action="store_true", help="run the variants one after another"
@@ -687,53 +683,6 @@ def stored_schemes(stack: LocalStack) -> list[str]:
 # -------------------------------------------------------------------------- measurements
 
 
-def measure_imports(repeats: int) -> dict[str, Any]:
-    """Median import time of the handler and of bare boto3, each in fresh interpreters.
-
-    As in a Lambda package, the function's own modules are compiled from source on every cold
-    start (a copy of src/token_vendor without __pycache__, nothing written back: about 25 ms
-    here), while the dependencies use the bytecode pip wrote when it installed them.
-    """
-    modules = ("token_vendor.handler", "boto3")
-    times: dict[str, list[float]] = {m: [] for m in modules}
-    with tempfile.TemporaryDirectory(prefix="igni-bench-import-") as tmp:
-        package = Path(tmp) / "token_vendor"
-        shutil.copytree(
-            ROOT / "src" / "token_vendor", package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-        env = {**os.environ, "PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1"}
-        # One unrecorded round first (page cache), then interleaved repeats so that a busy
-        # moment of the machine affects both alike.
-        for round_index in range(repeats + 1):
-            for module in modules:
-                done = subprocess.run(
-                    [sys.executable, "-c", IMPORT_CODE, module],
-                    cwd=tmp,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                    check=True,
-                )
-                answer = json.loads(done.stdout.strip().splitlines()[-1])
-                if module.startswith("token_vendor") and not str(answer["file"]).startswith(tmp):
-                    raise RuntimeError(f"{module} was imported from {answer['file']}, not the copy")
-                if round_index:
-                    times[module].append(float(answer["ms"]))
-    handler = statistics.median(times["token_vendor.handler"])
-    boto3 = statistics.median(times["boto3"])
-    return {
-        "repeats": repeats,
-        "handler_ms": round(handler, 1),
-        "boto3_ms": round(boto3, 1),
-        "ratio": round(handler / boto3, 3),
-        "goal": IMPORT_GOAL,
-        "handler_samples_ms": [round(t, 1) for t in times["token_vendor.handler"]],
-        "boto3_samples_ms": [round(t, 1) for t in times["boto3"]],
-        "own_modules": "compiled from source (no bytecode cache), as in a Lambda package",
-    }
-
-
 def measure_kms(
     endpoint: str, stub: StubProcess, vendor: Variant, settings: Settings, fleet: Fleet
 ) -> dict[str, Any]:
@@ -925,22 +874,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         + ", ".join(f"{name} {_num(ms, 0)}" for name, ms in init.items())
         + ".",
     ]
-    imp = report["imports"]
-    verdict = "met" if imp["ratio"] <= imp["goal"] else "NOT met"
-    lines += [
-        "",
-        f"Cold-start import (fresh interpreter, median of {imp['repeats']}; the function's "
-        "own modules compiled from source, as in a Lambda package):",
-        "",
-        "| import | median (ms) | samples (ms) |",
-        "|---|---:|---|",
-        f"| `token_vendor.handler` | {imp['handler_ms']:.0f} "
-        f"| {', '.join(f'{t:.0f}' for t in imp['handler_samples_ms'])} |",
-        f"| `boto3` | {imp['boto3_ms']:.0f} "
-        f"| {', '.join(f'{t:.0f}' for t in imp['boto3_samples_ms'])} |",
-        "",
-        f"handler ÷ boto3 = {imp['ratio']:.3f} (goal ≤ {imp['goal']}: {verdict})",
-    ]
+    lines += coldstart.render_markdown(report["cold_start"])
     kms = report.get("kms")
     if kms:
         lines += [
@@ -1036,10 +970,6 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
         },
         "git": _git(),
     }
-    # Before any server runs, so that the imports have the machine to themselves.
-    _progress(f"import timing: {settings.import_repeats} fresh interpreters each")
-    report["imports"] = measure_imports(settings.import_repeats)
-
     fleet = Fleet(workdir)
     moto = MotoServer(log_path=workdir / "moto-server.log", serialized=not settings.moto_as_is)
     stub: StubProcess | None = None
@@ -1053,6 +983,14 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
             log_path=workdir / "igni-stub.log",
         )
         stacks = {v.name: _new_stack(v.name, endpoint, v, stub) for v in variants}
+        # Before any environment runs, so that the fresh interpreters have the machine (but
+        # for the idle servers) to themselves. A long lifetime keeps the measured token fresh.
+        _progress(f"cold start: {settings.import_repeats} fresh interpreters per line")
+        stub.configure(lifetime=3600)
+        report["cold_start"] = coldstart.measure(
+            _new_stack("cold", endpoint, vendor, stub), repeats=settings.import_repeats
+        )
+        stub.reset()
         # The vendor's freshness policy as it reads it (token_vendor.config defaults unless the
         # stack's environment sets TOKEN_REFRESH_FRACTION and co.), given to the per-env cache
         # too: both replace a token at the same point, only the shared tier differs.

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import math
+import os
+import random
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-import botocore.session
-import urllib3
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config as BotoConfig
 
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
 from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
-from token_vendor.exchange import Exchange
-from token_vendor.igni import IgniClient
-from token_vendor.lease import Lease
-from token_vendor.observability import Telemetry, logger
-from token_vendor.secret_store import SecretStore
-from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService, Vended
-from token_vendor.token_cipher import TokenCipher
-from token_vendor.token_store import MemoryTier, TokenTable
-from token_vendor.versions import SecretVersions
+from token_vendor.observability import logger
+from token_vendor.runtime import Runtime, assemble_runtime, build_runtime
+from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, Vended
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000
@@ -39,20 +32,7 @@ MAX_MIN_TTL_DIGITS = 9
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 TIERS = frozenset({MEMORY, DYNAMODB, UPSTREAM})
 
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-    from mypy_boto3_kms import KMSClient
-    from mypy_boto3_secretsmanager import SecretsManagerClient
-
 app = APIGatewayRestResolver()
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What an execution environment builds once and reuses across invocations."""
-
-    config: Config
-    service: TokenService
 
 
 _runtime: Runtime | None = None
@@ -71,57 +51,58 @@ def reset_runtime() -> None:
     _runtime = None
 
 
-def build_runtime(config: Config) -> Runtime:
-    boto_config = BotoConfig(
-        connect_timeout=config.aws_connect_timeout,
-        read_timeout=config.aws_read_timeout,
-        retries={"mode": "standard", "total_max_attempts": config.aws_max_attempts},
-    )
-    # botocore directly, not boto3: boto3's import pulls in s3transfer, about 70 ms of cold
-    # start for nothing this function uses. Same credential chain, same AWS_ENDPOINT_URL.
-    session = botocore.session.get_session()
-    # Re-checks of a token already at hand: one short attempt, so a hanging endpoint costs a
-    # caller about a second before the token is served anyway (the exchange keeps its budget).
-    quick_config = BotoConfig(
-        connect_timeout=config.recheck_timeout_seconds,
-        read_timeout=config.recheck_timeout_seconds,
-        retries={"mode": "standard", "total_max_attempts": 1},
-    )
-    kms = quick_kms = None
-    if config.kms_key_id:
-        kms = cast("KMSClient", session.create_client("kms", config=boto_config))
-        quick_kms = cast("KMSClient", session.create_client("kms", config=quick_config))
-    telemetry = Telemetry()
-    secrets = SecretStore(
-        cast("SecretsManagerClient", session.create_client("secretsmanager", config=boto_config)),
-        cache_seconds=config.secret_cache_seconds,
-        quick_client=cast(
-            "SecretsManagerClient", session.create_client("secretsmanager", config=quick_config)
-        ),
-    )
-    versions = SecretVersions(secrets, telemetry, pause_seconds=config.recheck_pause_seconds)
-    igni = IgniClient(
-        urllib3.PoolManager(num_pools=4, maxsize=2, retries=False),
-        connect_timeout=config.igni_connect_timeout,
-        read_timeout=config.igni_read_timeout,
-        max_attempts=config.igni_max_attempts,
-    )
-    table = TokenTable(
-        cast("DynamoDBClient", session.create_client("dynamodb", config=boto_config)),
-        config.table_name,
-        TokenCipher(kms, config.kms_key_id, quick_kms=quick_kms),
-        quick_client=cast("DynamoDBClient", session.create_client("dynamodb", config=quick_config)),
-    )
-    service = TokenService(
-        config,
-        versions=versions,
-        exchange=Exchange(versions, igni, telemetry, config.freshness),
-        table=table,
-        lease=Lease(table, lease_seconds=config.lease_seconds),
-        memory=MemoryTier(),
-        telemetry=telemetry,
-    )
-    return Runtime(config=config, service=service)
+# --------------------------------------------------------------------------- SnapStart
+# Lambda sets AWS_LAMBDA_INITIALIZATION_TYPE to "snap-start" for the init that a SnapStart
+# snapshot is taken of (the template's SnapStart parameter turns it on). Then the configuration
+# and clients are built here, during init, so that a restored environment does not pay for
+# them. Nothing is fetched: no secret, token or lease is ever in a snapshot. Every environment
+# restored from one snapshot starts with the same memory, so after_restore() gives each its
+# own lease owner id, random state and connections. See docs/deploying.md.
+SNAPSTART = "snap-start"
+
+
+def after_restore() -> None:
+    """Run by the runtime in each environment restored from a snapshot, before its first event."""
+    global _runtime  # noqa: PLW0603 - the restored environment's own runtime
+    # The snapshot's random state is every restored environment's: jitter would be in lockstep.
+    random.seed(os.urandom(32))
+    runtime = _runtime
+    if runtime is None:
+        return
+    # Connections opened before the snapshot are shared, or dead, after it.
+    runtime.clients.drop_connections()
+    runtime.http.clear()
+    # A new TokenService: a lease owner id of its own (two environments with one id would each
+    # take the other's lease for their own), an empty memory tier and secret cache.
+    _runtime = assemble_runtime(runtime.config, runtime.clients)
+
+
+def init_for_snapshot() -> bool:
+    """Build the runtime during init when SnapStart will snapshot it; True if it was built.
+
+    A configuration error is left for get_runtime() to raise again at each request, where it
+    is answered 500 configuration_error. Without the managed runtime's snapshot_restore_py
+    nothing is built early: a snapshot must never hold an identity it cannot renew.
+    """
+    global _runtime  # noqa: PLW0603 - built before the snapshot, renewed after each restore
+    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != SNAPSTART:
+        return False
+    try:
+        hooks = importlib.import_module("snapshot_restore_py")
+    except ImportError:
+        logger.warning("snapshot_restore_py not found: the runtime is built at the first event")
+        return False
+    hooks.register_after_restore(after_restore)
+    try:
+        config = load_config()
+    except VendorError as exc:
+        logger.error("configuration error", extra={"reason": exc.message})
+        return False
+    _runtime = build_runtime(config)
+    return True
+
+
+init_for_snapshot()
 
 
 # --------------------------------------------------------------------------------- routes

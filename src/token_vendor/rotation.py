@@ -34,9 +34,9 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import boto3
+import botocore.session
 import urllib3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -93,7 +93,11 @@ def get_clients() -> _Clients:
             retries={"mode": "standard", "total_max_attempts": AWS_MAX_ATTEMPTS},
         )
         _clients = _Clients(
-            secretsmanager=boto3.session.Session().client("secretsmanager", config=boto_config),
+            # botocore, not boto3: the function's artifact packages no boto3 (see Makefile).
+            secretsmanager=cast(
+                "SecretsManagerClient",
+                botocore.session.get_session().create_client("secretsmanager", config=boto_config),
+            ),
             igni=IgniClient(
                 urllib3.PoolManager(num_pools=2, maxsize=1, retries=False),
                 connect_timeout=IGNI_CONNECT_TIMEOUT,

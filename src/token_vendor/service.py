@@ -118,6 +118,11 @@ class TokenService:
         self._locks_guard = threading.Lock()
         self._table_recheck = RecheckPause(config.recheck_pause_seconds, monotonic)
 
+    @property
+    def lease_owner(self) -> str:
+        """This environment's lease owner id (each restored SnapStart environment has its own)."""
+        return self._lease.owner
+
     # ----------------------------------------------------------------- public operations
 
     def vend(self, profile: Profile, *, deadline: float, min_ttl: int = 0) -> Vended:
