@@ -304,8 +304,8 @@ class TokenService:
         stale = token if vendable else None
         if record is None:
             return Take(seen=None)
-        if self._held_back(profile, record, now, serving=stale is not None):
-            assert stale is not None  # noqa: S101 - held back without a token raises
+        held_back = self._held_back(profile, record, now, serving=stale is not None)
+        if held_back and stale is not None:
             return Serve(stale, fresh=False)
         return Take(seen=record.token_fingerprint, stale=stale)
 
