@@ -8,6 +8,9 @@ otherwise a throw-away moto server, Igni stub and stack are made for this one ca
 The event's placeholder secret (``igni-token-vendor/local/default``) is replaced by the stack's,
 so a ``Secret Label Updated`` event is about the secret the function actually reads.
 
+An API Gateway event runs the API function's handler (TokenFunction's), any other event the
+maintenance function's (MaintenanceFunction's: the pre-warm schedule and the rotation rule).
+
 Exit status: 0 when the handler returned (whatever the HTTP status inside), 1 when it raised
 (printed as Lambda reports it: errorMessage, errorType, stackTrace), 2 for a usage error.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from local.api_server import Handler
+from local.cfn_template import load_template, resource_properties
 from local.events import event_path, load_event, substitute_secret
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import answers_http
@@ -130,7 +134,8 @@ def invoke_event(
     """Run the handler once on ``event`` (a dict, an events/ name or a file path).
 
     ``handler`` is a callable, a ``module:function`` / ``module.function`` name, or None for
-    TokenFunction's Handler from template.yaml. os.environ is restored afterwards.
+    the Handler template.yaml gives the function that receives the event (handler_for).
+    os.environ is restored afterwards.
     """
     with target_stack(state_file, ephemeral=ephemeral) as target:
         raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
@@ -140,7 +145,7 @@ def invoke_event(
         with patched_environ(target.function_env), contextlib.redirect_stdout(sys.stderr):
             # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer.
             # Import inside the redirect so loggers made at import bind to stderr too.
-            fn = handler if callable(handler) else load_handler(handler)
+            fn = handler if callable(handler) else load_handler(handler or handler_for(payload))
             context = FakeLambdaContext(
                 timeout_s=target.timeout_s, function_name=target.function_name
             )
@@ -154,6 +159,14 @@ def invoke_event(
             finally:
                 _reset_runtime(fn)
         return InvokeResult(response, None, target)
+
+
+def handler_for(event: Any) -> str:
+    """The Handler of the template's function that receives ``event``: TokenFunction for an API
+    Gateway event (it has httpMethod or requestContext), MaintenanceFunction for any other."""
+    is_api = isinstance(event, dict) and ("httpMethod" in event or "requestContext" in event)
+    function = "TokenFunction" if is_api else "MaintenanceFunction"
+    return str(resource_properties(load_template(), function)["Handler"])
 
 
 def _reset_runtime(fn: Handler) -> None:
