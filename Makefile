@@ -129,11 +129,16 @@ LAMBDA_PYTHON ?= python3.13
 PROJECT_ROOT := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 LAMBDA_PIP_TARGET := --platform manylinux2014_aarch64 --only-binary=:all: \
 	--python-version 3.13 --implementation cp
-LAMBDA_FUNCTIONS := TokenFunction RotationFunction
+LAMBDA_FUNCTIONS := TokenFunction MaintenanceFunction RotationFunction
 
 TokenFunction_PACKAGES := aws-lambda-powertools botocore urllib3
 TokenFunction_SERVICES := dynamodb kms secretsmanager sts
 TokenFunction_PRUNE :=
+
+# The token function's code without its resolver: maintenance.py never imports the event handler.
+MaintenanceFunction_PACKAGES := aws-lambda-powertools botocore urllib3
+MaintenanceFunction_SERVICES := dynamodb kms secretsmanager sts
+MaintenanceFunction_PRUNE := aws_lambda_powertools/event_handler
 
 RotationFunction_PACKAGES := aws-lambda-powertools botocore urllib3
 RotationFunction_SERVICES := secretsmanager sts
@@ -157,7 +162,8 @@ $(addprefix build-,$(LAMBDA_FUNCTIONS)): build-%:
 	$(LAMBDA_PYTHON) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
 		"$(ARTIFACTS_DIR)"
 
-# The roles are named (the key policy names the token function's role), hence NAMED_IAM.
+# The roles are named (the key policy names the token and maintenance functions' roles), hence
+# NAMED_IAM.
 deploy: $(SAM_STAMP)
 	$(SAM) deploy --guided --capabilities CAPABILITY_NAMED_IAM
 

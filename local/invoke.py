@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from local.cfn_template import load_template, resource_properties
 from local.events import event_path, load_event, substitute_secret
 from local.gateway.server import Handler
 from local.lambda_context import FakeLambdaContext
@@ -64,8 +65,9 @@ def invoke_event(
 ) -> InvokeResult:
     """Run the handler once on ``event`` (a dict, an events/ name or a file path).
 
-    ``handler``: a callable, ``module:function`` / ``module.function``, or None for the API
-    function's Handler in template.yaml. os.environ is restored afterwards.
+    ``handler``: a callable, ``module:function`` / ``module.function``, or None for the Handler
+    template.yaml gives the function that receives the event (handler_for). os.environ is
+    restored afterwards.
     """
     with target_stack(state_file, ephemeral=ephemeral) as target:
         raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
@@ -78,7 +80,7 @@ def invoke_event(
         # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer. The
         # import happens inside the redirect so that loggers made at import bind to stderr too.
         with contextlib.redirect_stdout(sys.stderr):
-            fn = handler if callable(handler) else load_handler(handler)
+            fn = handler if callable(handler) else load_handler(handler or handler_for(payload))
             timeout_s = float(target.get("function_timeout_s", 25.0))
             name = stack.get("function_name", "local-TokenFunction")
             context = FakeLambdaContext(timeout_s=timeout_s, function_name=name)
@@ -103,6 +105,14 @@ def invoke_event(
                     reset()
                 os.environ.clear()
                 os.environ.update(saved)
+
+
+def handler_for(event: Any) -> str:
+    """The Handler of the template's function that receives ``event``: TokenFunction for an API
+    Gateway event (it has httpMethod or requestContext), MaintenanceFunction for any other."""
+    is_api = isinstance(event, dict) and ("httpMethod" in event or "requestContext" in event)
+    function = "TokenFunction" if is_api else "MaintenanceFunction"
+    return str(resource_properties(load_template(), function)["Handler"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,9 @@
-"""Lambda entry point: the REST API routes, the schedule (pre-warm) and rotation events."""
+"""Lambda entry point of the API function: API Gateway REST proxy events, and nothing else.
+
+The pre-warm schedule and the Secret Label Updated rule invoke the maintenance function
+(maintenance.py); the rotation function is rotation.py. A direct invoke with any other event is
+answered 400 invalid_request in the proxy's shape: no other event shape is guessed at.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +24,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
 from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
 from token_vendor.observability import logger
-from token_vendor.runtime import Runtime, assemble_runtime, build_runtime
-from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, Vended
+from token_vendor.runtime import (
+    assemble_runtime,
+    build_runtime,
+    current_runtime,
+    get_runtime,
+    reset_runtime,  # noqa: F401 - tests and local/ start a new environment with it
+    set_runtime,
+)
+from token_vendor.service import Vended
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000
@@ -30,26 +42,8 @@ DEFAULT_REMAINING_MS = 25_000
 MAX_REJECTED_TOKEN_BYTES = 16 * 1024
 MAX_MIN_TTL_DIGITS = 9
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-TIERS = frozenset({MEMORY, DYNAMODB, UPSTREAM})
 
 app = APIGatewayRestResolver()
-
-
-_runtime: Runtime | None = None
-
-
-def get_runtime() -> Runtime:
-    global _runtime  # noqa: PLW0603 - one runtime per execution environment, built on first use
-    if _runtime is None:
-        _runtime = build_runtime(load_config())
-    return _runtime
-
-
-def reset_runtime() -> None:
-    """Forget the configuration and clients (tests change the environment between cases)."""
-    global _runtime  # noqa: PLW0603
-    _runtime = None
-
 
 # --------------------------------------------------------------------------- SnapStart
 # Lambda sets AWS_LAMBDA_INITIALIZATION_TYPE to "snap-start" for the init that a SnapStart
@@ -63,10 +57,9 @@ SNAPSTART = "snap-start"
 
 def after_restore() -> None:
     """Run by the runtime in each environment restored from a snapshot, before its first event."""
-    global _runtime  # noqa: PLW0603 - the restored environment's own runtime
     # The snapshot's random state is every restored environment's: jitter would be in lockstep.
     random.seed(os.urandom(32))
-    runtime = _runtime
+    runtime = current_runtime()
     if runtime is None:
         return
     # Connections opened before the snapshot are shared, or dead, after it.
@@ -74,7 +67,7 @@ def after_restore() -> None:
     runtime.http.clear()
     # A new TokenService: a lease owner id of its own (two environments with one id would each
     # take the other's lease for their own), an empty memory tier and secret cache.
-    _runtime = assemble_runtime(runtime.config, runtime.clients)
+    set_runtime(assemble_runtime(runtime.config, runtime.clients))
 
 
 def init_for_snapshot() -> bool:
@@ -84,7 +77,6 @@ def init_for_snapshot() -> bool:
     is answered 500 configuration_error. Without the managed runtime's snapshot_restore_py
     nothing is built early: a snapshot must never hold an identity it cannot renew.
     """
-    global _runtime  # noqa: PLW0603 - built before the snapshot, renewed after each restore
     if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != SNAPSTART:
         return False
     try:
@@ -98,7 +90,7 @@ def init_for_snapshot() -> bool:
     except VendorError as exc:
         logger.error("configuration error", extra={"reason": exc.message})
         return False
-    _runtime = build_runtime(config)
+    set_runtime(build_runtime(config))
     return True
 
 
@@ -346,30 +338,6 @@ def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- dispatch
 
 
-# Any of these makes an event an HTTP request: answered as one (a 400 if malformed), never as a
-# schedule or rotation event, whose EventBridge envelopes carry none of them.
-_API_EVENT_FIELDS = frozenset(
-    {
-        "httpMethod",
-        "requestContext",
-        "resource",
-        "path",
-        "headers",
-        "multiValueHeaders",
-        "queryStringParameters",
-        "multiValueQueryStringParameters",
-        "pathParameters",
-        "stageVariables",
-        "body",
-        "isBase64Encoded",
-    }
-)
-
-
-def _is_api_event(event: dict[str, Any]) -> bool:
-    return not _API_EVENT_FIELDS.isdisjoint(event)
-
-
 def _api_event_problem(event: dict[str, Any]) -> str | None:
     """What makes an API Gateway proxy event unusable, before Powertools parses it."""
     if not isinstance(event.get("httpMethod"), str) or not event["httpMethod"]:
@@ -404,7 +372,9 @@ def _api_event_problem(event: dict[str, Any]) -> str | None:
         return "requestContext"
     for name, value in event.items():
         if not _is_unicode(name) or not _is_unicode(value):
-            field = name if name in _API_EVENT_FIELDS else "a field"
+            # Named only when the name is plain: the message never echoes arbitrary text.
+            plain = isinstance(name, str) and name.isascii() and name.isidentifier()
+            field = name[:64] if plain else "a field"
             return f"{field} holds text that is not valid Unicode"
     return None
 
@@ -416,63 +386,22 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     if not isinstance(event, dict):
         logger.warning("unsupported event", extra={"event_type": type(event).__name__})
         return _unexpected(400, "invalid_request", "the event is not a JSON object")
-    if _is_api_event(event):
-        problem = _api_event_problem(event)
-        if problem is not None:
-            logger.warning("malformed API Gateway event", extra={"field": problem})
-            return _unexpected(400, "invalid_request", f"malformed API Gateway event ({problem})")
-        try:
-            return app.resolve(event, context)
-        except Exception:
-            # Never a stack trace to the caller; the log keeps it (it holds no token or secret).
-            logger.exception("unhandled error")
-            return _unexpected(500, "internal_error", "unexpected error; see the function's logs")
-    return _handle_event(event, context)
-
-
-def _handle_event(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Scheduled pre-warm and Secrets Manager rotation events (not API calls)."""
+    if "httpMethod" not in event and "requestContext" not in event:
+        # Not a proxy event: the schedule and the rotation rule invoke the maintenance function,
+        # so nothing else is guessed at here.
+        logger.warning("not an API Gateway event", extra={"fields": len(event)})
+        return _unexpected(
+            400,
+            "invalid_request",
+            "this function takes API Gateway REST events only (no httpMethod or requestContext)",
+        )
+    problem = _api_event_problem(event)
+    if problem is not None:
+        logger.warning("malformed API Gateway event", extra={"field": problem})
+        return _unexpected(400, "invalid_request", f"malformed API Gateway event ({problem})")
     try:
-        runtime = get_runtime()
-    except VendorError as exc:
-        logger.error("configuration error", extra={"reason": exc.message})
-        return {"ok": False, "error": exc.code, "message": exc.message}
-    remaining = getattr(context, "get_remaining_time_in_millis", lambda: DEFAULT_REMAINING_MS)()
-    deadline = time.monotonic() + max(0, int(remaining) - RESPONSE_RESERVE_MS) / 1000.0
-    source = event.get("source")
-    if source == "aws.secretsmanager":
-        raw_detail = event.get("detail")
-        detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
-        resources = event.get("resources")
-        refs = [r for r in resources if isinstance(r, str)] if isinstance(resources, list) else []
-        name = detail.get("name")
-        if isinstance(name, str) and not refs:
-            # `resources` holds the secret's ARN and `name` the same secret: using both would
-            # handle each profile twice (a second purge, and the second outcome reported).
-            refs.append(name)
-        if detail.get("labelUpdated") not in (None, "AWSCURRENT"):
-            return {"ok": True, "ignored": "label is not AWSCURRENT"}
-        outcome: dict[str, str] = {}
-        for ref in dict.fromkeys(refs):
-            outcome.update(runtime.service.on_secret_rotated(ref, deadline=deadline))
-        logger.info("rotation handled", extra={"outcome": outcome})
-        return _async_result("rotation", outcome)
-    if event.get("action") == "prewarm" or source in ("aws.events", "aws.scheduler"):
-        outcome = runtime.service.prewarm(deadline=deadline)
-        logger.info("prewarm done", extra={"outcome": outcome})
-        return _async_result("prewarm", outcome)
-    logger.warning("unsupported event", extra={"source": str(source)[:128]})
-    return {"ok": False, "error": "unsupported_event"}
-
-
-class AsyncEventFailed(Exception):
-    """A pre-warm or rotation invocation that did not leave every profile with a token."""
-
-
-def _async_result(kind: str, outcome: dict[str, str]) -> dict[str, Any]:
-    """Raise on failure so that Lambda retries the event, counts an error and, at last,
-    sends it to the dead-letter queue; the outcome names error codes, never a secret."""
-    failed = {name: tier for name, tier in outcome.items() if tier not in TIERS}
-    if failed:
-        raise AsyncEventFailed(f"{kind} failed for {failed}")
-    return {"ok": True, "profiles": outcome}
+        return app.resolve(event, context)
+    except Exception:
+        # Never a stack trace to the caller; the log keeps it (it holds no token or secret).
+        logger.exception("unhandled error")
+        return _unexpected(500, "internal_error", "unexpected error; see the function's logs")

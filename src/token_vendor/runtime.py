@@ -4,6 +4,10 @@ Two parts, because SnapStart restores many environments from one snapshot: the c
 the costly part (service models, endpoint rules) and are shared by every environment restored
 from a snapshot; the TokenService (lease owner id, memory tier, secret cache, Igni connection
 pool) is cheap and each restored environment assembles its own (handler.after_restore).
+
+Both Lambda entry points (handler.py for the API, maintenance.py for the pre-warm schedule and
+the rotation rule) take the environment's runtime from get_runtime(): one per process, built at
+the first event, or during init when SnapStart snapshots the API function.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import botocore.session
 import urllib3
 from botocore.config import Config as BotoConfig
 
-from token_vendor.config import Config
+from token_vendor.config import Config, load_config
 from token_vendor.exchange import Exchange
 from token_vendor.igni import IgniClient
 from token_vendor.lease import Lease
@@ -142,3 +146,31 @@ def assemble_runtime(config: Config, clients: Clients) -> Runtime:
         telemetry=telemetry,
     )
     return Runtime(config=config, service=service, clients=clients, http=http)
+
+
+# The execution environment's runtime: Lambda runs one function per process, so one suffices.
+_current: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """This environment's runtime, built from the environment variables on first use."""
+    global _current  # noqa: PLW0603 - one runtime per execution environment
+    if _current is None:
+        _current = build_runtime(load_config())
+    return _current
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime built so far, if any (SnapStart's hooks renew it)."""
+    return _current
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Make `runtime` the environment's (SnapStart's init and restore; tests' environments)."""
+    global _current  # noqa: PLW0603
+    _current = runtime
+
+
+def reset_runtime() -> None:
+    """Forget the configuration and clients (tests change the environment between cases)."""
+    set_runtime(None)

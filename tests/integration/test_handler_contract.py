@@ -18,8 +18,9 @@ import pytest
 from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import handler
+from token_vendor import handler, maintenance
 from token_vendor.observability import logger as powertools_logger
+from token_vendor.runtime import current_runtime
 
 STUB_CLIENT_SECRET = "test-secret-0123456789"
 
@@ -309,6 +310,42 @@ def test_a_malformed_event_is_a_json_400(stack: LocalStack) -> None:
     event["headers"] = ["not", "a", "dict"]
     assert_error(invoke(event), 400, "invalid_request")
     assert_error(handler.lambda_handler("nonsense", FakeLambdaContext()), 400, "invalid_request")
+
+
+@pytest.mark.parametrize("name", ["prewarm", "secret_label_updated"])
+def test_a_schedule_or_rotation_event_sent_to_the_api_function_is_a_json_400(
+    stack: LocalStack, igni_stub: Any, name: str
+) -> None:
+    # Given the pre-warm schedule's or the rotation rule's event, invoked directly on the API
+    # function (in the template only the maintenance function receives them)
+    event = load_event(name, secret_arn=stack.secret_arn, secret_name=stack.secret_name)
+    # When the API function gets it
+    body = assert_error(invoke(event), 400, "invalid_request")
+    # Then it says what the function takes, and nothing was done: no runtime, no Igni call
+    assert body["message"] == (
+        "this function takes API Gateway REST events only (no httpMethod or requestContext)"
+    )
+    assert current_runtime() is None
+    assert igni_stub.calls() == []
+
+
+@pytest.mark.parametrize("event", [load_event("get_token"), load_event("post_refresh"), {}, "x"])
+def test_the_maintenance_function_refuses_an_api_or_unknown_event(
+    stack: LocalStack, igni_stub: Any, event: Any
+) -> None:
+    # Given an API Gateway request (or anything but the schedule's or the rule's event)
+    # When the maintenance function gets it
+    answer = maintenance.lambda_handler(event, FakeLambdaContext())
+    # Then it is refused with the contract's unsupported_event, saying what it takes, and
+    # nothing was done: no runtime, no Igni call
+    assert answer == {
+        "ok": False,
+        "error": "unsupported_event",
+        "message": "the maintenance function takes the pre-warm schedule's event "
+        '{"action": "prewarm"} and Secrets Manager\'s Secret Label Updated events only',
+    }
+    assert current_runtime() is None
+    assert igni_stub.calls() == []
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from local.cfn_template import (
 from local.events import EVENTS_DIR, PLACEHOLDER_SECRET_ARN, PLACEHOLDER_SECRET_NAME
 from local.gateway.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.igni_stub import StubProcess, decode_jwt_segment, parse_clients, token_fingerprint
-from local.invoke import invoke_event
+from local.invoke import handler_for, invoke_event
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer
 from local.run import LocalEnvironment, RealIgni
@@ -377,7 +377,7 @@ def test_stack_is_created_from_template_yaml(stack: LocalStack, moto_server: str
     secret = stack.secretsmanager().get_secret_value(SecretId=stack.secret_arn)
     assert json.loads(secret["SecretString"])["client_id"] == "test-client"
     # and it carries the template's resource policy, resolved for this stack (moto stores it
-    # without enforcing it): GetSecretValue denied to all but the stack's two function roles
+    # without enforcing it): GetSecretValue denied to all but the stack's three function roles
     policy = json.loads(
         stack.secretsmanager().get_resource_policy(SecretId=stack.secret_arn)["ResourcePolicy"]
     )
@@ -386,6 +386,7 @@ def test_stack_is_created_from_template_yaml(stack: LocalStack, moto_server: str
     role = f"arn:aws:iam::{stack.account_id}:role/{stack.name}"
     assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
         f"{role}-token-fn",
+        f"{role}-maintenance-fn",
         f"{role}-rotation-fn",
     ]
     # and the KMS key encrypts and decrypts
@@ -526,7 +527,7 @@ def test_api_events_look_like_api_gateway_iam_events(name: str, load_event: Load
 
 def test_scheduled_and_rotation_events_match_the_template(load_event: LoadEvent) -> None:
     # Given the template's schedule input and rotation rule pattern
-    function = resource_properties(load_template(), "TokenFunction")
+    function = resource_properties(load_template(), "MaintenanceFunction")
     events = function["Events"]
     schedule_input = json.loads(events["Prewarm"]["Properties"]["Input"])
     pattern = events["SecretRotated"]["Properties"]["Pattern"]
@@ -612,6 +613,24 @@ def test_invoke_uses_the_running_local_stack(
     # Then it ran against that stack
     assert result.target["source"] == "make local"
     assert json.loads(result.response["body"])["env"]["TOKEN_TABLE_NAME"] == stack.table_name
+
+
+@pytest.mark.parametrize(
+    ("name", "function"),
+    [
+        ("get_token", "TokenFunction"),
+        ("post_refresh_bad_body", "TokenFunction"),
+        ("prewarm", "MaintenanceFunction"),
+        ("secret_label_updated", "MaintenanceFunction"),
+    ],
+)
+def test_invoke_runs_the_handler_of_the_function_that_receives_the_event(
+    name: str, function: str, load_event: LoadEvent
+) -> None:
+    # Given an event of events/ and the template's function that receives it
+    expected = resource_properties(load_template(), function)["Handler"]
+    # Then make invoke runs that function's handler
+    assert handler_for(load_event(name)) == expected
 
 
 def test_invoke_reports_a_raising_handler_like_lambda(tmp_path: Path) -> None:

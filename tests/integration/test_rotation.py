@@ -1,9 +1,10 @@
 """Credential rotation end to end, against the moto server and the Igni stub (issue 4).
 
-The API handler (``token_vendor.handler.lambda_handler``) runs on events/get_token.json and
+The API handler (``token_vendor.handler.lambda_handler``) runs on events/get_token.json, the
+maintenance handler (``token_vendor.maintenance.lambda_handler``) on
 events/secret_label_updated.json; the rotation function (``token_vendor.rotation``) runs one
 step at a time as Secrets Manager would invoke it (moto cannot run a rotation Lambda).
-Execution environments are Runtime objects of the handler module: ``handler.reset_runtime()``
+Execution environments are Runtime objects (token_vendor.runtime): ``handler.reset_runtime()``
 starts a new one, :class:`Env` keeps several alive side by side.
 """
 
@@ -21,7 +22,7 @@ from local.igni_stub import decode_jwt_segment
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
 from tests.integration.conftest import STEPS, Rotation
-from token_vendor import handler
+from token_vendor import handler, maintenance, runtime
 from token_vendor.freshness import fingerprint
 from token_vendor.rotation import RotationError
 
@@ -31,15 +32,18 @@ STAGE_HINT = (
 
 
 class Env:
-    """One execution environment of the token function: its own memory tier and caches."""
+    """One execution environment: its own memory tier and caches. An API event goes to the API
+    function's handler, a rotation event to the maintenance function's (in Lambda they are two
+    functions; what these tests follow is the token table and the secret they share)."""
 
     def __init__(self) -> None:
         handler.reset_runtime()
         self.runtime = handler.get_runtime()
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
-        handler._runtime = self.runtime  # this environment answers the next invocation
-        answer: dict[str, Any] = handler.lambda_handler(event, FakeLambdaContext())
+        runtime.set_runtime(self.runtime)  # this environment answers the next invocation
+        function = handler if "httpMethod" in event else maintenance
+        answer: dict[str, Any] = function.lambda_handler(event, FakeLambdaContext())
         return answer
 
     def token(self, event: dict[str, Any]) -> str:
@@ -237,7 +241,9 @@ def test_label_updated_event_purges_and_remints(
 def test_label_updated_event_in_the_same_environment_takes_effect_at_once(
     stack: LocalStack, igni_stub: Any, load_event: Any
 ) -> None:
-    # Given the default caches (30 s secret cache) and a token from A in this environment
+    # Given the default caches (30 s secret cache) and a token from A in this environment (in
+    # Lambda the maintenance function's own, which pre-warm fills; the API function's follow
+    # through the memory re-check, as the test above shows)
     env = Env()
     old = env.token(load_event("get_token"))
     # When B becomes current and the rotation event reaches this environment
@@ -255,7 +261,8 @@ def test_label_updated_event_for_another_label_or_secret_changes_nothing(
     # Given a token from the current version
     env = Env()
     token = env.token(load_event("get_token"))
-    # When events arrive for AWSPREVIOUS, and for another secret
+    # When events arrive for another secret, and for AWSPREVIOUS (the rule lets only AWSCURRENT
+    # through, and the function does not check it again: the current version is unchanged)
     other_arn = stack.secret_arn.replace("/default-", "/other-")
     other = load_event(
         "secret_label_updated",

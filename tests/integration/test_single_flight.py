@@ -11,7 +11,7 @@ import pytest
 from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import handler
+from token_vendor import handler, maintenance
 from token_vendor.config import load_config
 from token_vendor.freshness import CachedToken
 from token_vendor.service import cache_key
@@ -189,10 +189,10 @@ def test_prewarm_refreshes_only_a_token_past_its_refresh_point(
     stack: LocalStack, igni_stub: Any
 ) -> None:
     # Given no token yet: pre-warm mints one
-    assert handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())["ok"]
+    assert maintenance.lambda_handler(load_event("prewarm"), FakeLambdaContext())["ok"]
     assert len(igni_stub.calls()) == 1
     # And a fresh token: pre-warm leaves it
-    handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())
+    maintenance.lambda_handler(load_event("prewarm"), FakeLambdaContext())
     assert len(igni_stub.calls()) == 1
     # When the token passes its refresh point (aged in the table: 80 % of its life gone)
     config = load_config()
@@ -208,7 +208,7 @@ def test_prewarm_refreshes_only_a_token_past_its_refresh_point(
         },
     )
     handler.reset_runtime()
-    result = handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())
+    result = maintenance.lambda_handler(load_event("prewarm"), FakeLambdaContext())
     # Then pre-warm refreshes it
     assert result == {"ok": True, "profiles": {"default": "upstream"}}
     assert len(igni_stub.calls()) == 2
@@ -220,8 +220,8 @@ def test_a_failed_prewarm_raises_so_lambda_retries_and_counts_it(
     # Given Igni refusing the credentials
     igni_stub.configure(clients={"nobody": "nothing"})
     # When the schedule fires
-    with pytest.raises(handler.AsyncEventFailed, match="upstream_auth_failed"):
-        handler.lambda_handler(load_event("prewarm"), FakeLambdaContext())
+    with pytest.raises(maintenance.AsyncEventFailed, match="upstream_auth_failed"):
+        maintenance.lambda_handler(load_event("prewarm"), FakeLambdaContext())
     # Then the invocation failed (Lambda retries it, then the dead-letter queue gets it)
     assert len(igni_stub.calls()) == 1
 
@@ -235,8 +235,8 @@ def test_a_rotation_whose_new_key_fails_is_logged_counted_and_raised(
     capsys.readouterr()
     # When Secrets Manager announces the new AWSCURRENT
     event = load_event("secret_label_updated", secret_arn=stack.secret_arn)
-    with pytest.raises(handler.AsyncEventFailed, match="rotation failed"):
-        handler.lambda_handler(event, FakeLambdaContext())
+    with pytest.raises(maintenance.AsyncEventFailed, match="rotation failed"):
+        maintenance.lambda_handler(event, FakeLambdaContext())
     # Then the failure is counted as RotationExchangeFailures (the alarm's metric)
     emitted = capsys.readouterr().out
     metrics = [json.loads(line) for line in emitted.splitlines() if '"_aws"' in line]

@@ -21,6 +21,7 @@ from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
 from token_vendor import handler
+from token_vendor.runtime import current_runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIMULATOR = Path(__file__).resolve().parent / "snapstart" / "simulate.py"
@@ -125,7 +126,7 @@ def test_without_the_runtime_hooks_nothing_is_built_at_init(
     # When the init runs
     # Then nothing is built: an identity that cannot be renewed after restore is never snapshot
     assert handler.init_for_snapshot() is False
-    assert handler._runtime is None
+    assert current_runtime() is None
 
 
 def test_after_restore_drops_the_pooled_connections(stack: LocalStack, igni_stub: Any) -> None:

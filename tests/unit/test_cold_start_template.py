@@ -46,10 +46,15 @@ def test_every_function_is_built_by_its_makefile_target(template: dict[str, Any]
     assert "sys.version_info[:2] != (3, 13)" in MAKEFILE
 
 
-def test_no_function_packages_boto3_and_rotation_has_no_event_handler() -> None:
+def test_no_function_packages_boto3_and_only_the_api_function_has_the_event_handler() -> None:
     for name in make_variable("LAMBDA_FUNCTIONS"):
         assert "boto3" not in make_variable(f"{name}_PACKAGES")
-    assert "aws_lambda_powertools/event_handler" in make_variable("RotationFunction_PRUNE")
+    # The resolver is the API function's: the maintenance and rotation handlers never import it
+    for name in ("MaintenanceFunction", "RotationFunction"):
+        assert "aws_lambda_powertools/event_handler" in make_variable(f"{name}_PRUNE"), name
+    assert make_variable("TokenFunction_PRUNE") == []
+    # The maintenance function makes the token function's clients
+    assert make_variable("MaintenanceFunction_SERVICES") == make_variable("TokenFunction_SERVICES")
 
 
 def test_snapstart_is_a_parameter_off_by_default_for_the_api_function(
@@ -65,7 +70,9 @@ def test_snapstart_is_a_parameter_off_by_default_for_the_api_function(
 
 @needs_sam
 @pytest.mark.parametrize("snap_start", ["None", "PublishedVersions"])
-def test_the_api_schedule_and_rotation_rule_invoke_the_alias(snap_start: str) -> None:
+def test_the_api_invokes_the_alias_and_the_schedule_and_rule_the_maintenance_function(
+    snap_start: str,
+) -> None:
     out = sam_transform(f"SnapStart={snap_start}")
     resources = out["Resources"]
     assert resources["TokenFunctionAliaslive"]["Type"] == "AWS::Lambda::Alias"
@@ -81,6 +88,10 @@ def test_the_api_schedule_and_rotation_rule_invoke_the_alias(snap_start: str) ->
     for name, permission in permissions.items():
         if name.startswith("TokenFunction"):
             assert permission["Properties"]["FunctionName"] == {"Ref": "TokenFunctionAliaslive"}
-    for name in ("TokenFunctionPrewarm", "TokenFunctionSecretRotated"):
-        (target,) = resources[name]["Properties"]["Targets"]
-        assert target["Arn"] == {"Ref": "TokenFunctionAliaslive"}
+    # The schedule and the rotation rule target the maintenance function (no SnapStart, so no
+    # published version: its latest code), and nothing else targets the token function
+    rules = resources_of_type(out, "AWS::Events::Rule")
+    assert set(rules) == {"MaintenanceFunctionPrewarm", "MaintenanceFunctionSecretRotated"}
+    for rule in rules.values():
+        (target,) = rule["Properties"]["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": ["MaintenanceFunction", "Arn"]}

@@ -1,4 +1,4 @@
-"""The contract lines of issues 2, 6, 7 and 10 that live in template.yaml.
+"""The contract lines of issues 2, 6, 7, 10 and 11 that live in template.yaml.
 
 Read with local.cfn_template (short-form intrinsics become their long form), and where a value
 depends on parameters, resolved for a given set of parameter values the way CloudFormation
@@ -39,6 +39,9 @@ SAM = REPO_ROOT / ".venv-sam" / "bin" / "sam"
 ACCOUNT = "111122223333"
 STACK = "vendor"
 NO_VALUE = object()
+# The functions that vend tokens: the API function and the maintenance function (pre-warm and
+# rotation), which read the secrets, the table and the key alike.
+VENDING_ROLES = ("TokenFunctionRole", "MaintenanceFunctionRole")
 ITEM_LEVEL_DYNAMODB = {
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -175,6 +178,94 @@ def test_functions_run_python313_on_arm64_within_api_gateways_timeout(
     token_fn = resource_properties(template, "TokenFunction")
     assert token_fn["Handler"] == "token_vendor.handler.lambda_handler"
     assert token_fn["Timeout"] < 29
+    maintenance = resource_properties(template, "MaintenanceFunction")
+    assert maintenance["Handler"] == "token_vendor.maintenance.lambda_handler"
+
+
+def test_three_functions_from_one_package_each_with_its_own_events(
+    template: dict[str, Any],
+) -> None:
+    """Issue 11: the API function receives API Gateway events only, the maintenance function
+    the pre-warm schedule and the Secret Label Updated rule, the rotation function none (Secrets
+    Manager invokes it through its permission); all three are built from src/."""
+    # Given the template's functions
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    # Then there are exactly three, from the one package (the global CodeUri)
+    assert set(functions) == {"TokenFunction", "MaintenanceFunction", "RotationFunction"}
+    assert template["Globals"]["Function"]["CodeUri"] == "src/"
+    for fn_id, fn in functions.items():
+        assert "CodeUri" not in fn["Properties"], fn_id
+    # And each has its own events: API events only on TokenFunction
+    events = {
+        fn_id: {name: e["Type"] for name, e in fn["Properties"].get("Events", {}).items()}
+        for fn_id, fn in functions.items()
+    }
+    assert events["TokenFunction"]
+    assert set(events["TokenFunction"].values()) == {"Api"}
+    # the schedule and the rotation rule only on MaintenanceFunction
+    assert events["MaintenanceFunction"] == {
+        "Prewarm": "Schedule",
+        "SecretRotated": "EventBridgeRule",
+    }
+    assert events["RotationFunction"] == {}
+    # And each function has a role of its own
+    roles = function_roles(template)
+    assert len(set(roles.values())) == 3
+    assert {role_arn(template, r).rsplit("/", 1)[1] for r in roles.values()} == {
+        f"{STACK}-token-fn",
+        f"{STACK}-maintenance-fn",
+        f"{STACK}-rotation-fn",
+    }
+    # And SnapStart (with the alias it needs) is the API function's only
+    for fn_id in ("MaintenanceFunction", "RotationFunction"):
+        assert "SnapStart" not in functions[fn_id]["Properties"], fn_id
+        assert "AutoPublishAlias" not in functions[fn_id]["Properties"], fn_id
+
+
+def test_each_role_allows_exactly_what_its_function_calls(template: dict[str, Any]) -> None:
+    """Least privilege per function: the whole set of actions each role's policies allow."""
+    vending = {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "secretsmanager:GetSecretValue",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "kms:Encrypt",
+        "kms:Decrypt",
+    }
+    expected = {
+        "TokenFunctionRole": vending,
+        # Its events are asynchronous: failures go to the dead-letter queue.
+        "MaintenanceFunctionRole": vending | {"sqs:SendMessage"},
+        "RotationFunctionRole": {
+            "logs:CreateLogStream",
+            "logs:PutLogEvents",
+            "secretsmanager:DescribeSecret",
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:UpdateSecretVersionStage",
+            "kms:Decrypt",
+        },
+    }
+    assert set(function_roles(template).values()) == set(expected)
+    for role_id, actions in expected.items():
+        profile_arns = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:igni/*"
+        statements = resolved(
+            template, policy_statements(resource(template, role_id)), ProfileSecretArns=profile_arns
+        )
+        allowed = {a for st in statements for a in as_list(st["Action"])}
+        assert all(st["Effect"] == "Allow" for st in statements), role_id
+        assert allowed == actions, role_id
+
+
+def test_the_maintenance_function_reads_what_the_token_function_reads(
+    template: dict[str, Any],
+) -> None:
+    # Given both vending functions' environment
+    token = resource_properties(template, "TokenFunction")
+    maintenance = resource_properties(template, "MaintenanceFunction")
+    # Then they build the same profiles and cache keys from the same secret, table and key
+    assert maintenance["Environment"] == token["Environment"]
+    assert maintenance["KmsKeyArn"] == token["KmsKeyArn"]
 
 
 def test_function_environment_declares_the_contract_variables(template: dict[str, Any]) -> None:
@@ -230,13 +321,22 @@ def test_secret_is_created_for_the_operator_unless_an_existing_one_is_given(
 def test_outputs_name_the_api_url_the_function_and_the_table(template: dict[str, Any]) -> None:
     outputs = template["Outputs"]
     assert {"ApiUrl", "FunctionName", "TableName", "SecretArn", "TokenKeyArn"} <= set(outputs)
+    for output, fn in (
+        ("FunctionName", "TokenFunction"),
+        ("MaintenanceFunctionName", "MaintenanceFunction"),
+        ("RotationFunctionName", "RotationFunction"),
+    ):
+        assert outputs[output]["Value"] == {"Ref": fn}
 
 
 # ------------------------------------------------------------------ least privilege
 
 
-def test_token_role_reads_only_the_configured_secrets(template: dict[str, Any]) -> None:
-    statements = policy_statements(resource(template, "TokenFunctionRole"))
+@pytest.mark.parametrize("role_id", VENDING_ROLES)
+def test_vending_role_reads_only_the_configured_secrets(
+    template: dict[str, Any], role_id: str
+) -> None:
+    statements = policy_statements(resource(template, role_id))
     secret_statements = [
         s
         for s in (resolved(template, st) for st in statements)
@@ -262,10 +362,11 @@ def test_token_role_reads_only_the_configured_secrets(template: dict[str, Any]) 
     assert resources == [own, profile_arns]
 
 
-def test_token_role_has_item_level_dynamodb_actions_on_the_table_only(
-    template: dict[str, Any],
+@pytest.mark.parametrize("role_id", VENDING_ROLES)
+def test_vending_role_has_item_level_dynamodb_actions_on_the_table_only(
+    template: dict[str, Any], role_id: str
 ) -> None:
-    statements = policy_statements(resource(template, "TokenFunctionRole"))
+    statements = policy_statements(resource(template, role_id))
     dynamo = [
         s
         for s in statements
@@ -292,11 +393,14 @@ def key_policy(template: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(resource_properties(template, "TokenKey")["KeyPolicy"]["Statement"])
 
 
-def test_only_the_token_role_may_use_the_key_directly_and_only_for_tokens(
+def test_only_the_vending_roles_may_use_the_key_directly_and_only_for_tokens(
     template: dict[str, Any],
 ) -> None:
-    role_name = resolved(template, resource_properties(template, "TokenFunctionRole")["RoleName"])
-    role_arn = f"arn:aws:iam::{ACCOUNT}:role/{role_name}"
+    vending_roles = [role_arn(template, role_id) for role_id in VENDING_ROLES]
+    assert vending_roles == [
+        f"arn:aws:iam::{ACCOUNT}:role/{STACK}-token-fn",
+        f"arn:aws:iam::{ACCOUNT}:role/{STACK}-maintenance-fn",
+    ]
     crypto = {
         "kms:Encrypt",
         "kms:Decrypt",
@@ -323,7 +427,7 @@ def test_only_the_token_role_may_use_the_key_directly_and_only_for_tokens(
     assert len(direct) == 1
     (statement,) = direct
     assert set(as_list(statement["Action"])) == {"kms:Encrypt", "kms:Decrypt"}
-    assert statement["Condition"]["ArnEquals"]["aws:PrincipalArn"] == role_arn
+    assert statement["Condition"]["ArnEquals"]["aws:PrincipalArn"] == vending_roles
     assert statement["Condition"]["Null"] == {"kms:EncryptionContext:cache_key": "false"}
 
 
@@ -416,7 +520,7 @@ def test_table_and_secret_are_encrypted_with_the_customer_key(template: dict[str
     assert resolved(template, sse["KMSMasterKeyId"]) == "0000-stack-key"
     secret = resource_properties(template, "IgniSecret")
     assert resolved(template, secret["KmsKeyId"]) == "0000-stack-key"
-    for logical_id in ("TokenFunction", "RotationFunction"):
+    for logical_id in resources_of_type(template, "AWS::Serverless::Function"):
         kms = resource_properties(template, logical_id)["KmsKeyArn"]
         assert resolved(template, kms).startswith("arn:aws:kms:")
 
@@ -511,12 +615,18 @@ def test_logs_have_a_retention_period_and_the_functions_log_to_them(
     template: dict[str, Any],
 ) -> None:
     groups = resources_of_type(template, "AWS::Logs::LogGroup")
-    assert set(groups) == {"ApiAccessLogGroup", "TokenFunctionLogGroup", "RotationFunctionLogGroup"}
+    assert set(groups) == {
+        "ApiAccessLogGroup",
+        "TokenFunctionLogGroup",
+        "MaintenanceFunctionLogGroup",
+        "RotationFunctionLogGroup",
+    }
     for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
         assert resolved(template, group["Properties"]["KmsKeyId"]).startswith("arn:aws:kms:")
     for fn, group in (
         ("TokenFunction", "TokenFunctionLogGroup"),
+        ("MaintenanceFunction", "MaintenanceFunctionLogGroup"),
         ("RotationFunction", "RotationFunctionLogGroup"),
     ):
         props = resource_properties(template, fn)
@@ -528,7 +638,7 @@ def test_logs_have_a_retention_period_and_the_functions_log_to_them(
 def test_tracing_is_on_for_the_stage_and_the_functions(template: dict[str, Any]) -> None:
     assert resource_properties(template, "TokenApi")["TracingEnabled"] is True
     assert template["Globals"]["Function"]["Tracing"] == "Active"
-    for logical_id in ("TokenFunctionRole", "RotationFunctionRole"):
+    for logical_id in function_roles(template).values():
         managed = resolved(template, resource_properties(template, logical_id)["ManagedPolicyArns"])
         assert "arn:aws:iam::aws:policy/AWSXRayDaemonWriteAccess" in managed
 
@@ -571,7 +681,7 @@ def test_alarms_cover_5xx_refresh_auth_rotation_errors_and_throttles(
             sort_keys=True,
         ),
     ) in plain
-    for fn in ("TokenFunction", "RotationFunction"):
+    for fn in resources_of_type(template, "AWS::Serverless::Function"):
         for metric in ("Errors", "Throttles"):
             dims = json.dumps([{"Name": "FunctionName", "Value": {"Ref": fn}}], sort_keys=True)
             assert ("AWS/Lambda", metric, dims) in plain, (fn, metric)
@@ -587,7 +697,7 @@ def test_alarms_cover_5xx_refresh_auth_rotation_errors_and_throttles(
         # the namespace the stack gives its functions.
         query = f'SELECT SUM({metric}) FROM "Team/Igni"'  # noqa: S608
         assert query in queries, metric
-    for fn in ("TokenFunction", "RotationFunction"):
+    for fn in resources_of_type(template, "AWS::Serverless::Function"):
         variables = resource_properties(template, fn)["Environment"]["Variables"]
         assert variables["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
 
@@ -612,7 +722,7 @@ def test_every_alarm_says_what_to_do_and_notifies_the_optional_topic(
 
 
 def test_rotation_rule_and_prewarm_schedule(template: dict[str, Any]) -> None:
-    events = resource_properties(template, "TokenFunction")["Events"]
+    events = resource_properties(template, "MaintenanceFunction")["Events"]
     rotated = events["SecretRotated"]
     assert rotated["Type"] == "EventBridgeRule"
     pattern = rotated["Properties"]["Pattern"]
@@ -636,18 +746,28 @@ def test_rotation_rule_and_prewarm_schedule(template: dict[str, Any]) -> None:
 
 
 def test_async_failures_go_to_an_encrypted_queue(template: dict[str, Any]) -> None:
-    fn = resource_properties(template, "TokenFunction")
-    assert fn["DeadLetterQueue"] == {
-        "Type": "SQS",
-        "TargetArn": {"Fn::GetAtt": ["AsyncFailureQueue", "Arn"]},
-    }
+    # Given the function whose events are asynchronous, the maintenance function
+    fn = resource_properties(template, "MaintenanceFunction")
+    queue = {"Fn::GetAtt": ["AsyncFailureQueue", "Arn"]}
+    # Then Lambda's failed invocations and EventBridge's undelivered events go to the queue
+    assert fn["DeadLetterQueue"] == {"Type": "SQS", "TargetArn": queue}
+    for event in fn["Events"].values():
+        assert event["Properties"]["DeadLetterConfig"] == {"Arn": queue}
+        assert event["Properties"]["RetryPolicy"]["MaximumRetryAttempts"] >= 1
     assert resource_properties(template, "AsyncFailureQueue")["SqsManagedSseEnabled"] is True
     sends = [
         s
-        for s in policy_statements(resource(template, "TokenFunctionRole"))
+        for s in policy_statements(resource(template, "MaintenanceFunctionRole"))
         if "sqs:SendMessage" in as_list(s.get("Action", []))
     ]
-    assert [s["Resource"] for s in sends] == [{"Fn::GetAtt": ["AsyncFailureQueue", "Arn"]}]
+    assert [s["Resource"] for s in sends] == [queue]
+    # And the API function, invoked synchronously only, has no queue and may not send to it
+    assert "DeadLetterQueue" not in resource_properties(template, "TokenFunction")
+    assert not [
+        s
+        for s in policy_statements(resource(template, "TokenFunctionRole"))
+        if any(str(a).startswith("sqs:") for a in as_list(s.get("Action", [])))
+    ]
 
 
 def test_no_reserved_concurrency(template: dict[str, Any]) -> None:
@@ -759,17 +879,18 @@ def test_no_principal_can_grant_itself_use_of_the_key(template: dict[str, Any]) 
         }
 
 
-def test_only_the_token_role_decrypts_directly_and_only_with_the_cache_key_context(
+def test_only_the_vending_roles_decrypt_directly_and_only_with_the_cache_key_context(
     template: dict[str, Any],
 ) -> None:
-    """Hole 10's invariant: the token function's role is the only direct decrypter.
+    """Hole 10's invariant: the roles of the functions that vend tokens (the API function and,
+    since issue 11, the maintenance function) are the only direct decrypters.
 
     Given every key policy statement whose actions match kms:Decrypt (wildcards included),
-    then each one is the token role's, conditioned on the cache_key encryption context, or
+    then each one is theirs, conditioned on the cache_key encryption context, or
     is bound to a service (DynamoDB, Secrets Manager or Lambda for this account, or CloudWatch
     Logs for this stack's log groups), which decrypts only its own data keys.
     """
-    token_role = role_arn(template, "TokenFunctionRole")
+    vending_roles = [role_arn(template, role_id) for role_id in VENDING_ROLES]
     services = {
         f"{name}.eu-west-1.amazonaws.com" for name in ("dynamodb", "secretsmanager", "lambda")
     }
@@ -791,7 +912,7 @@ def test_only_the_token_role_decrypts_directly_and_only_with_the_cache_key_conte
     assert len(direct) == 1
     (statement,) = direct
     assert statement["Condition"] == {
-        "ArnEquals": {"aws:PrincipalArn": token_role},
+        "ArnEquals": {"aws:PrincipalArn": vending_roles},
         "Null": {"kms:EncryptionContext:cache_key": "false"},
     }
 
@@ -818,6 +939,7 @@ def test_every_secret_the_stack_creates_is_readable_only_by_its_function_roles(
     roles = {role_arn(template, r) for r in function_roles(template).values()}
     assert roles == {
         f"arn:aws:iam::{ACCOUNT}:role/{STACK}-token-fn",
+        f"arn:aws:iam::{ACCOUNT}:role/{STACK}-maintenance-fn",
         f"arn:aws:iam::{ACCOUNT}:role/{STACK}-rotation-fn",
     }
     secrets = resources_of_type(template, "AWS::SecretsManager::Secret")

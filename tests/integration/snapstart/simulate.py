@@ -39,8 +39,9 @@ def main() -> int:
     from local.events import load_event
     from local.lambda_context import FakeLambdaContext
     from token_vendor import handler  # Lambda's init
+    from token_vendor.runtime import current_runtime
 
-    runtime = handler._runtime
+    runtime = current_runtime()
     (results / "init.json").write_text(
         json.dumps(
             {
