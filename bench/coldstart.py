@@ -44,7 +44,7 @@ from local.igni_stub import StubProcess
 from local.moto_server import MotoServer
 from local.stack import LocalStack, create_stack
 from token_vendor.config import load_config
-from token_vendor.service import cache_key
+from token_vendor.token_store import cache_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = ROOT / ".aws-sam" / "build"

@@ -1,18 +1,15 @@
 """The vending logic: two cache tiers, the lease's policy, rotation awareness.
 
-Decisions about one credential set are taken on one DynamoDB item (token_store), through the
-refresh lease (lease), so that exactly one execution environment of the fleet calls Igni per
-refresh: the one whose conditional write took the lease. The others serve the current token
-while it is still vendable, or wait for the winner's commit. This module is the policy: what
-may be served (freshness, min_ttl, the secret's version), when the fleet holds back (shared
-backoff, remembered invalid_client, the forced-refresh rate limit), and what a failure shares.
+Decisions about one credential set are taken on one DynamoDB item (token_store) through the
+refresh lease (lease), so that one execution environment of the fleet calls Igni per refresh
+and the others serve the current token while it is vendable, or wait for the commit. This is
+the policy: what may be served (freshness, min_ttl, the secret's version), when the fleet holds
+back (shared backoff, remembered invalid_client, forced-refresh rate limit), what is shared.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import random
 import threading
@@ -44,7 +41,7 @@ from token_vendor.freshness import (
 )
 from token_vendor.lease import Lease, Serve, Take, Taken
 from token_vendor.observability import Telemetry
-from token_vendor.token_store import MemoryTier, Record, TokenTable
+from token_vendor.token_store import MemoryTier, Record, TokenTable, cache_key
 from token_vendor.versions import RecheckPause, SecretVersions
 
 MEMORY = "memory"
@@ -67,23 +64,6 @@ class Vended:
             "expires_in": max(0, math.floor(self.token.expires_at - now)),
             "expires_at": self.token.expires_at,
         }
-
-
-def cache_key(profile: Profile) -> str:
-    """Identifies a credential set and what is asked of it; holds nothing secret."""
-    fields = [
-        profile.secret_id,
-        profile.token_url or "",
-        profile.workspace or "",
-        profile.scope or "",
-    ]
-    material = "\n".join(fields)
-    if profile.audience:
-        # A newer field joins the material only when set, so that the items of profiles without
-        # it keep their key across a deploy. JSON, so that no scope text can imitate it (a
-        # secret id never starts with '[').
-        material = json.dumps([*fields, profile.audience])
-    return "token#" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 class TokenService:

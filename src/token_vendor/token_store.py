@@ -9,6 +9,8 @@ token's expiry; TTL deletion lags, so readers always compare it themselves.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from token_vendor.config import Profile
 from token_vendor.errors import StoreUnavailable
 from token_vendor.freshness import CachedToken
 from token_vendor.token_cipher import TokenCipher, UndecryptableToken
@@ -26,6 +29,23 @@ if TYPE_CHECKING:
 
 _TOKEN_ATTRIBUTES = ("tok", "enc", "fp", "token_type", "issued_at", "secret_version")
 _STATE_TTL_SECONDS = 86400
+
+
+def cache_key(profile: Profile) -> str:
+    """Identifies a credential set and what is asked of it; holds nothing secret."""
+    fields = [
+        profile.secret_id,
+        profile.token_url or "",
+        profile.workspace or "",
+        profile.scope or "",
+    ]
+    material = "\n".join(fields)
+    if profile.audience:
+        # A newer field joins the material only when set, so that the items of profiles without
+        # it keep their key across a deploy. JSON, so that no scope text can imitate it (a
+        # secret id never starts with '[').
+        material = json.dumps([*fields, profile.audience])
+    return "token#" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

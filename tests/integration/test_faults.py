@@ -45,7 +45,7 @@ from tests.conftest import STUB_WORKSPACE, MakeStack
 from token_vendor import handler
 from token_vendor.config import Config
 from token_vendor.observability import logger as powertools_logger
-from token_vendor.service import cache_key
+from token_vendor.token_store import cache_key
 
 # Low enough that a "slow Igni" fault costs the suite little; the contract's 10 s is the cap.
 READ_TIMEOUT_S = 0.5

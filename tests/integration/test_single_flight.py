@@ -14,9 +14,8 @@ from local.stack import LocalStack
 from token_vendor import handler, maintenance
 from token_vendor.config import load_config
 from token_vendor.freshness import CachedToken
-from token_vendor.service import cache_key
 from token_vendor.token_cipher import TokenCipher
-from token_vendor.token_store import TokenTable
+from token_vendor.token_store import TokenTable, cache_key
 
 
 def invoke(event: dict[str, Any]) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from token_vendor.freshness import CachedToken, fingerprint
 from token_vendor.lease import Lease, Take
 from token_vendor.observability import Telemetry
 from token_vendor.secret_store import SecretStore
-from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService, cache_key
-from token_vendor.token_store import MemoryTier, Record
+from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService
+from token_vendor.token_store import MemoryTier, Record, cache_key
 from token_vendor.versions import SecretVersions
 
 EPOCH = 1_800_000_000.0
