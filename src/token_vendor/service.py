@@ -32,13 +32,7 @@ from token_vendor.errors import (
     VendorError,
 )
 from token_vendor.exchange import Exchange
-from token_vendor.freshness import (
-    CachedToken,
-    fingerprint,
-    is_fresh,
-    is_vendable,
-    max_min_ttl,
-)
+from token_vendor.freshness import CachedToken, fingerprint, is_fresh, is_vendable, max_min_ttl
 from token_vendor.lease import Lease, Serve, Take, Taken
 from token_vendor.observability import Telemetry
 from token_vendor.token_store import MemoryTier, Record, TokenTable, cache_key
