@@ -25,7 +25,8 @@ from local.gateway.server import ApiServer
 from local.gateway.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import handler, maintenance
+from tests.api_calls import invoke
+from token_vendor import maintenance
 from token_vendor.observability import logger as powertools_logger
 
 
@@ -46,10 +47,6 @@ def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
     yield read
     std_logger.removeHandler(stream)
-
-
-def invoke(event: dict[str, Any]) -> dict[str, Any]:
-    return handler.lambda_handler(event, FakeLambdaContext())
 
 
 def test_every_log_line_of_an_invocation_carries_its_request_id(

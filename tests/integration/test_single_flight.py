@@ -11,20 +11,12 @@ import pytest
 from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
+from tests.api_calls import body, invoke
 from token_vendor import handler, maintenance
 from token_vendor.config import load_config
 from token_vendor.freshness import CachedToken
 from token_vendor.token_cipher import TokenCipher
 from token_vendor.token_store import TokenTable, cache_key
-
-
-def invoke(event: dict[str, Any]) -> dict[str, Any]:
-    return handler.lambda_handler(event, FakeLambdaContext())
-
-
-def body(response: dict[str, Any]) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(response["body"])
-    return parsed
 
 
 def _table(stack: LocalStack) -> TokenTable:

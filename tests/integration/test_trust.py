@@ -22,31 +22,11 @@ import pytest
 from local.environment import EnvironmentProcess
 from local.events import load_event
 from local.igni_stub import StubProcess
-from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
+from tests.api_calls import body, header, invoke
 from tests.conftest import MakeStack
 from token_vendor import handler
 from token_vendor.observability import logger as powertools_logger
-
-
-def invoke(event: dict[str, Any]) -> dict[str, Any]:
-    return handler.lambda_handler(event, FakeLambdaContext())
-
-
-def body(response: dict[str, Any]) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(response["body"])
-    return parsed
-
-
-def header(response: dict[str, Any], name: str) -> str:
-    """A response header, wherever the resolver put it (single- or multi-value)."""
-    for key, value in (response.get("headers") or {}).items():
-        if key.lower() == name.lower():
-            return str(value)
-    for key, values in (response.get("multiValueHeaders") or {}).items():
-        if key.lower() == name.lower():
-            return str(values[-1])
-    raise AssertionError(f"no {name} header in {response}")
 
 
 def the_item(stack: LocalStack) -> dict[str, Any]:

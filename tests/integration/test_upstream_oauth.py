@@ -20,9 +20,9 @@ import pytest
 from local.environment import EnvironmentProcess
 from local.events import load_event
 from local.igni_stub import StubProcess
-from local.lambda_context import FakeLambdaContext
 from local.run import upstream_parameters
 from local.stack import LocalStack
+from tests.api_calls import body, header, invoke
 from tests.conftest import MakeStack
 from tests.integration.conftest import Rotation
 from token_vendor import handler
@@ -30,25 +30,6 @@ from token_vendor.rotation import RotationError
 
 BASIC_ONLY = ["client_secret_basic"]
 LIFETIME = 7200
-
-
-def invoke(event: dict[str, Any]) -> dict[str, Any]:
-    return handler.lambda_handler(event, FakeLambdaContext())
-
-
-def body(response: dict[str, Any]) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(response["body"])
-    return parsed
-
-
-def header(response: dict[str, Any], name: str) -> str:
-    for key, value in (response.get("headers") or {}).items():
-        if key.lower() == name.lower():
-            return str(value)
-    for key, values in (response.get("multiValueHeaders") or {}).items():
-        if key.lower() == name.lower():
-            return str(values[-1])
-    raise AssertionError(f"no {name} header in {response}")
 
 
 def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
