@@ -177,9 +177,9 @@ def test_a_refresh_failure_keeps_vending_and_the_backoff_is_shared(
     fleet: Fleet, igni_stub: Any
 ) -> None:
     # Given a 10 s token past its refresh point (1 s), still vendable for about 7 s more,
-    # and Igni failing from then on
+    # a shared backoff of at least 5 s after a failure, and Igni failing from then on
     igni_stub.configure(lifetime=10)
-    first, second = fleet(2, TOKEN_REFRESH_FRACTION="0.1")
+    first, second = fleet(2, TOKEN_REFRESH_FRACTION="0.1", REFRESH_BACKOFF_BASE_SECONDS="10")
     token = token_of(first.invoke(load_event("get_token")))["access_token"]
     time.sleep(1.2)
     igni_stub.configure(faults=[{"status": 500}] * 20)
