@@ -258,7 +258,9 @@ class TokenService:
         """What one view of the item allows: serve a token, or refresh (taking the lease)."""
         if rejected is not None and record is not None and record.token_fingerprint == rejected:
             interval = self._config.forced_refresh_interval_seconds
-            if record.forced_at > now - interval:
+            # A report while that refresh is still under way waits for it (coalesced): the
+            # reported token stays in the item until the replacement commits.
+            if record.forced_at > now - interval and not record.lease_held(now):
                 raise RefreshRateLimited(
                     f"a forced refresh of profile '{profile.name}' happened less than "
                     f"{interval} s ago and Igni still rejects its token",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -61,6 +62,7 @@ class FakeTable:
         self.items: dict[str, Record] = {}
         self.reads = 0
         self.down = False
+        self.before_reads: deque[Callable[[], object] | None] = deque()
 
     def _check(self) -> None:
         if self.down:
@@ -69,6 +71,11 @@ class FakeTable:
     def get(self, key: str, *, quick: bool = False) -> Record | None:
         self._check()
         self.reads += 1
+        # What other environments do before each of our reads, one entry a read (tests set it).
+        if self.before_reads:
+            action = self.before_reads.popleft()
+            if action is not None:
+                action()
         return self.items.get(key)
 
     def try_acquire_lease(
@@ -365,6 +372,29 @@ def test_a_failed_forced_refresh_leaves_the_token_to_everyone_else(
     # Then the token is still in the item and served to the others
     assert table.items[KEY].token_fingerprint == fingerprint(token)
     assert b.vend() == (token, DYNAMODB)
+
+
+def test_reports_made_while_a_forced_refresh_runs_wait_for_its_token(
+    env: Any, table: FakeTable, clock: Clock, exchange: FakeExchange
+) -> None:
+    # Given a shared token, and one environment that took the forced-refresh lease for it
+    a, b = env("A"), env("B")
+    token, _ = a.vend()
+    reported = table.items[KEY]
+    taken = a.lease.settle(
+        KEY,
+        reported,
+        deadline=20.0,
+        decide=lambda r, now: Take(seen=reported.token_fingerprint, forced_floor=now - 30),
+    )
+    # And that environment commits its new token once the other one has seen the lease
+    fresh = CachedToken("tok-new", "Bearer", clock.wall(), int(clock.wall() + LIFETIME), "v1")
+    table.before_reads.extend([None, lambda: a.lease.commit(KEY, fresh)])
+    # When the other environment reports the same token (the forced refresh is under way)
+    # Then it is not refused by the rate limit: it waits, and gets the replacement
+    assert b.report(token) == ("tok-new", DYNAMODB)
+    assert taken.window > 0
+    assert exchange.calls == 1
 
 
 def test_reporting_an_old_token_returns_the_current_one(env: Any, exchange: FakeExchange) -> None:
