@@ -53,14 +53,11 @@ class Exchange:
         if deadline - self._mono() < MIN_EXCHANGE_SECONDS:
             raise UpstreamUnavailable("too little time left to call Igni", retry_after=1)
         issued_at = self._wall()
-        issued = self._igni.exchange(
+        issued = self._igni.exchange_for(
+            profile,
             url,
-            credentials.client_id,
-            credentials.client_secret,
+            credentials,
             deadline=deadline,
-            scope=profile.scope,
-            audience=profile.audience,
-            auth_method=profile.token_endpoint_auth_method,
             on_attempt=lambda outcome, ms: self._telemetry.upstream_attempt(
                 profile.name, outcome, ms
             ),

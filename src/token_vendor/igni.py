@@ -25,6 +25,7 @@ from token_vendor.config import (
     CLIENT_SECRET_BASIC,
     CLIENT_SECRET_POST,
     MAX_EXPIRES_IN,
+    Profile,
     token_url_problem,
 )
 from token_vendor.errors import (
@@ -33,6 +34,7 @@ from token_vendor.errors import (
     UpstreamBadResponse,
     UpstreamUnavailable,
 )
+from token_vendor.secret_store import Credentials
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Below this much time left an attempt cannot succeed; give up instead of starting one.
@@ -85,6 +87,28 @@ class IgniClient:
         self._sleep = sleep
         self._jitter = jitter
         self._on_attempt = on_attempt
+
+    def exchange_for(
+        self,
+        profile: Profile,
+        token_url: str,
+        credentials: Credentials,
+        *,
+        deadline: float,
+        on_attempt: AttemptObserver | None = None,
+    ) -> IssuedToken:
+        """Exchange one version of a profile's credentials the way the profile asks: its
+        scope, audience and client authentication (the vendor and the rotation function)."""
+        return self.exchange(
+            token_url,
+            credentials.client_id,
+            credentials.client_secret,
+            deadline=deadline,
+            scope=profile.scope,
+            audience=profile.audience,
+            auth_method=profile.token_endpoint_auth_method,
+            on_attempt=on_attempt,
+        )
 
     def exchange(
         self,

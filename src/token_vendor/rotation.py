@@ -243,14 +243,11 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
         raise RotationError(f"cannot test the staged credentials: {exc.message}") from None
     issued_at = time.time()
     try:
-        issued = clients.igni.exchange(
+        issued = clients.igni.exchange_for(
+            profile,
             url,
-            credentials.client_id,
-            credentials.client_secret,
+            credentials,
             deadline=deadline,
-            scope=profile.scope,
-            audience=profile.audience,
-            auth_method=profile.token_endpoint_auth_method,
             on_attempt=lambda outcome, ms: logger.info(
                 "igni token request",
                 extra={"outcome": outcome, "upstream_latency_ms": round(ms, 1)},
