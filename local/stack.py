@@ -4,6 +4,7 @@ stack name plays ``AWS::StackName``. IAM roles, key policy, schedules and rules 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -36,9 +37,11 @@ _BOTO_CONFIG = Config(
 )
 
 
+@functools.cache
 def _client(service: Any, region: str, endpoint_url: str) -> Any:
     # moto accepts any credentials; fixed fake ones mean no real key is ever sent, even to
-    # loopback, whatever the developer's environment holds.
+    # loopback, whatever the developer's environment holds. One client per endpoint: they are
+    # thread-safe, and a new session decodes botocore's JSON again (tenths of a second).
     session = boto3.session.Session("testing", "testing", region_name=region)
     return session.client(service, endpoint_url=endpoint_url, config=_BOTO_CONFIG)
 

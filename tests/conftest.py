@@ -23,6 +23,7 @@ Function fixtures
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -31,6 +32,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.loaders
+import botocore.session
 import pytest
 
 from local.events import load_event as _load_event
@@ -40,6 +43,14 @@ from local.moto_server import MotoServer
 from local.stack import LocalStack, create_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Every test builds a fresh runtime (new botocore sessions, as a cold start does), and each new
+# session would decode botocore's endpoint and service JSON again: about 0.5 s per test, most of
+# the suite's time. The files never change while the suite runs, so this process shares one
+# loader (and its cache) between sessions; environments in their own processes still load their
+# own, as Lambda does.
+_shared_loader = functools.cache(botocore.loaders.create_loader)
+botocore.session.create_loader = _shared_loader  # type: ignore[attr-defined]
 STUB_CLIENTS = {"test-client": "test-secret-0123456789", "other-client": "other-secret-9876543210"}
 STUB_WORKSPACE = "test"
 
