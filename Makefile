@@ -81,8 +81,12 @@ scan: venv
 	VENV=$(VENV) scripts/scan.sh
 
 # The SAM venv too: the template tests that run the SAM translator and sam validate need it.
+# pytest-xdist runs the suite in PYTEST_WORKERS processes: more than the cores, since most tests
+# wait on a socket or a child process. Bytecode is written (some shells set
+# PYTHONDONTWRITEBYTECODE): every environment, moto and make local process imports the code again.
+PYTEST_WORKERS ?= 4
 test: lint scan $(SAM_STAMP)
-	$(PY) -m pytest
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
 # make e2e STACK=<name> reads the stack's ApiUrl output (or set IGNI_E2E_BASE_URL) and signs
