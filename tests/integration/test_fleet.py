@@ -141,8 +141,11 @@ def test_a_holder_that_dies_mid_refresh_blocks_refresh_for_one_lease_at_most(
     doomed, survivor = fleet(2, LEASE_SECONDS="2")
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(doomed.invoke, load_event("get_token"))
-        time.sleep(0.8)
-        # When the lease holder dies before committing
+        # When the lease holder dies before committing, its request inside the slow Igni (the
+        # stub took the fault; a fixed pause could be too short on a loaded machine)
+        deadline = time.monotonic() + 10
+        while igni_stub.configure()["faults_pending"] and time.monotonic() < deadline:
+            time.sleep(0.02)
         doomed.kill()
     started = time.monotonic()
     body = token_of(survivor.invoke(load_event("get_token")))
