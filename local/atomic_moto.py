@@ -3,9 +3,9 @@
 moto's threaded server applies a DynamoDB conditional update without a lock: two environments
 racing for the refresh lease on an empty item can both win, which DynamoDB never allows for one
 item (the loser's exchange would be an upstream call AWS would not see). ``MotoServer`` runs
-``python -m local.atomic_moto -H HOST -p PORT`` (moto.server's options) by default;
-``MotoServer(serialized=False)`` and ``bench.run --moto-as-is`` keep moto's own. moto holds the
-GIL for nearly all of a request anyway, so throughput is about the same.
+``python -m local.atomic_moto -H HOST -p PORT`` (port 0: a free one; it prints ``READY <port>``);
+``--as-is`` (``MotoServer(serialized=False)``, ``bench.run --moto-as-is``) keeps moto's own
+behaviour. moto holds the GIL for nearly all of a request anyway, so throughput is about the same.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from moto.moto_server import werkzeug_app as moto
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server
+
+from local.process import announce
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -46,14 +48,23 @@ class Serialized:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m local.atomic_moto")
     parser.add_argument("-H", "--host", default="127.0.0.1")
-    parser.add_argument("-p", "--port", type=int, default=5000)
+    parser.add_argument("-p", "--port", type=int, default=0)
+    parser.add_argument("--as-is", action="store_true", help="moto's own, unserialized server")
     args = parser.parse_args(argv)
+    app: WsgiApp = moto.DomainDispatcherApplication(moto.create_backend_app)
+    server = make_server(
+        args.host,
+        args.port,
+        app if args.as_is else Serialized(app),
+        threaded=True,
+        request_handler=moto.MotoRequestHandler,
+    )
     # moto builds some ARNs and URLs from it, as `python -m moto.server` sets it.
-    os.environ.setdefault("MOTO_PORT", str(args.port))
+    os.environ.setdefault("MOTO_PORT", str(server.port))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: sys.exit(0))
-    app = Serialized(moto.DomainDispatcherApplication(moto.create_backend_app))
-    run_simple(args.host, args.port, app, threaded=True, request_handler=moto.MotoRequestHandler)
+    announce(server.port)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -19,10 +19,8 @@ import hmac
 import json
 import os
 import secrets
-import select
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +35,7 @@ import urllib3
 from werkzeug.wrappers import Request, Response
 
 from local.gateway.server import json_response, server
-from local.moto_server import die_with_parent
+from local.process import ServerProcess, announce
 
 TOKEN_PATH_SUFFIX = "/api/v1/oauth2/token"
 DEFAULT_LIFETIME = 172800  # 48 h, what Igni's documentation shows in its example answer.
@@ -355,7 +353,8 @@ class StubControl:
 class StubProcess(StubControl):
     """The stub as a child process, sharing nothing with the function but sockets, as Igni.
 
-    The first client is ``client_id`` / ``client_secret``; all are in ``clients``."""
+    The first client is ``client_id`` / ``client_secret``; all are in ``clients``. Its request
+    log goes to ``log_path`` (a temporary file by default), or to the terminal if not ``quiet``."""
 
     def __init__(
         self,
@@ -367,7 +366,6 @@ class StubProcess(StubControl):
         port: int = 0,
         log_path: Path | None = None,
         quiet: bool = True,
-        start_timeout: float = 15.0,
     ) -> None:
         if not clients:
             raise ValueError("at least one client")
@@ -377,41 +375,14 @@ class StubProcess(StubControl):
         spec = ",".join(f"{cid}:{secret}" for cid, secret in self.clients.items())
         args = ["--host", host, "--port", str(port), "--clients", spec]
         args += ["--lifetime", str(lifetime), "--latency-ms", str(latency_ms)]
-        # The request log goes to a file (an unread pipe would block the stub) or the terminal.
-        self._log = self.log_path.open("ab") if quiet else None
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "local.igni_stub", *args],
-            cwd=Path(__file__).resolve().parent.parent,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads are touched before exec)
+        self._proc = ServerProcess(
+            "local.igni_stub", args, log_path=self.log_path if quiet else None
         )
-        stdout = cast(Any, self._proc.stdout)
-        ready = select.select([stdout], [], [], start_timeout)[0]
-        line = stdout.readline().decode().strip() if ready else ""
-        if not (line.startswith("READY ") and line[6:].isdigit()):
-            self.stop()
-            log = self.log_path.read_text(errors="replace")[-2000:] if self._log else ""
-            raise RuntimeError(
-                f"igni stub did not print READY <port> within {start_timeout:.0f} s (got "
-                f"{line!r}, exit {self._proc.poll()}); log {self.log_path}: {log}"
-            )
-        self.port = int(line[6:])
+        self.port = self._proc.port
         super().__init__(f"http://{host}:{self.port}")
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
+        self._proc.stop()
 
     def __enter__(self) -> StubProcess:
         return self
@@ -434,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SystemExit stops serve_forever, whose finally closes the socket.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    print(f"READY {http.port}", flush=True)
+    announce(http.port)
     http.serve_forever(poll_interval=0.2)
     return 0
 

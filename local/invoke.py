@@ -11,17 +11,17 @@ import json
 import os
 import sys
 import traceback
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
+
 from local.cfn_template import load_template, resource_properties
 from local.events import event_path, load_event, substitute_secret
 from local.gateway.server import Handler
 from local.lambda_context import FakeLambdaContext
-from local.moto_server import answers_http
 from local.run import STATE_FILE, LocalEnvironment, load_handler
 
 
@@ -44,9 +44,10 @@ def target_stack(state_file: Path = STATE_FILE, *, ephemeral: bool = False) -> I
     """The state of the stack `make local` serves, or of a throw-away one while the block runs."""
     try:
         state = {} if ephemeral else json.loads(state_file.read_text(encoding="utf-8"))
-        moto = urllib.parse.urlsplit(state["moto_endpoint"])
-        live = answers_http(moto.hostname or "127.0.0.1", moto.port or 80, timeout=1.0)
-    except (OSError, ValueError, KeyError, TypeError):
+        # moto's dashboard path answers cheaply and changes nothing (unlike /moto-api/reset).
+        urllib3.request("GET", f"{state['moto_endpoint']}/moto-api/", timeout=1.0, retries=False)
+        live = True
+    except (OSError, ValueError, KeyError, TypeError, urllib3.exceptions.HTTPError):
         live = False
     if live:
         yield {**state, "source": "make local"}
