@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
@@ -1070,6 +1071,8 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse_args(argv)
     _loopback_only_environment()
+    # Every environment imports everything itself, so its import_ms is a whole cold import.
+    multiprocessing.set_forkserver_preload([])
     workdir = Path(tempfile.mkdtemp(prefix="igni-bench-"))
     failed = True
     try:
