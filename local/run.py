@@ -11,6 +11,7 @@ stub's fake credentials.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -100,6 +101,10 @@ class RealIgni:
         url = environ.get("IGNI_TOKEN_URL") or None
         return cls(workspace, client_id, client_secret, url) if workspace else None
 
+    def secret(self) -> dict[str, str]:
+        """The stack secret's value for these credentials."""
+        return {k: getattr(self, k) for k in ("client_id", "client_secret", "workspace")}
+
 
 # The shell's upstream settings make local hands to the function, through the template
 # parameters that set them when deployed (issue 13).
@@ -151,34 +156,26 @@ class LocalEnvironment:
                 self.stub = StubProcess(
                     dict(clients), host=self.host, port=self.stub_port, quiet=self.quiet
                 )
-            secret = {"client_id": real.client_id, "client_secret": real.client_secret}
+            token_url = self.stub.token_url if self.stub else real.token_url
             self.stack = stack = create_stack(
                 self.stack_name,
                 endpoint_url=endpoint,
                 region=self.region,
                 parameters=self.parameters,
-                secret_value={**secret, "workspace": real.workspace},
+                secret_value=real.secret(),
                 igni_workspace=None if self.stub else real.workspace,
-                igni_token_url=self.stub.token_url if self.stub else real.token_url,
+                igni_token_url=token_url,
             )
             self.function_env = stack.function_env()
-            # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
-            self.function_env["IGNI_PROFILES"] = ""
             profiles = {}
             for name in self.profiles:  # One secret per extra profile, holding its stub client.
-                client_id, client_secret = stub_client(name)
-                value = {
-                    "client_id": client_id,
-                    "client_secret": client_secret,
-                    "workspace": "local",
-                }
                 created = stack.secretsmanager().create_secret(
-                    Name=f"igni-token-vendor/{stack.name}/{name}", SecretString=json.dumps(value)
+                    Name=f"igni-token-vendor/{stack.name}/{name}",
+                    SecretString=json.dumps(RealIgni(STUB_WORKSPACE, *stub_client(name)).secret()),
                 )
-                stub_url = self.stub.token_url if self.stub else ""
-                profiles[name] = {"secret_id": created["ARN"], "token_url": stub_url}
-            if profiles:
-                self.function_env["IGNI_PROFILES"] = json.dumps(profiles)
+                profiles[name] = {"secret_id": created["ARN"], "token_url": token_url}
+            # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
+            self.function_env["IGNI_PROFILES"] = json.dumps(profiles) if profiles else ""
         except BaseException:
             self.stop()
             raise
@@ -236,10 +233,7 @@ def load_handler(spec: str | None = None) -> Handler:
 
 
 def make_api(handler: Handler, stack: LocalStack, auth: LocalAuth, **options: Any) -> ApiServer:
-    """The API on ``stack`` as API Gateway serves it: routes, SigV4 and the local IAM policy.
-
-    ``options``: ApiServer's ``host``, ``port``, ``quiet``.
-    """
+    """The API on ``stack`` as API Gateway serves it; ``options``: ApiServer's host, port, quiet."""
     return ApiServer(
         handler,
         auth.verifier(region=stack.region, api_id=DEFAULT_API_ID, stage=DEFAULT_STAGE),
@@ -262,13 +256,11 @@ def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path
         raise RuntimeError("not started")
     igni = f"Igni stub at {stub.token_url if stub else ''} (client {STUB_CLIENT_ID}; fake tokens)"
     if real is not None:
-        url = real.token_url or "https://{workspace}.igni.co/api/v1/oauth2/token"
+        url = real.token_url or f"https://{real.workspace}.igni.co/api/v1/oauth2/token"
         igni = f"REAL Igni, workspace {real.workspace}: {url}"
     profiles = "".join(f"\n    profile {p:<12} {api_url}/token/{p}" for p in env.profiles)
     accepted = "\n".join(
-        f"  {line}"
-        if line.startswith(" ")
-        else textwrap.fill(line, 98, initial_indent="  ", subsequent_indent="    ")
+        textwrap.fill(line, 98, initial_indent="  ", subsequent_indent="    ")
         for line in auth.description
     )
     cli = Path(sys.executable).parent / "igni-token"
@@ -280,13 +272,9 @@ Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
   API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token){profiles}
   AWS (moto server)      {stack.endpoint_url}: table {stack.table_name}, secret {stack.secret_name}
   state for other tools  {state_file}
-Routes are template.yaml's (others: 403 Missing Authentication Token); SigV4 is checked as API
-Gateway's AWS_IAM does (service execute-api, region {stack.region}).
 {accepted}
 Call it (Ctrl-C stops everything; docs/local.md has more):
   {cli if cli.exists() else "igni-token"} get --endpoint {api_url}   (--json, --profile NAME)
-  curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{key}:{secret}" \\
-    {api_url}/v1/token
   AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} \\
     awscurl --service execute-api --region {stack.region} {api_url}/token
   make invoke EVENT=events/get_token.json     (the handler on one event, against this stack)
@@ -303,13 +291,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--stack-name", default="local")
     add("--state-file", type=Path, default=STATE_FILE)
     add("--handler", default=None, help="default: the API function's Handler")
-    add(
-        "--user-arn",
-        help=f"the caller (default: $IGNI_LOCAL_CALLER_ARN or {DEFAULT_LOCAL_USER_ARN})",
-    )
+    caller = os.environ.get("IGNI_LOCAL_CALLER_ARN", "")
+    add("--user-arn", default=caller, help=f"$IGNI_LOCAL_CALLER_ARN or {DEFAULT_LOCAL_USER_ARN}")
     add("--profiles", default=os.environ.get(PROFILES_VAR, ""), help=f"NAME,...: ${PROFILES_VAR}")
-    # Routing is always API Gateway's now; the flag is accepted so that older commands still run.
-    add("--strict-routes", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -318,10 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         real = RealIgni.from_environ()
         # Before moto's fake credentials reach os.environ: the developer's own are what count.
-        environ = {
-            **os.environ,
-            **({"IGNI_LOCAL_CALLER_ARN": args.user_arn} if args.user_arn else {}),
-        }
+        environ = {**os.environ, "IGNI_LOCAL_CALLER_ARN": args.user_arn}
         auth = local_auth(environ)
         env = LocalEnvironment(
             host=args.host,
@@ -364,11 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if api is not None:
             api.stop()
         env.stop()
-        try:  # The state file goes if this process wrote it (another `make local` may own it).
+        # The state file goes if this process wrote it (another `make local` may own it).
+        with contextlib.suppress(OSError, ValueError):
             if json.loads(args.state_file.read_text(encoding="utf-8")).get("pid") == os.getpid():
                 args.state_file.unlink()
-        except (OSError, ValueError):
-            pass
     return 0
 
 
