@@ -48,9 +48,8 @@ PROFILES_VAR = "LOCAL_PROFILES"
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def local_region(environ: Mapping[str, str] | None = None) -> str:
+def local_region(env: Mapping[str, str] = os.environ) -> str:
     """AWS_REGION, AWS_DEFAULT_REGION, the profile's, else us-east-1: what igni-token signs for."""
-    env = os.environ if environ is None else environ
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         if env.get(name, "").strip():
             return env[name].strip()

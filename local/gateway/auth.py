@@ -128,32 +128,25 @@ class LocalSigV4Verifier:
 
 
 def local_credentials(
-    environ: Mapping[str, str] | None = None,
+    env: Mapping[str, str] = os.environ,
 ) -> tuple[dict[str, LocalCredential], str]:
     """The credentials ``make local`` accepts (the environment's, else the documented test
     ones, as ``IGNI_LOCAL_CALLER_ARN``), and a sentence saying which."""
-    env = os.environ if environ is None else environ
     arn = env.get("IGNI_LOCAL_CALLER_ARN") or sigv4.DEFAULT_LOCAL_USER_ARN
-    access_key = env.get("AWS_ACCESS_KEY_ID")
-    secret_key = env.get("AWS_SECRET_ACCESS_KEY")
-    if access_key and secret_key:
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
         token = env.get("AWS_SESSION_TOKEN") or None
-        masked = f"{access_key[:4]}…{access_key[-4:]}" if len(access_key) > 8 else "****"
-        return (
-            {access_key: LocalCredential(secret_key, session_token=token, user_arn=arn)},
+        masked = f"{key[:4]}…{key[-4:]}" if len(key) > 8 else "****"
+        return {key: LocalCredential(secret, session_token=token, user_arn=arn)}, (
             "Accepting SigV4 signatures made with the AWS credentials of this environment "
-            f"(AWS_ACCESS_KEY_ID {masked}{', with a session token' if token else ''}) as {arn}.",
+            f"(AWS_ACCESS_KEY_ID {masked}{', with a session token' if token else ''}) as {arn}."
         )
-    return (
-        {
-            sigv4.LOCAL_TEST_ACCESS_KEY_ID: LocalCredential(
-                sigv4.LOCAL_TEST_SECRET_ACCESS_KEY, user_arn=arn
-            )
-        },
+    key, secret = sigv4.LOCAL_TEST_ACCESS_KEY_ID, sigv4.LOCAL_TEST_SECRET_ACCESS_KEY
+    return {key: LocalCredential(secret, user_arn=arn)}, (
         "No AWS credentials in this environment: accepting SigV4 signatures made with the "
-        f"documented local test credentials AWS_ACCESS_KEY_ID={sigv4.LOCAL_TEST_ACCESS_KEY_ID} "
-        f"AWS_SECRET_ACCESS_KEY={sigv4.LOCAL_TEST_SECRET_ACCESS_KEY} as {arn} "
-        "(igni-token uses them by itself against a loopback endpoint when it has no credentials).",
+        f"documented local test credentials AWS_ACCESS_KEY_ID={key} "
+        f"AWS_SECRET_ACCESS_KEY={secret} as {arn} "
+        "(igni-token uses them by itself against a loopback endpoint when it has no credentials)."
     )
 
 
@@ -220,9 +213,8 @@ def parse_policy(document: object, source: str) -> LocalPolicy:
     return LocalPolicy(_allowed(document.get("allow", {}), source), callers, source)
 
 
-def load_policy(environ: Mapping[str, str] | None = None) -> LocalPolicy | None:
+def load_policy(env: Mapping[str, str] = os.environ) -> LocalPolicy | None:
     """The policy named by LOCAL_IAM_POLICY / LOCAL_IAM_POLICY_JSON; None when neither is set."""
-    env = os.environ if environ is None else environ
     path, inline = (env.get(name, "").strip() for name in (POLICY_FILE_VAR, POLICY_JSON_VAR))
     if path and inline:
         raise PolicyError(f"set {POLICY_FILE_VAR} or {POLICY_JSON_VAR}, not both")
@@ -241,9 +233,8 @@ def load_policy(environ: Mapping[str, str] | None = None) -> LocalPolicy | None:
 LocalAuth = LocalSigV4Verifier  # make local's: from local_auth().verifier(...)
 
 
-def local_auth(environ: Mapping[str, str] | None = None) -> LocalAuth:
+def local_auth(env: Mapping[str, str] = os.environ) -> LocalAuth:
     """Credentials and policy for ``make local``, from its environment (before moto's is set)."""
-    env = os.environ if environ is None else environ
     credentials, sentence = local_credentials(env)
     lines = [sentence]
     policy = load_policy(env)
