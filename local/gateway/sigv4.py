@@ -172,14 +172,11 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     found = credentials.get(access_key)
     credential = LocalCredential(found) if isinstance(found, str) else found
     presented = _first(pairs, "x-amz-security-token")
-    expected_token = None if credential is None else credential.session_token
-    if credential is None or not (
-        presented is expected_token  # both None
-        or (
-            presented
-            and expected_token
-            and hmac.compare_digest(presented.encode(), expected_token.encode())
-        )
+    expected = None if credential is None else credential.session_token
+    if (
+        credential is None
+        or (presented is None) != (expected is None)  # a token exactly when the key has one
+        or not hmac.compare_digest((presented or "").encode(), (expected or "").encode())
     ):
         return AuthError(INVALID_TOKEN, "UnrecognizedClientException")
     if "host" not in signed:
@@ -220,13 +217,12 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     account_id = arn_parts[4] if len(arn_parts) == 6 and arn_parts[4] else LOCAL_ACCOUNT_ID
     # A stable stand-in for IAM's unique id: AIDA… for a user, AROA…:session for a role.
     digest = base64.b32encode(hashlib.sha256(f"{access_key}|{arn}".encode()).digest()).decode()
-    resource = arn_parts[-1]
     derived = f"AIDA{digest[:17]}"
-    if resource.startswith("assumed-role/"):
-        derived = f"AROA{digest[:17]}:{resource.rsplit('/', 1)[-1]}"
+    if arn_parts[-1].startswith("assumed-role/"):
+        derived = f"AROA{digest[:17]}:{arn.rsplit('/', 1)[-1]}"
     user_id = credential.user_id or derived
-    user_agent = _first(pairs, "user-agent")
-    return CallerIdentity(user_id, user_id, arn, account_id, access_key, source_ip, user_agent)
+    seen = (account_id, access_key, source_ip, _first(pairs, "user-agent"))
+    return CallerIdentity(user_id, user_id, arn, *seen)
 
 
 _Parsed = tuple[tuple[str, str, str, str, str], frozenset[str], str, str]
