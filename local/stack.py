@@ -84,16 +84,9 @@ class LocalStack:
 
     def names(self) -> dict[str, str]:
         """The ids a person or another command needs to find the stack's resources."""
-        return {
-            "stack_name": self.name,
-            "endpoint_url": self.endpoint_url,
-            "region": self.region,
-            "table_name": self.table_name,
-            "kms_key_arn": self.kms_key_arn,
-            "secret_name": self.secret_name,
-            "secret_arn": self.secret_arn,
-            "function_name": self.function_name,
-        }
+        names = ["endpoint_url", "region", "table_name", "kms_key_arn", "secret_name"]
+        names += ["secret_arn", "function_name"]
+        return {"stack_name": self.name} | {name: getattr(self, name) for name in names}
 
     # Typed clients on the stack's endpoint, for tests that look inside.
     def dynamodb(self) -> DynamoDBClient:
@@ -193,12 +186,9 @@ def create_stack(
     for policy in cfn.resources_of_type(template, "AWS::SecretsManager::ResourcePolicy").values():
         props = _without_no_value(resolve(template, policy.get("Properties") or {}, refs))
         if props.get("SecretId") == secret["ARN"]:
-            document, block = (
-                json.dumps(props["ResourcePolicy"]),
-                bool(props.get("BlockPublicPolicy")),
-            )
+            document, block = json.dumps(props["ResourcePolicy"]), props.get("BlockPublicPolicy")
             sm.put_resource_policy(
-                SecretId=secret["ARN"], ResourcePolicy=document, BlockPublicPolicy=block
+                SecretId=secret["ARN"], ResourcePolicy=document, BlockPublicPolicy=bool(block)
             )
 
     # The function behind the API: its environment (over Globals', as SAM merges them), resolved.
