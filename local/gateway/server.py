@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+from werkzeug.datastructures import MultiDict
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Response
 
@@ -80,9 +81,7 @@ class JsonErrorHandler(WSGIRequestHandler):
 def json_response(
     status: int, body: object, headers: list[tuple[str, str]] | None = None
 ) -> Response:
-    return Response(
-        json.dumps(body), status, [("Content-Type", "application/json"), *(headers or [])]
-    )
+    return Response(json.dumps(body), status, headers, content_type="application/json")
 
 
 def server(host: str, port: int, app: Any, *, name: str, quiet: bool) -> BaseWSGIServer:
@@ -132,9 +131,7 @@ def request_to_event(
     account_id = where.get("account_id", LOCAL_ACCOUNT_ID)
     now = datetime.now(UTC)
     path = strip_stage(urllib.parse.unquote(request.raw_path), stage)
-    headers: dict[str, list[str]] = {}
-    for name, value in request.headers:
-        headers.setdefault(name, []).append(value)
+    headers = MultiDict(request.headers).to_dict(flat=False)
     added = {
         "X-Amzn-Trace-Id": f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}",
         "X-Forwarded-For": request.client_ip,
@@ -147,9 +144,7 @@ def request_to_event(
             headers[name] = [value]
         elif name == "X-Forwarded-For":
             headers[existing] = [f"{headers[existing][-1]}, {value}"]
-    query: dict[str, list[str]] = {}
-    for key, value in urllib.parse.parse_qsl(request.query, keep_blank_values=True):
-        query.setdefault(key, []).append(value)
+    query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
     body, is_base64 = None, False
     if request.body:
         try:
@@ -269,13 +264,12 @@ class ApiServer:
     ) -> None:
         """The stage and API id are the verifier's; the routes template.yaml's."""
         self.handler, self.verifier, self.context_factory = handler, verifier, context_factory
-        self.host, self.requested_port, self.quiet = host, port, quiet
-        self.stage, self.api_id, self.account_id = verifier.stage, verifier.api_id, account_id
+        self.host, self.port, self.quiet, self.account_id = host, port, quiet, account_id
+        self.stage, self.api_id = verifier.stage, verifier.api_id
         self.routes = api_routes(load_template())
         # One Lambda execution environment handles one invocation at a time.
         self._invoke_lock = threading.Lock()
-        self._http: Any = None
-        self._thread: threading.Thread | None = None
+        self._http: BaseWSGIServer | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         """The WSGI application."""
@@ -328,23 +322,16 @@ class ApiServer:
 
     def start(self) -> int:
         """Listen, and serve in a daemon thread; returns the port."""
-        self._http = server(self.host, self.requested_port, self, name="api", quiet=self.quiet)
-        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.1,), daemon=True)
-        self._thread.start()
+        self._http = server(self.host, self.port, self, name="api", quiet=self.quiet)
+        self.port = self._http.port
+        threading.Thread(target=self._http.serve_forever, args=(0.1,), daemon=True).start()
         return self.port
 
     def stop(self) -> None:
         http, self._http = self._http, None
         if http is not None:
-            http.shutdown()
+            http.shutdown()  # returns once serve_forever has
             http.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    @property
-    def port(self) -> int:
-        return int(self._http.port)
 
     @property
     def base_url(self) -> str:
