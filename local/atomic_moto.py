@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 from moto.moto_server import werkzeug_app as moto
 from werkzeug.serving import make_server
 
-from local.process import announce
+from local.process import serve
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -61,10 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     # moto builds some ARNs and URLs from it, as `python -m moto.server` sets it.
     os.environ.setdefault("MOTO_PORT", str(server.port))
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda signum, frame: sys.exit(0))
-    announce(server.port)
-    server.serve_forever()
+    serve(server)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import tempfile
 from pathlib import Path
 
-from local.process import ServerProcess
+from local.process import ServerProcess, temp_log
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -36,10 +35,9 @@ class MotoServer:
     ) -> None:
         # moto's threaded server can let two conditional writes on one item both succeed,
         # which DynamoDB never does; local.atomic_moto serializes requests so that it cannot.
-        self.serialized = serialized
-        self.host, self.port = host, port
+        self.host, self.port, self.serialized = host, port, serialized
         # moto logs every request, to a file that also tells what happened when a test fails.
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"moto-server-{os.getpid()}.log"
+        self.log_path = log_path or temp_log("moto-server")
         self._proc: ServerProcess | None = None
 
     @property
@@ -56,11 +54,9 @@ class MotoServer:
         """Start the server (on the port it had, if it ran before); returns its endpoint URL."""
         if self.running:
             return self.endpoint_url
-        env = dict(os.environ)
         # moto's server must not forward to a real AWS endpoint or read a user's AWS config.
-        env.pop("AWS_ENDPOINT_URL", None)
-        env.setdefault("AWS_ACCESS_KEY_ID", "testing")
-        env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+        env |= {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
         args = ["-H", self.host, "-p", str(self.port), *([] if self.serialized else ["--as-is"])]
         self._proc = ServerProcess("local.atomic_moto", args, log_path=self.log_path, env=env)
         self.port = self._proc.port

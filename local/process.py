@@ -9,8 +9,11 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from werkzeug.serving import BaseWSGIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 10.0
@@ -20,19 +23,27 @@ def die_with_parent() -> None:
     """``preexec_fn``: on Linux, SIGTERM the child when its parent dies (a SIGKILLed pytest or
     `make local` cannot clean up). Linux ties it to the spawning *thread*, so spawn children from
     a long-lived one (the main one)."""
-    if not sys.platform.startswith("linux"):
-        return
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def announce(port: int) -> None:
+def temp_log(name: str) -> Path:
+    """A child server's default log file: in the temporary directory, named after this process."""
+    return Path(tempfile.gettempdir()) / f"{name}-{os.getpid()}.log"
+
+
+def serve(server: BaseWSGIServer) -> None:
     """The child's side: say ``READY <port>``, then send stdout to stderr (the log), so that a
-    pipe nobody reads any more can never fill up and stall the server."""
-    print(f"READY {port}", flush=True)
+    pipe nobody reads any more can never fill up and stall the server; serve until signalled."""
+    # SystemExit stops serve_forever, whose finally closes the socket.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: sys.exit(0))
+    print(f"READY {server.port}", flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    server.serve_forever(poll_interval=0.2)
 
 
 class ServerProcess:
@@ -64,9 +75,10 @@ class ServerProcess:
         line = stdout.readline().decode().strip() if stdout and ready else ""
         if not (line.startswith("READY ") and line[6:].isdigit()):
             self.stop()
+            tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace") if log_path else ""
             raise RuntimeError(
                 f"{module} did not print READY <port> within {start_timeout:.0f} s (got "
-                f"{line!r}, exit {self._proc.returncode}); its log {log_path}:\n{self.log_tail()}"
+                f"{line!r}, exit {self._proc.returncode}); its log {log_path}:\n{tail}"
             )
         self.port = int(line[6:])
 
@@ -91,11 +103,3 @@ class ServerProcess:
         for stream in (self._proc.stdout, self._log):
             if stream is not None:
                 stream.close()
-
-    def log_tail(self, max_bytes: int = 4000) -> str:
-        if self.log_path is None:
-            return ""
-        with contextlib.suppress(OSError), self.log_path.open("rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
-            return fh.read().decode("utf-8", "replace")
-        return ""
