@@ -17,12 +17,9 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -35,7 +32,7 @@ import urllib3
 from werkzeug.wrappers import Request, Response
 
 from local.gateway.server import json_response, server
-from local.process import ServerProcess, announce
+from local.process import ServerProcess, serve, temp_log
 
 TOKEN_PATH_SUFFIX = "/api/v1/oauth2/token"
 DEFAULT_LIFETIME = 172800  # 48 h, what Igni's documentation shows in its example answer.
@@ -45,8 +42,9 @@ FAULT_KEYS = {"status", "retry_after", "garbage", "body", "close", "delay_ms"}
 FORM = "application/x-www-form-urlencoded"
 # How expires_in is sent, what token is issued, which client authentications are accepted.
 CLIENT_SECRET_POST, CLIENT_SECRET_BASIC = "client_secret_post", "client_secret_basic"  # nosec
+EXPIRES_IN: dict[str, Any] = {"int": int, "string": str, "float": lambda n: n + 0.5}
 OAUTH_CHOICES = {
-    "expires_in_style": ("int", "string", "float", "omit"),
+    "expires_in_style": (*EXPIRES_IN, "omit"),
     "token_format": ("jwt", "opaque"),
     "auth_methods": (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC),
 }
@@ -87,9 +85,8 @@ def make_jwt(client_id: str, scopes: Sequence[str], lifetime: int, exp_offset: i
     jti = secrets.token_hex(40)  # Passport's 80-hex-digit token id, in header and payload.
     now = int(time.time())
     header = {"typ": "JWT", "alg": "RS256", "jti": jti}
-    exp = now + lifetime + exp_offset
-    payload = {"aud": client_id, "jti": jti, "iat": now, "nbf": now, "exp": exp, "sub": ""}
-    payload["scopes"] = list(scopes)
+    payload = {"aud": client_id, "jti": jti, "iat": now, "nbf": now, "sub": "", "scopes": scopes}
+    payload |= {"exp": now + lifetime + exp_offset, "scopes": list(scopes)}
     parts = [json.dumps(p, separators=(",", ":")).encode() for p in (header, payload)]
     return ".".join([*map(_b64url, parts), _b64url(secrets.token_bytes(256))])
 
@@ -304,15 +301,10 @@ def exchange(
     if config["token_format"] == "opaque":
         token = secrets.token_urlsafe(40)
     answer: JsonObject = {"token_type": "Bearer", "access_token": token}
-    style = config["expires_in_style"]
     # Only the chosen style is computed: lifetime + 0.5 overflows for the 400-digit lifetimes
     # the bound tests send as integers.
-    if style == "int":
-        answer["expires_in"] = lifetime
-    elif style == "string":
-        answer["expires_in"] = str(lifetime)
-    elif style == "float":
-        answer["expires_in"] = lifetime + 0.5
+    if config["expires_in_style"] in EXPIRES_IN:
+        answer["expires_in"] = EXPIRES_IN[config["expires_in_style"]](lifetime)
     return 200, answer
 
 
@@ -371,7 +363,7 @@ class StubProcess(StubControl):
             raise ValueError("at least one client")
         self.clients = dict(clients)
         self.client_id, self.client_secret = next(iter(self.clients.items()))
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"igni-stub-{os.getpid()}.log"
+        self.log_path = log_path or temp_log("igni-stub")
         spec = ",".join(f"{cid}:{secret}" for cid, secret in self.clients.items())
         args = ["--host", host, "--port", str(port), "--clients", spec]
         args += ["--lifetime", str(lifetime), "--latency-ms", str(latency_ms)]
@@ -401,12 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
     args = parser.parse_args(argv)
     app = StubApp(parse_clients(args.clients), args.lifetime, args.latency_ms)
-    http = server(args.host, args.port, app, name="igni-stub", quiet=args.quiet)
-
-    # SystemExit stops serve_forever, whose finally closes the socket.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    announce(http.port)
-    http.serve_forever(poll_interval=0.2)
+    serve(server(args.host, args.port, app, name="igni-stub", quiet=args.quiet))
     return 0
 
 
