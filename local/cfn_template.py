@@ -95,20 +95,10 @@ def evaluate_condition(template: Mapping[str, Any], name: Any, refs: Mapping[str
     """Evaluate a named condition, or (not a name) a condition expression: Fn::Equals, Fn::Not,
     Fn::And, Fn::Or, Condition."""
     expr = template["Conditions"][name] if isinstance(name, str) else name
-    if isinstance(expr, dict) and len(expr) == 1:
-        ((fn, args),) = expr.items()
-        if fn == "Fn::Equals":
-            left, right = (resolve(template, a, refs) for a in args)
-            return str(left) == str(right)
-        if fn == "Fn::Not":
-            return not evaluate_condition(template, args[0], refs)
-        if fn == "Fn::And":
-            return all(evaluate_condition(template, a, refs) for a in args)
-        if fn == "Fn::Or":
-            return any(evaluate_condition(template, a, refs) for a in args)
-        if fn == "Condition":
-            return evaluate_condition(template, args, refs)
-    raise ValueError(f"unsupported condition expression {expr!r}")
+    value = resolve(template, expr, refs)
+    if not isinstance(value, bool):
+        raise ValueError(f"unsupported condition expression {expr!r}")  # noqa: TRY004
+    return value
 
 
 def resolve(template: Mapping[str, Any], value: Any, refs: Mapping[str, Any]) -> Any:
@@ -160,4 +150,10 @@ _RESOLVERS: dict[str, _Resolver] = {
     "Fn::Join": lambda t, args, refs: str(args[0]).join(str(i) for i in resolve(t, args[1], refs)),
     "Fn::Select": lambda t, args, refs: resolve(t, args[1], refs)[int(resolve(t, args[0], refs))],
     "Fn::Split": lambda t, args, refs: str(resolve(t, args[1], refs)).split(str(args[0])),
+    # Conditions: only in the template's Conditions and the first argument of Fn::If.
+    "Fn::Equals": lambda t, args, refs: len({str(resolve(t, a, refs)) for a in args}) == 1,
+    "Fn::Not": lambda t, args, refs: not evaluate_condition(t, args[0], refs),
+    "Fn::And": lambda t, args, refs: all(evaluate_condition(t, a, refs) for a in args),
+    "Fn::Or": lambda t, args, refs: any(evaluate_condition(t, a, refs) for a in args),
+    "Condition": evaluate_condition,
 }
