@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import urllib3
 
@@ -64,23 +65,19 @@ def invoke_event(
     state_file: Path = STATE_FILE,
     ephemeral: bool = False,
 ) -> InvokeResult:
-    """Run the handler once on ``event`` (a dict, an events/ name or a file path).
-
-    ``handler``: a callable, ``module:function`` / ``module.function``, or None for the Handler
-    template.yaml gives the function that receives the event (handler_for). os.environ is
-    restored afterwards.
-    """
+    """Run the handler once on ``event`` (a dict, an events/ name or a file path). ``handler``: a
+    callable, ``module:function`` / ``module.function``, or None for the Handler template.yaml
+    gives the function that receives the event (handler_for)."""
     with target_stack(state_file, ephemeral=ephemeral) as target:
         raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
         # Lambda delivers JSON: what cannot round-trip cannot reach a real function either.
         stack = target["stack"]
         secret = (stack["secret_arn"], stack["secret_name"])
         payload = json.loads(json.dumps(substitute_secret(raw, *secret)))
-        saved = dict(os.environ)
-        os.environ.update(target["function_env"])
+        env = target["function_env"]
         # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer. The
         # import happens inside the redirect so that loggers made at import bind to stderr too.
-        with contextlib.redirect_stdout(sys.stderr):
+        with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(sys.stderr):
             fn = handler if callable(handler) else load_handler(handler or handler_for(payload))
             timeout_s = float(target.get("function_timeout_s", 25.0))
             name = stack.get("function_name", "local-TokenFunction")
@@ -88,10 +85,9 @@ def invoke_event(
             # A cold start, as with `sam local invoke`: nothing cached by an earlier in-process
             # invoke (against another stack) may answer this one.
             module = sys.modules.get(getattr(fn, "__module__", "") or "")
-            reset = getattr(module, "reset_runtime", None)
+            reset = getattr(module, "reset_runtime", None) or (lambda: None)
             try:
-                if callable(reset):
-                    reset()
+                reset()
                 return InvokeResult(json.loads(json.dumps(fn(payload, context))), None, target)
             except Exception as exc:
                 error = {
@@ -102,10 +98,7 @@ def invoke_event(
                 }
                 return InvokeResult(None, error, target)
             finally:
-                if callable(reset):
-                    reset()
-                os.environ.clear()
-                os.environ.update(saved)
+                reset()
 
 
 def handler_for(event: Any) -> str:
