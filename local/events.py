@@ -18,6 +18,7 @@ PLACEHOLDER_SECRET_ARN = (
 )
 
 Event = dict[str, Any]
+_TWIN = {"queryStringParameters": "multiValueQueryStringParameters", "headers": "multiValueHeaders"}
 
 
 def event_path(name: str) -> Path:
@@ -43,24 +44,19 @@ def substitute_secret(event: Any, secret_arn: str, secret_name: str) -> Any:
 def load_event(
     name: str, /, *, secret_arn: str | None = None, secret_name: str | None = None, **overrides: Any
 ) -> Event:
-    """Read an event and apply ``overrides``, keyed by paths with ``__`` between levels.
-
-    ``requestContext__identity__userArn=None`` or ``body='{"x": 1}'``. Overriding
-    ``queryStringParameters`` or ``headers`` also sets its multi-value twin unless that is
-    overridden too, so the two stay consistent as API Gateway keeps them.
-    """
+    """Read an event and apply ``overrides`` keyed by paths with ``__`` between levels, such as
+    ``requestContext__identity__userArn=None``. Overriding ``queryStringParameters`` or
+    ``headers`` also sets its multi-value twin unless that is overridden too (API Gateway keeps
+    the two consistent)."""
     event = cast(Event, json.loads(event_path(name).read_text(encoding="utf-8")))
     if secret_arn or secret_name:
         arn = secret_arn or PLACEHOLDER_SECRET_ARN
-        event = substitute_secret(
-            event, arn, secret_name or arn.split(":secret:")[-1].rsplit("-", 1)[0]
-        )
+        name = secret_name or arn.split(":secret:")[-1].rsplit("-", 1)[0]
+        event = substitute_secret(event, arn, name)
     for path, value in overrides.items():
-        twin = {"queryStringParameters": "multiValueQueryStringParameters"}
-        twin["headers"] = "multiValueHeaders"
-        if path in twin and twin[path] not in overrides:
+        if path in _TWIN and _TWIN[path] not in overrides:
             event[path] = dict(value) if value else None
-            event[twin[path]] = {k: [v] for k, v in value.items()} if value else None
+            event[_TWIN[path]] = {k: [v] for k, v in value.items()} if value else None
             continue
         *parents, leaf = path.split("__")
         node = event

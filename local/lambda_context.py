@@ -42,8 +42,7 @@ class FakeLambdaContext(LambdaContext):
         self._log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[{function_version}]"
         self._log_stream_name += uuid.uuid4().hex
         # None, as for every invocation that does not come from a mobile SDK.
-        self._identity = cast(Any, None)
-        self._client_context = cast(Any, None)
+        self._identity = self._client_context = cast(Any, None)
         self._tenant_id = None
         self.timeout_s = timeout_s
         self._deadline = time.monotonic() + timeout_s
