@@ -126,12 +126,9 @@ def create_stack(
     template_path: Path | str = TEMPLATE_PATH,
     parameters: Mapping[str, Any] | None = None,
 ) -> LocalStack:
-    """Create the KMS key, the table (with TTL) and the secret of stack ``name``.
-
-    ``secret_value`` is the secret's SecretString (a mapping is JSON-encoded); ``igni_token_url``
-    and ``igni_workspace`` fill the template's IgniTokenUrl and IgniWorkspace parameters,
-    ``parameters`` others by name (e.g. ``{"IgniAudience": "..."}``).
-    """
+    """Create the KMS key, the table (with TTL) and the secret of stack ``name``: its SecretString
+    is ``secret_value`` (a mapping is JSON-encoded); ``igni_token_url`` and ``igni_workspace``
+    fill the template's IgniTokenUrl and IgniWorkspace parameters, ``parameters`` others."""
     template = cfn.load_template(template_path)
     kms, ddb, sm = (_client(s, region, endpoint_url) for s in ("kms", "dynamodb", "secretsmanager"))
     tags = [{"Key": "aws:cloudformation:stack-name", "Value": name}]

@@ -106,11 +106,9 @@ class HttpRequest:
 def match_route(
     routes: Sequence[Route], method: str, path: str
 ) -> tuple[str, dict[str, str] | None] | None:
-    """(resource, pathParameters) of the declared route for ``method`` and ``path``, else None.
-
-    As in API Gateway the resource is found first, a literal segment before a path variable
-    before a greedy ``{proxy+}``; then the method must be declared on it (or ANY).
-    """
+    """(resource, pathParameters) of the declared route for ``method`` and ``path``, else None:
+    as in API Gateway the resource is found first, a literal segment before a path variable
+    before a greedy ``{proxy+}``; then the method must be declared on it (or ANY)."""
     for resource in sorted({r for _, r in routes}, key=lambda r: (r.count("+}"), r.count("{"))):
         pattern = re.sub(r"\\\{(\w+)\\\+\\\}", r"(?P<\1>.+)", re.escape(resource))
         match = re.fullmatch(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", pattern), path)

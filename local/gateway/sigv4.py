@@ -137,9 +137,8 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     *,
     source_ip: str = "127.0.0.1",
 ) -> CallerIdentity | AuthError:
-    """Check a request's SigV4 signature as API Gateway's AWS_IAM authorization does.
-
-    ``url_path`` and ``query_string`` as on the wire (percent-encoded, stage included): what the
+    """Check a request's SigV4 signature as API Gateway's AWS_IAM authorization does: on
+    ``url_path`` and ``query_string`` as on the wire (percent-encoded, stage included), what the
     caller signed. ``now`` (datetime or epoch seconds) is the verifier's clock, for tests."""
     items: Any = getattr(headers, "items", None)
     raw_pairs = cast(Iterable[tuple[str, str]], items() if callable(items) else headers)
