@@ -47,7 +47,7 @@ def serve(conn: Connection, env: Mapping[str, str], log_path: str | None) -> Non
     os.dup2(log, 2)
     for stream in (sys.stdout, sys.stderr):  # a line at a time, as CloudWatch gets them
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    module_name, function_name = _split_handler(os.environ.get(HANDLER_VAR) or DEFAULT_HANDLER)
+    module_name, function_name = _split_handler(os.environ[HANDLER_VAR])
     started = time.perf_counter()
     module = importlib.import_module(module_name)
     lambda_handler: Callable[[Any, Any], dict[str, Any]] = getattr(module, function_name)
@@ -83,14 +83,10 @@ class EnvironmentProcess:
         handler: str | None = None,
     ) -> None:
         """Start the child; ``handler`` ("module:function") replaces the real handler."""
-        child_env = {**os.environ, **env}
-        if handler is not None:
-            _split_handler(handler)
-            child_env[HANDLER_VAR] = handler
-        elif HANDLER_VAR not in env:
-            # The real handler, whatever the parent's own environment says.
-            child_env.pop(HANDLER_VAR, None)
-        self.handler = child_env.get(HANDLER_VAR, DEFAULT_HANDLER)
+        # The real handler unless told otherwise here: the parent's own LOCAL_HANDLER is no order.
+        child_env = {**os.environ, HANDLER_VAR: DEFAULT_HANDLER, **env}
+        child_env[HANDLER_VAR] = handler or child_env[HANDLER_VAR]
+        _split_handler(child_env[HANDLER_VAR])  # A bad spec fails here, not in the child.
         context = multiprocessing.get_context("forkserver")
         self._conn, child_conn = context.Pipe()
         self._proc = context.Process(
@@ -116,19 +112,20 @@ class EnvironmentProcess:
             raise RuntimeError(f"environment process exited with {self._proc.exitcode}") from None
         return message
 
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._conn.send(request)
+            return self._receive()
+
     def invoke(self, event: Mapping[str, Any], *, timeout_ms: int = 25000) -> dict[str, Any]:
         """The handler's response to one event (and ``elapsed_ms`` beside it)."""
-        with self._lock:
-            self._conn.send({"event": dict(event), "timeout_ms": timeout_ms})
-            answer = self._receive()
+        answer = self._call({"event": dict(event), "timeout_ms": timeout_ms})
         response: dict[str, Any] = answer["response"]
         response["elapsed_ms"] = answer["elapsed_ms"]
         return response
 
     def reset(self) -> None:
-        with self._lock:
-            self._conn.send({"reset": True})
-            self._receive()
+        self._call({"reset": True})
 
     def kill(self) -> None:
         """Die as a crashed environment would: no cleanup, no lease release."""

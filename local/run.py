@@ -274,6 +274,8 @@ Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
 {accepted}
 Call it (Ctrl-C stops everything; docs/local.md has more):
   {cli if cli.exists() else "igni-token"} get --endpoint {api_url}   (--json, --profile NAME)
+  curl --aws-sigv4 "aws:amz:{stack.region}:execute-api" --user "{key}:{secret}" \\
+    {api_url}/v1/token
   AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} \\
     awscurl --service execute-api --region {stack.region} {api_url}/token
   make invoke EVENT=events/get_token.json     (the handler on one event, against this stack)
