@@ -26,52 +26,11 @@ _CALLER_FIELDS = frozenset({"secret_key", "user_arn", "session_token", "user_id"
 
 def strip_stage(path: str, stage: str) -> str:
     """The API resource path of a request path: '/v1/token' and '/token' both give '/token'."""
-    prefix = f"/{stage}"
-    if path == prefix:
-        return "/"
-    return path[len(prefix) :] if path.startswith(prefix + "/") else path
+    prefix = f"/{stage}/"
+    return path[len(prefix) - 1 :] or "/" if f"{path}/".startswith(prefix) else path
 
 
 # --- IAM's execute-api:Invoke, imitated -----------------------------------------------------
-
-
-def method_arn(method: str, resource_path: str, **where: str) -> str:
-    """``arn:aws:execute-api:REGION:ACCOUNT:API_ID/STAGE/METHOD/resource/path``; ``where`` may set
-    ``region`` (us-east-1), ``account_id`` (the local one), ``api_id`` (local), ``stage`` (v1)."""
-    w = {"region": "us-east-1", "account_id": sigv4.LOCAL_ACCOUNT_ID, "api_id": "local"}
-    w |= {"stage": "v1", **where}
-    arn = f"arn:aws:execute-api:{w['region']}:{w['account_id']}:{w['api_id']}/{w['stage']}"
-    return f"{arn}/{method.upper()}/{resource_path.lstrip('/')}"
-
-
-def authorize(
-    identity: CallerIdentity,
-    method: str,
-    resource_path: str,
-    allowed: Mapping[str, Iterable[str]] | None,
-    **where: str,
-) -> bool:
-    """Would IAM allow ``execute-api:Invoke`` on the method (``None``: no policy, yes)? As in IAM,
-    ``*`` matches any characters (``/`` too), ``?`` one, case-sensitively."""
-    if allowed is None:
-        return True
-    callers = (identity.access_key, identity.user_arn, "*")
-    patterns = next((allowed[k] for k in callers if k in allowed), ())
-    short = f"{method.upper()}/{resource_path.lstrip('/')}"
-    full = method_arn(method, resource_path, **{**where, "account_id": identity.account_id})
-    wild = {"*": ".*", "?": "."}
-    regexes = (re.compile("".join(wild.get(c) or re.escape(c) for c in p), re.S) for p in patterns)
-    return any(r.fullmatch(full if r.pattern.startswith("arn:") else short) for r in regexes)
-
-
-def not_authorized_error(
-    identity: CallerIdentity, method: str, resource_path: str, **where: str
-) -> AuthError:
-    """API Gateway's 403 when IAM says no: capital ``Message``, the account masked."""
-    masked = "********" + identity.account_id[-4:]
-    resource = method_arn(method, resource_path, **{**where, "account_id": masked})
-    message = f"User: {identity.user_arn} is not authorized to perform: execute-api:Invoke"
-    return AuthError(f"{message} on resource: {resource}", "AccessDeniedException", 403, "Message")
 
 
 @dataclass(frozen=True)
@@ -97,6 +56,29 @@ class LocalSigV4Verifier:
         policy = None if self.allowed is None else {k: list(v) for k, v in self.allowed.items()}
         return {"callers": callers, "iam_policy": policy}
 
+    def method_arn(self, method: str, resource: str, account_id: str) -> str:
+        """``arn:aws:execute-api:REGION:ACCOUNT:API_ID/STAGE/METHOD/resource/path``."""
+        arn = f"arn:aws:execute-api:{self.region}:{account_id}:{self.api_id}/{self.stage}"
+        return f"{arn}/{method.upper()}/{resource.lstrip('/')}"
+
+    def authorize(self, caller: CallerIdentity, method: str, resource: str) -> bool:
+        """Would IAM allow ``execute-api:Invoke`` on the method (no policy: yes)? As in IAM, ``*``
+        matches any characters (``/`` too), ``?`` one, case-sensitively."""
+        if self.allowed is None:
+            return True
+        keys = (caller.access_key, caller.user_arn, "*")
+        patterns = next((self.allowed[k] for k in keys if k in self.allowed), ())
+        short = f"{method.upper()}/{resource.lstrip('/')}"
+        full = self.method_arn(method, resource, caller.account_id)
+        regexes = (re.escape(p).replace(r"\*", ".*").replace(r"\?", ".") for p in patterns)
+        return any(re.fullmatch(r, full if r.startswith("arn:") else short, re.S) for r in regexes)
+
+    def not_authorized_error(self, caller: CallerIdentity, method: str, resource: str) -> AuthError:
+        """API Gateway's 403 when IAM says no: capital ``Message``, the account masked."""
+        arn = self.method_arn(method, resource, "********" + caller.account_id[-4:])
+        message = f"User: {caller.user_arn} is not authorized to perform: execute-api:Invoke"
+        return AuthError(f"{message} on resource: {arn}", "AccessDeniedException", 403, "Message")
+
     def check(
         self,
         method: str,
@@ -118,9 +100,8 @@ class LocalSigV4Verifier:
         if isinstance(result, AuthError):
             return result
         resource = strip_stage(raw_path, self.stage)
-        where = {"region": self.region, "api_id": self.api_id, "stage": self.stage}
-        if not authorize(result, method, resource, self.allowed, **where):
-            return not_authorized_error(result, method, resource, **where)
+        if not self.authorize(result, method, resource):
+            return self.not_authorized_error(result, method, resource)
         return result
 
 

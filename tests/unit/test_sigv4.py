@@ -16,14 +16,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from local.gateway.auth import (
-    LocalSigV4Verifier,
-    authorize,
-    local_credentials,
-    method_arn,
-    not_authorized_error,
-    strip_stage,
-)
+from local.gateway.auth import LocalSigV4Verifier, local_credentials, strip_stage
 from local.gateway.sigv4 import (
     DEFAULT_LOCAL_USER_ARN,
     INVALID_TOKEN,
@@ -525,22 +518,25 @@ def test_authorize_matches_method_arns_like_iam(
     # Given an allow-list for alice's access key
     policy = {ACCESS_KEY: patterns}
     # When a call is authorized / Then IAM's wildcard rules decide
-    assert authorize(ALICE, method, path, policy) is allowed
+    assert LocalSigV4Verifier({}, allowed=policy).authorize(ALICE, method, path) is allowed
 
 
 def test_authorize_by_user_arn_default_and_unconfigured() -> None:
     # Given policies keyed by user ARN, by the "*" default, or no policy at all
     # When authorized / Then the ARN entry applies, "*" covers others, and None allows everything
-    assert authorize(ALICE, "GET", "/token", {ALICE.user_arn: ["GET/token"]})
-    assert authorize(ALICE, "GET", "/token", {"*": ["GET/*"]})
-    assert not authorize(ALICE, "GET", "/token", {"AKIASOMEONEELSE00000": ["*"]})
-    assert authorize(ALICE, "GET", "/token", None)
+    def authorize(policy: dict[str, list[str]] | None) -> bool:
+        return LocalSigV4Verifier({}, allowed=policy).authorize(ALICE, "GET", "/token")
+
+    assert authorize({ALICE.user_arn: ["GET/token"]})
+    assert authorize({"*": ["GET/*"]})
+    assert not authorize({"AKIASOMEONEELSE00000": ["*"]})
+    assert authorize(None)
 
 
 def test_not_authorized_error_is_api_gateways_capitalised_message() -> None:
     # Given alice denied GET /token/analytics
     # When the refusal is built
-    error = not_authorized_error(ALICE, "GET", "/token/analytics")
+    error = LocalSigV4Verifier({}).not_authorized_error(ALICE, "GET", "/token/analytics")
     # Then it is API Gateway's 403 with "Message" and the account masked
     assert error.status == 403
     assert error.body == {
@@ -554,8 +550,9 @@ def test_not_authorized_error_is_api_gateways_capitalised_message() -> None:
 
 def test_method_arn() -> None:
     # Given / When / Then the ARN IAM policies name
+    verifier = LocalSigV4Verifier({}, "eu-west-1", api_id="a1")
     assert (
-        method_arn("get", "/token/analytics", region="eu-west-1", account_id="1", api_id="a1")
+        verifier.method_arn("get", "/token/analytics", "1")
         == "arn:aws:execute-api:eu-west-1:1:a1/v1/GET/token/analytics"
     )
 
