@@ -243,7 +243,7 @@ def _framing_error(method: str, encoding: str, length: str) -> tuple[int, str] |
 
 
 def _refusal(error: AuthError) -> Response:
-    return Response(error.body_json, error.status, list(error.headers.items()))
+    return json_response(error.status, error.body, list(error.headers.items()))
 
 
 class ApiServer:

@@ -8,14 +8,12 @@ import base64
 import functools
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
 
 from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -100,10 +98,6 @@ class AuthError:
         return {self.message_key: self.message}
 
     @property
-    def body_json(self) -> str:
-        return json.dumps(self.body)
-
-    @property
     def headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json", "x-amzn-ErrorType": self.error_type}
 
@@ -113,14 +107,11 @@ _invalid = functools.partial(AuthError, error_type="InvalidSignatureException")
 
 
 class _ReplaySigV4(SigV4Auth):
-    """botocore's signer on exactly the caller's ``SignedHeaders`` (botocore's own choice drops
-    some and adds ``host``); the canonical request, key derivation and HMAC are botocore's."""
+    """botocore's signer on the request's headers, exactly the caller's ``SignedHeaders`` (its own
+    choice drops some and adds ``host``); the canonical request, key derivation, HMAC are its."""
 
     def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
-        header_map = HTTPHeaders()
-        for name, value in request.headers.items():
-            header_map[name.lower()] = value
-        return header_map
+        return request.headers
 
 
 def verify_request(  # noqa: PLR0917 - the positional signature is the documented interface
@@ -140,8 +131,7 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     """Check a request's SigV4 signature as API Gateway's AWS_IAM authorization does: on
     ``url_path`` and ``query_string`` as on the wire (percent-encoded, stage included), what the
     caller signed. ``now`` (datetime or epoch seconds) is the verifier's clock, for tests."""
-    items: Any = getattr(headers, "items", None)
-    raw_pairs = cast(Iterable[tuple[str, str]], items() if callable(items) else headers)
+    raw_pairs = headers.items() if hasattr(headers, "items") else headers
     pairs = [(str(name).lower(), str(value)) for name, value in raw_pairs]
     authorization = _first(pairs, "authorization")
     if authorization is None or not authorization.strip():
@@ -163,9 +153,7 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
         return _invalid(
             f"Credential should be scoped with a valid terminator: 'aws4_request', not '{end}'. "
         )
-    clock = now if isinstance(now, datetime) else datetime.fromtimestamp(now or time.time(), UTC)
-    skew_error = _check_skew(stamp, clock if clock.tzinfo else clock.replace(tzinfo=UTC), max_skew)
-    if skew_error is not None:
+    if (skew_error := _check_skew(stamp, now, max_skew)) is not None:
         return skew_error
 
     found = credentials.get(access_key)
@@ -285,21 +273,21 @@ def _timestamp(pairs: list[tuple[str, str]], date_value: str) -> str | None:
     return parsed.astimezone(UTC).strftime(SIGV4_TIMESTAMP)
 
 
-def _check_skew(timestamp: str, now: datetime, max_skew: int) -> AuthError | None:
+def _check_skew(timestamp: str, now: datetime | float | None, max_skew: int) -> AuthError | None:
+    clock = now if isinstance(now, datetime) else datetime.fromtimestamp(now or time.time(), UTC)
+    clock = clock if clock.tzinfo else clock.replace(tzinfo=UTC)
     signed_at = datetime.strptime(timestamp, SIGV4_TIMESTAMP).replace(tzinfo=UTC)
     skew = timedelta(seconds=max_skew)
     span = f"{max_skew // 60} min." if max_skew % 60 == 0 else f"{max_skew} sec."
-    now_s = now.strftime(SIGV4_TIMESTAMP)
-    if signed_at < now - skew:
-        earliest = (now - skew).strftime(SIGV4_TIMESTAMP)
+    if signed_at < clock - skew:
         return _invalid(
-            f"Signature expired: {timestamp} is now earlier than {earliest} ({now_s} - {span})"
+            f"Signature expired: {timestamp} is now earlier than {clock - skew:{SIGV4_TIMESTAMP}} "
+            f"({clock:{SIGV4_TIMESTAMP}} - {span})"
         )
-    if signed_at > now + skew:
-        latest = (now + skew).strftime(SIGV4_TIMESTAMP)
+    if signed_at > clock + skew:
         return _invalid(
-            f"Signature not yet current: {timestamp} is still later than {latest} "
-            f"({now_s} + {span})"
+            f"Signature not yet current: {timestamp} is still later than "
+            f"{clock + skew:{SIGV4_TIMESTAMP}} ({clock:{SIGV4_TIMESTAMP}} + {span})"
         )
     return None
 

@@ -156,7 +156,7 @@ def test_the_verifier_answers_api_gateways_403_or_the_identity() -> None:
     # Then refusals are API Gateway's answers, and the allowed get requestContext.identity
     assert isinstance(unsigned, AuthError)
     assert unsigned.status == 403
-    assert json.loads(unsigned.body_json) == {"message": "Missing Authentication Token"}
+    assert unsigned.body == {"message": "Missing Authentication Token"}
     assert unsigned.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
     assert isinstance(denied, AuthError)
     assert denied.body["Message"].endswith("api/v1/GET/token")
