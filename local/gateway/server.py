@@ -39,6 +39,7 @@ MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[dict[str, Any], Any], Any]
+Match = tuple[str, dict[str, str] | None]  # a declared resource and the request's pathParameters
 
 
 # werkzeug's server (the Igni stub's too), answering its own errors in JSON and handing the
@@ -103,9 +104,7 @@ class HttpRequest:
     server_port: int
 
 
-def match_route(
-    routes: Sequence[Route], method: str, path: str
-) -> tuple[str, dict[str, str] | None] | None:
+def match_route(routes: Sequence[Route], method: str, path: str) -> Match | None:
     """(resource, pathParameters) of the declared route for ``method`` and ``path``, else None:
     as in API Gateway the resource is found first, a literal segment before a path variable
     before a greedy ``{proxy+}``; then the method must be declared on it (or ANY)."""
@@ -117,70 +116,6 @@ def match_route(
                 return None
             return resource, (match.groupdict() or None)
     return None
-
-
-def request_to_event(
-    request: HttpRequest, identity: Mapping[str, Any], resource: str, **where: Any
-) -> dict[str, Any]:
-    """The REST API (payload version 1.0) Lambda proxy event for ``request``; ``where`` may set
-    ``path_parameters``, ``request_id``, ``stage``, ``account_id``, ``api_id``."""
-    path_parameters, request_id = where.get("path_parameters"), where.get("request_id")
-    stage, api_id = where.get("stage", DEFAULT_STAGE), where.get("api_id", DEFAULT_API_ID)
-    account_id = where.get("account_id", LOCAL_ACCOUNT_ID)
-    now = datetime.now(UTC)
-    path = strip_stage(urllib.parse.unquote(request.raw_path), stage)
-    headers = MultiDict(request.headers).to_dict(flat=False)
-    added = {
-        "X-Amzn-Trace-Id": f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}",
-        "X-Forwarded-For": request.client_ip,
-        "X-Forwarded-Port": str(request.server_port),
-        "X-Forwarded-Proto": "http",
-    }
-    for name, value in added.items():  # as API Gateway adds them on the way
-        existing = next((n for n in headers if n.lower() == name.lower()), None)
-        if existing is None:
-            headers[name] = [value]
-        elif name == "X-Forwarded-For":
-            headers[existing] = [f"{headers[existing][-1]}, {value}"]
-    query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
-    body, is_base64 = None, False
-    if request.body:
-        try:
-            body = request.body.decode("utf-8")
-        except UnicodeDecodeError:
-            body, is_base64 = base64.b64encode(request.body).decode("ascii"), True
-    host = next((v for n, v in request.headers if n.lower() == "host"), f"{api_id}.local")
-    return {
-        "resource": resource,
-        "path": path,
-        "httpMethod": request.method,
-        "headers": {n: v[-1] for n, v in headers.items()},
-        "multiValueHeaders": headers,
-        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
-        "multiValueQueryStringParameters": query or None,
-        "pathParameters": dict(path_parameters) if path_parameters else None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourceId": hashlib.sha256(resource.encode()).hexdigest()[:6],
-            "resourcePath": resource,
-            "httpMethod": request.method,
-            "extendedRequestId": base64.b64encode(secrets.token_bytes(12)).decode()[:16],
-            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-            "path": f"/{stage}{path}",
-            "accountId": account_id,
-            "protocol": "HTTP/1.1",
-            "stage": stage,
-            "domainPrefix": host.split(".")[0].split(":")[0],
-            "requestTimeEpoch": int(now.timestamp() * 1000),
-            "requestId": request_id or str(uuid.uuid4()),
-            "identity": dict(identity),
-            "domainName": host,
-            "deploymentId": "local0",
-            "apiId": api_id,
-        },
-        "body": body,
-        "isBase64Encoded": is_base64,
-    }
 
 
 class MalformedProxyResponse(ValueError):
@@ -295,10 +230,68 @@ class ApiServer:
         )
         if isinstance(caller, AuthError):
             return _refusal(caller)
-        where: dict[str, Any] = {"stage": self.stage, "account_id": self.account_id}
         identity = caller.as_request_context_identity()
-        where |= {"api_id": self.api_id, "path_parameters": matched[1], "request_id": request_id}
-        return self.invoke(request_to_event(request, identity, matched[0], **where))
+        return self.invoke(self.request_to_event(request, identity, matched, request_id))
+
+    def request_to_event(
+        self, request: HttpRequest, identity: Mapping[str, Any], match: Match, request_id: str
+    ) -> dict[str, Any]:
+        """The REST API (payload version 1.0) Lambda proxy event this API hands its function."""
+        resource, path_parameters = match
+        now = datetime.now(UTC)
+        path = strip_stage(urllib.parse.unquote(request.raw_path), self.stage)
+        headers = MultiDict(request.headers).to_dict(flat=False)
+        added = {
+            "X-Amzn-Trace-Id": f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}",
+            "X-Forwarded-For": request.client_ip,
+            "X-Forwarded-Port": str(request.server_port),
+            "X-Forwarded-Proto": "http",
+        }
+        for name, value in added.items():  # as API Gateway adds them on the way
+            existing = next((n for n in headers if n.lower() == name.lower()), None)
+            if existing is None:
+                headers[name] = [value]
+            elif name == "X-Forwarded-For":
+                headers[existing] = [f"{headers[existing][-1]}, {value}"]
+        query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
+        body, is_base64 = None, False
+        if request.body:
+            try:
+                body = request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                body, is_base64 = base64.b64encode(request.body).decode("ascii"), True
+        host = next((v for n, v in request.headers if n.lower() == "host"), f"{self.api_id}.local")
+        return {
+            "resource": resource,
+            "path": path,
+            "httpMethod": request.method,
+            "headers": {n: v[-1] for n, v in headers.items()},
+            "multiValueHeaders": headers,
+            "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+            "multiValueQueryStringParameters": query or None,
+            "pathParameters": path_parameters,
+            "stageVariables": None,
+            "requestContext": {
+                "resourceId": hashlib.sha256(resource.encode()).hexdigest()[:6],
+                "resourcePath": resource,
+                "httpMethod": request.method,
+                "extendedRequestId": base64.b64encode(secrets.token_bytes(12)).decode()[:16],
+                "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                "path": f"/{self.stage}{path}",
+                "accountId": self.account_id,
+                "protocol": "HTTP/1.1",
+                "stage": self.stage,
+                "domainPrefix": host.split(".")[0].split(":")[0],
+                "requestTimeEpoch": int(now.timestamp() * 1000),
+                "requestId": request_id,
+                "identity": dict(identity),
+                "domainName": host,
+                "deploymentId": "local0",
+                "apiId": self.api_id,
+            },
+            "body": body,
+            "isBase64Encoded": is_base64,
+        }
 
     def invoke(self, event: dict[str, Any]) -> Response:
         """Run the handler on a proxy event as Lambda would and translate its answer."""

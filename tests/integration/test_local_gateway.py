@@ -30,7 +30,6 @@ from local.gateway.server import (
     HttpRequest,
     MalformedProxyResponse,
     proxy_response_to_http,
-    request_to_event,
 )
 from local.gateway.sigv4 import (
     DEFAULT_LOCAL_USER_ARN,
@@ -166,7 +165,8 @@ def test_api_base64_encodes_binary_request_bodies() -> None:
     request = HttpRequest("POST", "/token/refresh", "", headers, b"\xff\xfe", "1.2.3.4", 3000)
 
     # When it becomes an event
-    event = request_to_event(request, {"userArn": "arn"}, "/token/refresh")
+    api = ApiServer(fake_handlers.echo, VERIFIER)
+    event = api.request_to_event(request, {"userArn": "arn"}, ("/token/refresh", None), "id")
 
     # Then the body is base64 and flagged so
     assert event["isBase64Encoded"] is True
