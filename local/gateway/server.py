@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
-from werkzeug.datastructures import MultiDict
+from werkzeug.datastructures import Headers, MultiDict
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Response
 
@@ -122,14 +122,6 @@ class MalformedProxyResponse(ValueError):
     """The handler's answer is not a valid Lambda proxy response (API Gateway answers 502)."""
 
 
-def _header_value(name: str, value: object) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise MalformedProxyResponse(f"header {name!r} has a non-scalar value {value!r}")
-
-
 def proxy_response_to_http(result: object) -> Response:
     """The HTTP answer API Gateway makes of a proxy response; MalformedProxyResponse if none."""
     if not isinstance(result, dict):
@@ -153,13 +145,16 @@ def proxy_response_to_http(result: object) -> Response:
     if any(not isinstance(values, list) for values in multi.values()):
         raise MalformedProxyResponse("multiValueHeaders values must be lists")
     # API Gateway merges the two, multiValueHeaders winning; the server frames the answer itself.
-    multi_names = {str(n).lower() for n in multi}
-    pairs = [(n, v) for n, values in multi.items() for v in values]
-    pairs += [(n, v) for n, v in single.items() if str(n).lower() not in multi_names]
     framing = {"content-length", "transfer-encoding", "connection"}
-    headers = [(str(n), _header_value(n, v)) for n, v in pairs if str(n).lower() not in framing]
-    if not any(n.lower() == "content-type" for n, _ in headers):
-        headers.append(("Content-Type", "application/json"))
+    pairs = [(n, v) for n, values in multi.items() for v in values if n.lower() not in framing]
+    taken = framing | {n.lower() for n in multi}
+    pairs += [(n, v) for n, v in single.items() if n.lower() not in taken]
+    headers = Headers()
+    for name, value in pairs:
+        if not isinstance(value, str | int | float):
+            raise MalformedProxyResponse(f"header {name!r} has a non-scalar value {value!r}")
+        headers.add(name, value if isinstance(value, str) else json.dumps(value))  # true, not True
+    headers.setdefault("Content-Type", "application/json")
     return Response(raw, status, headers)
 
 
