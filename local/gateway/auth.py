@@ -91,11 +91,9 @@ class LocalSigV4Verifier:
         now: datetime | float | None = None,
     ) -> CallerIdentity | AuthError:
         """The path (stage included) and query exactly as received: what the caller signed."""
+        request = (method, raw_path, query_string, headers, body, self.credentials, self.region)
         result = sigv4.verify_request(
-            *(method, raw_path, query_string, headers, body, self.credentials, self.region),
-            now=now,
-            max_skew=self.max_skew,
-            source_ip=source_ip,
+            *request, now=now, max_skew=self.max_skew, source_ip=source_ip
         )
         if isinstance(result, AuthError):
             return result

@@ -191,9 +191,8 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     signer = _ReplaySigV4(keys, service, region)
     canonical = signer.canonical_request(request)
     string_to_sign = signer.string_to_sign(request, canonical)
-    if not hmac.compare_digest(
-        signer.signature(string_to_sign, request).encode(), signature.encode()
-    ):
+    expected_signature = signer.signature(string_to_sign, request)
+    if not hmac.compare_digest(expected_signature.encode(), signature.encode()):
         return _invalid(
             f"{SIGNATURE_MISMATCH}\n\nThe Canonical String for this request should have been\n"
             f"'{canonical}'\n\nThe String-to-Sign should have been\n'{string_to_sign}'\n"
@@ -212,7 +211,7 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     return CallerIdentity(user_id, user_id, arn, *seen)
 
 
-_Parsed = tuple[tuple[str, str, str, str, str], frozenset[str], str, str]
+_Parsed = tuple[list[str], frozenset[str], str, str]
 
 
 def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _Parsed | AuthError:
@@ -256,8 +255,7 @@ def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _P
             f"Date must be in ISO-8601 'basic format'. Got '{date_value}'. "
             "See http://en.wikipedia.org/wiki/ISO_8601"
         )
-    scope = (parts[0], parts[1], parts[2], parts[3], parts[4])
-    return scope, frozenset(params["SignedHeaders"].split(";")), params["Signature"], timestamp
+    return parts, frozenset(params["SignedHeaders"].split(";")), params["Signature"], timestamp
 
 
 def _timestamp(pairs: list[tuple[str, str]], date_value: str) -> str | None:
