@@ -59,12 +59,11 @@ class JsonErrorHandler(WSGIRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # The phrase only: http.server's message can quote the malformed request line.
         body = json.dumps({"message": HTTPStatus(code).phrase}).encode()
-        self.close_connection = True
         # An unparsable request line leaves http.server at HTTP/0.9: no status line, no headers.
         self.request_version = "HTTP/1.1"
         self.send_response(code)
         for name, value in ("Content-Type", "application/json"), ("Connection", "close"):
-            self.send_header(name, value)
+            self.send_header(name, value)  # Connection: close also makes http.server close it
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
