@@ -133,10 +133,11 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     caller signed. ``now`` (datetime or epoch seconds) is the verifier's clock, for tests."""
     raw_pairs = headers.items() if hasattr(headers, "items") else headers
     pairs = [(str(name).lower(), str(value)) for name, value in raw_pairs]
-    authorization = _first(pairs, "authorization")
+    header = dict(reversed(pairs))  # name -> its first value
+    authorization = header.get("authorization")
     if authorization is None or not authorization.strip():
         return AuthError(MISSING_TOKEN, "MissingAuthenticationTokenException")
-    parsed = _parse_authorization(authorization, pairs)
+    parsed = _parse_authorization(authorization, header)
     if isinstance(parsed, AuthError):
         return parsed
     (access_key, scope_date, scope_region, scope_service, end), signed, signature, stamp = parsed
@@ -158,7 +159,7 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
 
     found = credentials.get(access_key)
     credential = LocalCredential(found) if isinstance(found, str) else found
-    presented = _first(pairs, "x-amz-security-token")
+    presented = header.get("x-amz-security-token")
     expected = None if credential is None else credential.session_token
     if (
         credential is None
@@ -171,7 +172,7 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
         )
     body = body or b""
-    declared_hash = _first(pairs, "x-amz-content-sha256")
+    declared_hash = header.get("x-amz-content-sha256")
     if declared_hash is not None and not hmac.compare_digest(
         declared_hash.encode(), hashlib.sha256(body).hexdigest().encode()
     ):
@@ -207,14 +208,14 @@ def verify_request(  # noqa: PLR0917 - the positional signature is the documente
     if arn_parts[-1].startswith("assumed-role/"):
         derived = f"AROA{digest[:17]}:{arn.rsplit('/', 1)[-1]}"
     user_id = credential.user_id or derived
-    seen = (account_id, access_key, source_ip, _first(pairs, "user-agent"))
+    seen = (account_id, access_key, source_ip, header.get("user-agent"))
     return CallerIdentity(user_id, user_id, arn, *seen)
 
 
 _Parsed = tuple[list[str], frozenset[str], str, str]
 
 
-def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _Parsed | AuthError:
+def _parse_authorization(authorization: str, header: dict[str, str]) -> _Parsed | AuthError:
     """(credential scope, signed header names, signature, timestamp) or API Gateway's refusal."""
     algorithm, _, rest = authorization.strip().partition(" ")
     params: dict[str, str] = {}
@@ -229,7 +230,7 @@ def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _P
             )
         params[key] = value
 
-    date_value = _first(pairs, "x-amz-date") or _first(pairs, "date")
+    date_value = header.get("x-amz-date") or header.get("date")
     missing = [
         f"Authorization header requires '{name}' parameter. "
         for name in ("Credential", "Signature", "SignedHeaders")
@@ -249,7 +250,7 @@ def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _P
             "Credential must have exactly 5 slash-delimited elements, "
             f"e.g. keyid/date/region/service/term, got '{params['Credential']}'"
         )
-    timestamp = _timestamp(pairs, date_value or "")
+    timestamp = _timestamp(header, date_value or "")
     if timestamp is None:
         return _incomplete(
             f"Date must be in ISO-8601 'basic format'. Got '{date_value}'. "
@@ -258,10 +259,10 @@ def _parse_authorization(authorization: str, pairs: list[tuple[str, str]]) -> _P
     return parts, frozenset(params["SignedHeaders"].split(";")), params["Signature"], timestamp
 
 
-def _timestamp(pairs: list[tuple[str, str]], date_value: str) -> str | None:
+def _timestamp(header: dict[str, str], date_value: str) -> str | None:
     """The request time in SigV4's basic ISO 8601 form, from X-Amz-Date or else Date."""
     try:
-        if _first(pairs, "x-amz-date") is not None:
+        if header.get("x-amz-date") is not None:
             datetime.strptime(date_value, SIGV4_TIMESTAMP)
             return date_value if _TIME_RE.match(date_value) else None
         parsed = parsedate_to_datetime(date_value)
@@ -288,7 +289,3 @@ def _check_skew(timestamp: str, now: datetime | float | None, max_skew: int) -> 
             f"{clock + skew:{SIGV4_TIMESTAMP}} ({clock:{SIGV4_TIMESTAMP}} + {span})"
         )
     return None
-
-
-def _first(pairs: list[tuple[str, str]], name: str) -> str | None:
-    return next((value for key, value in pairs if key == name), None)
