@@ -28,6 +28,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
 
+import jsonschema  # type: ignore[import-untyped]
 import urllib3
 from werkzeug.wrappers import Request, Response
 
@@ -38,16 +39,11 @@ TOKEN_PATH_SUFFIX = "/api/v1/oauth2/token"
 DEFAULT_LIFETIME = 172800  # 48 h, what Igni's documentation shows in its example answer.
 MAX_BODY_BYTES = 64 * 1024
 CONTROL_PREFIX = "/_stub/"
-FAULT_KEYS = {"status", "retry_after", "garbage", "body", "close", "delay_ms"}
 FORM = "application/x-www-form-urlencoded"
 # How expires_in is sent, what token is issued, which client authentications are accepted.
 CLIENT_SECRET_POST, CLIENT_SECRET_BASIC = "client_secret_post", "client_secret_basic"  # nosec
 EXPIRES_IN: dict[str, Any] = {"int": int, "string": str, "float": lambda n: n + 0.5}
-OAUTH_CHOICES = {
-    "expires_in_style": (*EXPIRES_IN, "omit"),
-    "token_format": ("jwt", "opaque"),
-    "auth_methods": (CLIENT_SECRET_POST, CLIENT_SECRET_BASIC),
-}
+AUTH_METHODS = [CLIENT_SECRET_POST, CLIENT_SECRET_BASIC]
 
 JsonObject = dict[str, Any]
 
@@ -97,20 +93,31 @@ def decode_jwt_segment(token: str, index: int) -> JsonObject:
     return cast(JsonObject, json.loads(base64.urlsafe_b64decode(segment + "==")))
 
 
-def validate_fault(fault: object) -> None:
-    """Reject a fault the stub would not know how to play, so a typo fails the test loudly."""
-    if not isinstance(fault, dict) or not fault:
-        raise ValueError(f"a fault must be a non-empty object, got {fault!r}")
-    unknown = set(fault) - FAULT_KEYS
-    if unknown:
-        raise ValueError(f"unknown fault keys {sorted(unknown)} in {fault!r}")
-    status = fault.get("status")
-    if status is not None and not (isinstance(status, int) and 100 <= status <= 599):
-        raise ValueError(f"fault status must be an HTTP status, got {status!r}")
-    for key in ("retry_after", "delay_ms"):
-        value = fault.get(key)
-        if value is not None and (not isinstance(value, int | float) or value < 0):
-            raise ValueError(f"fault {key} must be a non-negative number, got {value!r}")
+# What POST /_stub/config accepts, so that a typo fails the test loudly. Draft 4, whose "integer"
+# is never 1.0: a lifetime stays an int.
+FAULT = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": "integer", "minimum": 100, "maximum": 599},
+        **{key: {"type": "number", "minimum": 0} for key in ("retry_after", "delay_ms")},
+        **{key: {} for key in ("garbage", "body", "close")},  # any value
+    },
+}
+CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "clients": {"type": "object", "additionalProperties": {"type": "string"}},
+        **{key: {"type": "integer"} for key in ("lifetime", "latency_ms", "exp_offset")},
+        "expires_in_style": {"enum": [*EXPIRES_IN, "omit"]},
+        "token_format": {"enum": ["jwt", "opaque"]},
+        "auth_methods": {"type": "array", "minItems": 1, "items": {"enum": AUTH_METHODS}},
+        "faults": {"type": "array", "items": FAULT},
+    },
+}
+CONFIG = jsonschema.Draft4Validator(CONFIG_SCHEMA)
 
 
 class StubApp:
@@ -119,7 +126,7 @@ class StubApp:
     def __init__(self, clients: Mapping[str, str], lifetime: int, latency_ms: int) -> None:
         self.initial = {"clients": dict(clients), "lifetime": lifetime, "latency_ms": latency_ms}
         self.initial |= {"exp_offset": 0, "expires_in_style": "int", "token_format": "jwt"}
-        self.initial["auth_methods"] = list(OAUTH_CHOICES["auth_methods"])
+        self.initial["auth_methods"] = list(AUTH_METHODS)
         self.config: JsonObject = dict(self.initial)
         self.faults: collections.deque[JsonObject] = collections.deque()
         self.calls: list[JsonObject] = []
@@ -127,36 +134,15 @@ class StubApp:
         # Bumped by reset: a slow request that began before a reset must not count after it.
         self.generation = 0
 
-    def configure(self, update: object) -> None:
+    def configure(self, update: Any) -> None:
         """Apply a ``/_stub/config`` body; raise ValueError, changing nothing, if it is invalid."""
-        if not isinstance(update, dict):
-            raise ValueError("expected an object")  # noqa: TRY004 - the control API's 400
-        unknown = set(update) - {*self.initial, "faults"}
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        clients = update.get("clients", {})
-        if not isinstance(clients, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in clients.items()
-        ):
-            raise ValueError("clients must be an object of id -> secret strings")
-        for key in ("lifetime", "latency_ms", "exp_offset"):
-            if key in update and (type(update[key]) is not int):
-                raise ValueError(f"{key} must be an integer")
-        for key, choices in OAUTH_CHOICES.items():
-            value = update.get(key, [choices[0]] if key == "auth_methods" else choices[0])
-            listed = value if key == "auth_methods" else [value]
-            if not isinstance(listed, list) or not listed or any(v not in choices for v in listed):
-                many = "a non-empty list of " if key == "auth_methods" else ""
-                raise ValueError(f"{key} must be {many}one of {list(choices)}")
-        faults = update.get("faults", [])
-        if not isinstance(faults, list):
-            raise ValueError("faults must be a list")  # noqa: TRY004 - the control API's 400
-        for fault in faults:
-            validate_fault(fault)
+        error = jsonschema.exceptions.best_match(CONFIG.iter_errors(update))
+        if error is not None:
+            raise ValueError(f"{error.json_path}: {error.message}")
         with self.lock:
             self.config.update({k: v for k, v in update.items() if k != "faults"})
             if "faults" in update:
-                self.faults = collections.deque(faults)
+                self.faults = collections.deque(update["faults"])
 
     def record(self, gen: int, facts: JsonObject, status: int | None, token: Any) -> None:
         fingerprint = token_fingerprint(token) if isinstance(token, str) and token else None
