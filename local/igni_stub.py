@@ -144,12 +144,13 @@ class StubApp:
             if "faults" in update:
                 self.faults = collections.deque(update["faults"])
 
-    def record(self, gen: int, facts: JsonObject, status: int | None, token: Any) -> None:
+    def record(self, gen: int, facts: JsonObject, status: int | None, answer: Any = None) -> None:
+        token = answer.get("access_token") if isinstance(answer, dict) else None
         fingerprint = token_fingerprint(token) if isinstance(token, str) and token else None
-        entry = {**facts, "status": status, "at": time.time()}
+        entry = {**facts, "status": status, "at": time.time(), "fingerprint": fingerprint}
         with self.lock:
             if gen == self.generation:
-                self.calls.append({**entry, "fingerprint": fingerprint})
+                self.calls.append(entry)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         response = self.route(Request(environ))
@@ -159,7 +160,7 @@ class StubApp:
     def route(self, request: Request) -> Response:
         path, method = request.path, request.method
         if (request.content_length or 0) > MAX_BODY_BYTES:
-            return json_response(400, {"error": "invalid_request", "message": "Bad Content-Length"})
+            return json_response(400, _invalid_request("Bad Content-Length"))
         if path.endswith(TOKEN_PATH_SUFFIX):
             if method == "POST":
                 return self.token(request)
@@ -177,10 +178,10 @@ class StubApp:
                 self.config, self.faults, self.calls = dict(self.initial), collections.deque(), []
             pending = {"faults_pending": len(self.faults)}
             config = {**self.config, "clients": sorted(self.config["clients"]), **pending}
-            calls = {"count": len(self.calls), "calls": [dict(c) for c in self.calls], **pending}
+            calls = {"count": len(self.calls), "calls": list(self.calls), **pending}
         answers = {("GET", "calls"): calls, ("GET", "config"): config, ("POST", "config"): config}
         answers |= {("GET", "health"): {"ok": True}, ("POST", "reset"): {"ok": True}}
-        if not path.startswith(CONTROL_PREFIX) or control not in answers:
+        if control not in answers:  # a path outside CONTROL_PREFIX keeps its leading /
             message = f"No route for {method} {path}"
             return json_response(404, {"error": "not_found", "message": message})
         return json_response(200, answers[control])
@@ -190,52 +191,50 @@ class StubApp:
         with self.lock:
             fault = self.faults.popleft() if self.faults else {}
             config, gen = dict(self.config), self.generation
-        form = urllib.parse.parse_qs(request.get_data().decode("utf-8", "replace"), True)
+        body = request.get_data().decode("utf-8", "replace")
+        form = {name: values[0] for name, values in urllib.parse.parse_qs(body, True).items()}
         authorization = request.headers.get("Authorization")
         basic = basic_credentials(authorization)
-        # What the call record says of the request: field names and the scheme, never a value.
+        # What the call record says of the request: field names and the scheme, never a value
+        # (a scheme is a token, RFC 9110: anything else is not repeated).
         scheme = (authorization or "").strip().partition(" ")[0]
+        if authorization is not None and not (scheme.isalnum() and len(scheme) <= 32):
+            scheme = "invalid"
         facts = {
-            "client_id": form.get("client_id", [basic[0] if basic else None])[0],
-            "scope": form.get("scope", [None])[0],
-            "audience": form.get("audience", [None])[0],
+            "client_id": form.get("client_id", basic[0] if basic else None),
+            "scope": form.get("scope"),
+            "audience": form.get("audience"),
             "form_fields": sorted(form),
             "auth_scheme": None if authorization is None else scheme,
         }
-        if authorization is not None and not (scheme.isalnum() and len(scheme) <= 32):
-            facts["auth_scheme"] = "invalid"  # a scheme is a token (RFC 9110), never repeated
-        delay_ms = fault.get("delay_ms", 0) + config["latency_ms"]
-        if delay_ms:
-            time.sleep(delay_ms / 1000)
+        time.sleep((fault.get("delay_ms", 0) + config["latency_ms"]) / 1000)
 
-        status = int(fault.get("status", 200))
-        extra = [("Retry-After", str(fault["retry_after"]))] if "retry_after" in fault else []
         if fault.get("close"):
-            self.record(gen, facts, None, None)
+            self.record(gen, facts, None)
             # A load balancer resetting the connection: no status line at all.
             with contextlib.suppress(OSError):
                 request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
             return Response(b"", 200, [("Connection", "close")])
+        status = int(fault.get("status", 200))
+        extra = [("Retry-After", str(fault["retry_after"]))] if "retry_after" in fault else []
         if fault.get("garbage"):
-            self.record(gen, facts, status, None)
+            self.record(gen, facts, status)
             page = b"<html><body>502 Bad Gateway</body></html>"
             return Response(page, status, extra, content_type="text/html")
         if "body" in fault:
-            body = fault["body"]
-            self.record(gen, facts, status, isinstance(body, dict) and body.get("access_token"))
-            return json_response(status, body, extra)
-        if status != 200:
-            self.record(gen, facts, status, None)
+            answer = fault["body"]
+        elif status != 200:
             default = {"error": "error", "message": HTTPStatus(status).phrase}
-            return json_response(status, DEFAULT_ERROR_BODIES.get(status, default), extra)
-        status, answer = exchange(request, form, basic, config)
-        self.record(gen, facts, status, answer.get("access_token"))
-        # RFC 6749 5.2: a client that tried Basic is challenged with it; a Basic-only server
-        # challenges any other client too (a Passport-like one never does).
-        methods = config["auth_methods"]
-        basic_only = CLIENT_SECRET_POST not in methods
-        if status == 401 and CLIENT_SECRET_BASIC in methods and (basic or basic_only):
-            extra.append(("WWW-Authenticate", 'Basic realm="igni"'))
+            answer = DEFAULT_ERROR_BODIES.get(status, default)
+        else:
+            status, answer = exchange(request, form, basic, config)
+            # RFC 6749 5.2: a client that tried Basic is challenged with it; a Basic-only server
+            # challenges any other client too (a Passport-like one never does).
+            methods = config["auth_methods"]
+            basic_only = CLIENT_SECRET_POST not in methods
+            if status == 401 and CLIENT_SECRET_BASIC in methods and (basic or basic_only):
+                extra.append(("WWW-Authenticate", 'Basic realm="igni"'))
+        self.record(gen, facts, status, answer)
         return json_response(status, answer, extra)
 
 
@@ -254,35 +253,30 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 def exchange(
-    request: Request, form: Mapping[str, list[str]], basic: tuple[str, str] | None, config: Any
+    request: Request, form: Mapping[str, str], basic: tuple[str, str] | None, config: Any
 ) -> tuple[int, JsonObject]:
     """Validate a token request as Igni does: (status, JSON answer)."""
     if "application/json" not in _media_types(request.headers.get("Accept")):
         return 400, _invalid_request("The Accept header must be application/json")
     if _media_types(request.headers.get("Content-Type")) != [FORM]:
         return 400, _invalid_request(f"The Content-Type must be {FORM}")
-    if form.get("grant_type", [None])[0] != "client_credentials":
+    if form.get("grant_type") != "client_credentials":
         message = "The authorization grant type is not supported by the authorization server."
         return 400, {"error": "unsupported_grant_type", "message": message}
-    client_id, secret = form.get("client_id", [None])[0], form.get("client_secret", [None])[0]
-    if basic is not None and secret is not None:
+    if basic is not None and "client_secret" in form:
         # RFC 6749 2.3: a client MUST NOT use more than one authentication method.
         return 400, _invalid_request("Use one client authentication method.")
     method = CLIENT_SECRET_POST if basic is None else CLIENT_SECRET_BASIC
     if method not in config["auth_methods"]:
-        return 401, dict(DEFAULT_ERROR_BODIES[401])
-    client_id, secret = basic or (client_id, secret)
+        return 401, DEFAULT_ERROR_BODIES[401]
+    client_id, secret = basic or (form.get("client_id"), form.get("client_secret"))
     if not client_id:
         # league/oauth2-server (under Passport) treats a missing client_id as a bad request.
         return 400, _invalid_request('Check the "client_id" parameter.')
-    expected = config["clients"].get(client_id)
-    if (
-        expected is None
-        or secret is None
-        or not hmac.compare_digest(expected.encode(), secret.encode())
-    ):
-        return 401, dict(DEFAULT_ERROR_BODIES[401])
-    lifetime, scope = config["lifetime"], form.get("scope", [""])[0]
+    known = config["clients"].get(client_id)  # the secret it should have sent
+    if known is None or secret is None or not hmac.compare_digest(known.encode(), secret.encode()):
+        return 401, DEFAULT_ERROR_BODIES[401]
+    lifetime, scope = config["lifetime"], form.get("scope", "")
     token = make_jwt(client_id, scope.split(), lifetime, config["exp_offset"])
     if config["token_format"] == "opaque":
         token = secrets.token_urlsafe(40)
