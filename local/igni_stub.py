@@ -322,8 +322,9 @@ class StubControl:
         return cast(list[JsonObject], self._call("GET", "calls")["calls"])
 
 
-class StubProcess(StubControl):
-    """The stub as a child process, sharing nothing with the function but sockets, as Igni.
+class StubProcess(ServerProcess, StubControl):
+    """The stub as a child process, sharing nothing with the function but sockets, as Igni, and
+    the control of it.
 
     The first client is ``client_id`` / ``client_secret``; all are in ``clients``. Its request
     log goes to ``log_path`` (a temporary file by default), or to the terminal if not ``quiet``."""
@@ -343,24 +344,12 @@ class StubProcess(StubControl):
             raise ValueError("at least one client")
         self.clients = dict(clients)
         self.client_id, self.client_secret = next(iter(self.clients.items()))
-        self.log_path = log_path or temp_log("igni-stub")
         spec = ",".join(f"{cid}:{secret}" for cid, secret in self.clients.items())
         args = ["--host", host, "--port", str(port), "--clients", spec]
         args += ["--lifetime", str(lifetime), "--latency-ms", str(latency_ms)]
-        self._proc = ServerProcess(
-            "local.igni_stub", args, log_path=self.log_path if quiet else None
-        )
-        self.port = self._proc.port
-        super().__init__(f"http://{host}:{self.port}")
-
-    def stop(self) -> None:
-        self._proc.stop()
-
-    def __enter__(self) -> StubProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        log_path = (log_path or temp_log("igni-stub")) if quiet else None
+        ServerProcess.__init__(self, "local.igni_stub", *args, log_path=log_path)
+        StubControl.__init__(self, f"http://{host}:{self.port}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,7 +48,7 @@ class MotoServer:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.running
+        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> str:
         """Start the server (on the port it had, if it ran before); returns its endpoint URL."""
@@ -58,7 +58,7 @@ class MotoServer:
         env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
         env |= {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
         args = ["-H", self.host, "-p", str(self.port), *([] if self.serialized else ["--as-is"])]
-        self._proc = ServerProcess("local.atomic_moto", args, log_path=self.log_path, env=env)
+        self._proc = ServerProcess("local.atomic_moto", *args, log_path=self.log_path, env=env)
         self.port = self._proc.port
         return self.endpoint_url
 
@@ -66,12 +66,12 @@ class MotoServer:
         """Stop the process (SIGSTOP) without closing its socket: connections are still
         accepted by the kernel and then never answered, as with a hanging AWS endpoint."""
         if self._proc is not None:
-            self._proc.signal(signal.SIGSTOP)
+            self._proc.send_signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
         """Let a frozen server run again (SIGCONT); a running one is left as it is."""
         if self._proc is not None:
-            self._proc.signal(signal.SIGCONT)
+            self._proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Terminate the server and wait for it; the port is kept for :meth:`restart`."""

@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer
 
 ROOT = Path(__file__).resolve().parent.parent
-STOP_TIMEOUT_S = 10.0
+START_TIMEOUT_S, STOP_TIMEOUT_S = 20.0, 10.0
 
 
 def die_with_parent() -> None:
@@ -46,60 +45,46 @@ def serve(server: BaseWSGIServer) -> None:
     server.serve_forever(poll_interval=0.2)
 
 
-class ServerProcess:
-    """``python -m module *args`` from the repository root, started and waited for."""
+class ServerProcess(subprocess.Popen[bytes]):
+    """``python -m module *args`` from the repository root, started and waited for; leaving a
+    ``with`` block stops it. ``log_path`` None: the child's log goes to this process's stderr."""
 
     def __init__(
-        self,
-        module: str,
-        args: Sequence[str],
-        *,
-        log_path: Path | None,
-        env: Mapping[str, str] | None = None,
-        start_timeout: float = 20.0,
+        self, module: str, *args: str, log_path: Path | None, env: dict[str, str] | None = None
     ) -> None:
-        """``log_path`` None: the child's log goes to this process's stderr."""
-        self.log_path = log_path
         self._log = log_path.open("ab") if log_path else None
-        self._proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", module, *args],
             cwd=ROOT,
-            env=None if env is None else dict(env),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads are touched before exec)
+            preexec_fn=die_with_parent,  # safe: no threads are touched before exec
         )
-        stdout = self._proc.stdout
-        ready = stdout is not None and select.select([stdout], [], [], start_timeout)[0]
-        line = stdout.readline().decode().strip() if stdout and ready else ""
+        ready = self.stdout and select.select([self.stdout], [], [], START_TIMEOUT_S)[0]
+        line = self.stdout.readline().decode().strip() if self.stdout and ready else ""
         if not (line.startswith("READY ") and line[6:].isdigit()):
             self.stop()
             tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace") if log_path else ""
             raise RuntimeError(
-                f"{module} did not print READY <port> within {start_timeout:.0f} s (got "
-                f"{line!r}, exit {self._proc.returncode}); its log {log_path}:\n{tail}"
+                f"{module} did not print READY <port> within {START_TIMEOUT_S:.0f} s (got "
+                f"{line!r}, exit {self.returncode}); its log {log_path}:\n{tail}"
             )
         self.port = int(line[6:])
 
-    @property
-    def running(self) -> bool:
-        return self._proc.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.running:
-            self._proc.send_signal(signum)
-
     def stop(self) -> None:
         """SIGTERM (after SIGCONT: a stopped process cannot exit), then SIGKILL if need be."""
-        self.signal(signal.SIGCONT)
-        if self.running:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=STOP_TIMEOUT_S)
-        for stream in (self._proc.stdout, self._log):
+        self.send_signal(signal.SIGCONT)  # a no-op once it has exited, as terminate and kill
+        self.terminate()
+        try:
+            self.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.wait(timeout=STOP_TIMEOUT_S)
+        for stream in (self.stdout, self._log):
             if stream is not None:
                 stream.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
