@@ -13,34 +13,29 @@ from __future__ import annotations
 import argparse
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from moto.moto_server import werkzeug_app as moto
 from werkzeug.serving import make_server
+from werkzeug.test import run_wsgi_app
 
 from local.process import serve
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class Serialized:
     """A WSGI middleware: one request inside the application at a time."""
 
-    def __init__(self, app: WsgiApp) -> None:
+    def __init__(self, app: WSGIApplication) -> None:
         self._app = app
         self._lock = threading.Lock()
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # Buffered: the body too is made inside the lock, as a lazy iterable may read the state.
         with self._lock:
-            result = self._app(environ, start_response)
-            try:
-                # The body too is made inside the lock: a lazy iterable may still read the state.
-                return list(result)
-            finally:
-                close = getattr(result, "close", None)
-                if callable(close):
-                    close()
+            body, status, headers = run_wsgi_app(self._app, environ, buffered=True)
+        start_response(status, headers.to_wsgi_list())
+        return body
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -49,14 +44,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("-p", "--port", type=int, default=0)
     parser.add_argument("--as-is", action="store_true", help="moto's own, unserialized server")
     args = parser.parse_args(argv)
-    app: WsgiApp = moto.DomainDispatcherApplication(moto.create_backend_app)
-    server = make_server(
-        args.host,
-        args.port,
-        app if args.as_is else Serialized(app),
-        threaded=True,
-        request_handler=moto.MotoRequestHandler,
-    )
+    app: WSGIApplication = moto.DomainDispatcherApplication(moto.create_backend_app)
+    if not args.as_is:
+        app = Serialized(app)
+    handler = moto.MotoRequestHandler
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=handler)
     # moto builds some ARNs and URLs from it, as `python -m moto.server` sets it.
     os.environ.setdefault("MOTO_PORT", str(server.port))
     serve(server)
