@@ -5,6 +5,7 @@ HTTP through ``AWS_ENDPOINT_URL`` as AWS would be. Its state lives in the proces
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -22,23 +23,19 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclasses.dataclass(eq=False)
 class MotoServer:
     """``python -m local.atomic_moto`` (moto's server, serialized) as a child on loopback."""
 
-    def __init__(
-        self,
-        host: str = DEFAULT_HOST,
-        port: int = 0,
-        *,
-        log_path: Path | None = None,
-        serialized: bool = True,
-    ) -> None:
-        # moto's threaded server can let two conditional writes on one item both succeed,
-        # which DynamoDB never does; local.atomic_moto serializes requests so that it cannot.
-        self.host, self.port, self.serialized = host, port, serialized
-        # moto logs every request, to a file that also tells what happened when a test fails.
-        self.log_path = log_path or temp_log("moto-server")
-        self._proc: ServerProcess | None = None
+    host: str = DEFAULT_HOST
+    port: int = 0
+    _: dataclasses.KW_ONLY
+    # moto logs every request, to a file that also tells what happened when a test fails.
+    log_path: Path = dataclasses.field(default_factory=lambda: temp_log("moto-server"))
+    # moto's threaded server can let two conditional writes on one item both succeed,
+    # which DynamoDB never does; local.atomic_moto serializes requests so that it cannot.
+    serialized: bool = True
+    _proc: ServerProcess | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def endpoint_url(self) -> str:
