@@ -80,10 +80,3 @@ class MotoServer:
         """Stop and start again on the same port. moto's state (every resource) is lost."""
         self.stop()
         return self.start()
-
-    def __enter__(self) -> MotoServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
