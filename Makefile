@@ -81,10 +81,11 @@ scan: venv
 	VENV=$(VENV) scripts/scan.sh
 
 # The SAM venv too: the template tests that run the SAM translator and sam validate need it.
-# pytest-xdist runs the suite in PYTEST_WORKERS processes: more than the cores, since most tests
-# wait on a socket or a child process. Bytecode is written (some shells set
-# PYTHONDONTWRITEBYTECODE): every environment, moto and make local process imports the code again.
-PYTEST_WORKERS ?= 4
+# pytest-xdist runs the suite in PYTEST_WORKERS processes: one more than the 2 cores CI has, as
+# many tests wait on a socket or a child process (4 was slower: each worker starts its own moto
+# server and Igni stub). Bytecode is written (some shells set PYTHONDONTWRITEBYTECODE): the
+# moto, stub and make local processes import the same code again and again.
+PYTEST_WORKERS ?= 3
 test: lint scan $(SAM_STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
