@@ -81,7 +81,7 @@ def make_jwt(client_id: str, scopes: Sequence[str], lifetime: int, exp_offset: i
     jti = secrets.token_hex(40)  # Passport's 80-hex-digit token id, in header and payload.
     now = int(time.time())
     header = {"typ": "JWT", "alg": "RS256", "jti": jti}
-    payload = {"aud": client_id, "jti": jti, "iat": now, "nbf": now, "sub": "", "scopes": scopes}
+    payload = {"aud": client_id, "jti": jti, "iat": now, "nbf": now, "sub": ""}
     payload |= {"exp": now + lifetime + exp_offset, "scopes": list(scopes)}
     parts = [json.dumps(p, separators=(",", ":")).encode() for p in (header, payload)]
     return ".".join([*map(_b64url, parts), _b64url(secrets.token_bytes(256))])
