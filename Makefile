@@ -83,11 +83,12 @@ scan: venv
 # The SAM venv too: the template tests that run the SAM translator and sam validate need it.
 # pytest-xdist runs the suite in PYTEST_WORKERS processes: one more than the 2 cores CI has, as
 # many tests wait on a socket or a child process (4 was slower: each worker starts its own moto
-# server and Igni stub). Bytecode is written (some shells set PYTHONDONTWRITEBYTECODE): the
-# moto, stub and make local processes import the same code again and again.
+# server and Igni stub; tests/e2e goes to one worker whole, see tests/conftest.py). Bytecode is
+# written (some shells set PYTHONDONTWRITEBYTECODE): the moto, stub and make local processes
+# import the same code again and again.
 PYTEST_WORKERS ?= 3
 test: lint scan $(SAM_STAMP)
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS)
 
 # tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
 # make e2e STACK=<name> reads the stack's ApiUrl output (or set IGNI_E2E_BASE_URL) and signs

@@ -55,6 +55,21 @@ STUB_CLIENTS = {"test-client": "test-secret-0123456789", "other-client": "other-
 STUB_WORKSPACE = "test"
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist (make test): tests go to workers one by one, but tests/e2e goes to one
+    worker whole, so that it starts one make local, not one per worker. (xdist's own loadgroup
+    cannot do it under pytest 9.2: it renames item._nodeid, which pytest no longer reads.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class E2eOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else nodeid
+
+    return E2eOnOneWorker(config, log)
+
+
 @pytest.fixture(scope="session")
 def moto_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     server = MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto-server.log")

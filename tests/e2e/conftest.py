@@ -24,7 +24,6 @@ import signal
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import botocore.session
@@ -194,14 +193,6 @@ def named_profile(target: Target) -> str:
     if target.profile is None:
         pytest.skip(f"set {PROFILE_VAR} to a profile the deployed stack serves")
     return target.profile
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (make test), one worker runs this suite: one make local, not one each."""
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
