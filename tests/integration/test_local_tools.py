@@ -590,22 +590,19 @@ def test_invoke_runs_a_handler_on_an_event_against_an_ephemeral_stack(tmp_path: 
     assert dict(os.environ) == environ_before
 
 
-def test_invoke_uses_the_running_local_stack(
-    tmp_path: Path, stack: LocalStack, moto_server: str
-) -> None:
-    # Given a state file like the one `make local` writes, naming a live moto server
+@pytest.fixture
+def running_state(tmp_path: Path, stack: LocalStack, moto_server: str) -> Path:
+    """A state file like the one `make local` writes, naming the session's live moto server."""
     state_file = tmp_path / "env.json"
-    state_file.write_text(
-        json.dumps(
-            {
-                "moto_endpoint": moto_server,
-                "stack": stack.names(),
-                "function_env": stack.function_env(),
-                "function_timeout_s": 25.0,
-            }
-        ),
-        encoding="utf-8",
-    )
+    state = {"moto_endpoint": moto_server, "stack": stack.names(), "function_timeout_s": 25.0}
+    state["function_env"] = stack.function_env()
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+    return state_file
+
+
+def test_invoke_uses_the_running_local_stack(running_state: Path, stack: LocalStack) -> None:
+    # Given a state file like the one `make local` writes, naming a live moto server
+    state_file = running_state
 
     # When an event is invoked
     result = invoke_event("get_token", handler=fake_handlers.echo, state_file=state_file)
@@ -633,8 +630,8 @@ def test_invoke_runs_the_handler_of_the_function_that_receives_the_event(
     assert handler_for(load_event(name)) == expected
 
 
-def test_invoke_reports_a_raising_handler_like_lambda(tmp_path: Path) -> None:
-    result = invoke_event("prewarm", handler=fake_handlers.boom, state_file=tmp_path / "x.json")
+def test_invoke_reports_a_raising_handler_like_lambda(running_state: Path) -> None:
+    result = invoke_event("prewarm", handler=fake_handlers.boom, state_file=running_state)
     assert not result.ok
     assert result.error is not None
     assert result.error["errorType"] == "RuntimeError"
@@ -665,8 +662,8 @@ def _python(
     )
 
 
-def test_invoke_cli_prints_only_the_response_on_stdout(tmp_path: Path) -> None:
-    # When `make invoke` runs an event with a fake handler
+def test_invoke_cli_prints_only_the_response_on_stdout(running_state: Path) -> None:
+    # When `make invoke` runs an event with a fake handler (against the running stack)
     done = _python(
         "-m",
         "local.invoke",
@@ -674,7 +671,7 @@ def test_invoke_cli_prints_only_the_response_on_stdout(tmp_path: Path) -> None:
         "--handler",
         "tests.integration.fake_handlers:echo",
         "--state-file",
-        str(tmp_path / "none.json"),
+        str(running_state),
     )
 
     # Then stdout is the handler's JSON answer and nothing else
@@ -683,7 +680,7 @@ def test_invoke_cli_prints_only_the_response_on_stdout(tmp_path: Path) -> None:
     assert response["statusCode"] == 200
     assert json.loads(response["body"])["event"]["queryStringParameters"] == {"min_ttl": "3600"}
 
-    # And a raising handler exits 1 with Lambda's error shape
+    # And a raising handler exits 1 with Lambda's error shape (on a throw-away stack)
     failed = _python(
         "-m",
         "local.invoke",
