@@ -6,6 +6,8 @@ item (the loser's exchange would be an upstream call AWS would not see). ``MotoS
 ``python -m local.atomic_moto -H HOST -p PORT`` (port 0: a free one; it prints ``READY <port>``);
 ``--as-is`` (``MotoServer(serialized=False)``, ``bench.run --moto-as-is``) keeps moto's own
 behaviour. moto holds the GIL for nearly all of a request anyway, so throughput is about the same.
+moto also makes an RSA key pair for every KMS key (65 ms, most of the cost of a test's stack),
+though only asymmetric keys use one: a symmetric key's pair is made only if something asks.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
+from moto.kms import models as kms
 from moto.moto_server import werkzeug_app as moto
 from werkzeug.serving import make_server
 from werkzeug.test import run_wsgi_app
@@ -38,12 +42,28 @@ class Serialized:
         return body
 
 
+class LazyPrivateKey:
+    """``make(spec)``, called when the key is first used."""
+
+    def __init__(self, make: Callable[[str], Any], spec: str) -> None:
+        self._make, self._spec = make, spec
+
+    def __getattr__(self, name: str) -> Any:
+        if "_key" not in self.__dict__:
+            self._key = self._make(self._spec)
+        return getattr(self._key, name)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m local.atomic_moto")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=0)
     parser.add_argument("--as-is", action="store_true", help="moto's own, unserialized server")
     args = parser.parse_args(argv)
+    make = vars(kms)["generate_private_key"]
+    vars(kms)["generate_private_key"] = lambda spec: (
+        LazyPrivateKey(make, spec) if spec == "SYMMETRIC_DEFAULT" else make(spec)
+    )
     app: WSGIApplication = moto.DomainDispatcherApplication(moto.create_backend_app)
     if not args.as_is:
         app = Serialized(app)

@@ -27,6 +27,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from local.atomic_moto import LazyPrivateKey
 from local.cfn_template import (
     api_routes,
     load_template,
@@ -427,6 +428,23 @@ def test_two_stacks_do_not_share_names(make_stack: Any) -> None:
     assert first.secret_arn != second.secret_arn
     value = second.secretsmanager().get_secret_value(SecretId=second.secret_arn)
     assert json.loads(value["SecretString"]) == {"client_id": "x"}
+
+
+def test_moto_makes_a_symmetric_keys_rsa_pair_only_when_something_uses_it() -> None:
+    # Given moto's key maker, deferred as local.atomic_moto defers it for symmetric KMS keys
+    made: list[str] = []
+
+    def make(spec: str) -> Any:
+        made.append(spec)
+        return type("Pair", (), {"public_key": lambda self: b"der"})()
+
+    key = LazyPrivateKey(make, "SYMMETRIC_DEFAULT")
+    # Then nothing is made at creation (encrypt and decrypt never touch it)
+    assert made == []
+    # And the pair is made once, on first use
+    assert key.public_key() == b"der"
+    assert key.public_key() == b"der"
+    assert made == ["SYMMETRIC_DEFAULT"]
 
 
 def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None:
