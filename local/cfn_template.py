@@ -41,8 +41,6 @@ def load_template(path: Path | str = TEMPLATE_PATH) -> Template:
 
 def resource(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:
     """The whole resource (Type, Properties, Condition, ...) named ``logical_id``."""
-    if logical_id not in template["Resources"]:
-        raise KeyError(f"template has no resource {logical_id!r}")
     return cast(dict[str, Any], template["Resources"][logical_id])
 
 

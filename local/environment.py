@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
+import re
 import sys
 import threading
 import time
@@ -30,28 +31,20 @@ PRELOAD += ["aws_lambda_powertools.metrics", "aws_lambda_powertools.event_handle
 multiprocessing.set_forkserver_preload(PRELOAD)
 
 
-def _split_handler(spec: str) -> tuple[str, str]:
-    module, sep, function = spec.partition(":")
-    if not sep or not module or not function:
-        raise ValueError(f"handler must be 'module:function', got {spec!r}")
-    return module, function
-
-
 def serve(conn: Connection, env: Mapping[str, str], log_path: str | None) -> None:
     """The child side: take the environment, import the handler, answer requests until EOF."""
     os.environ.clear()
     os.environ.update(env)
     # The handler's logs and EMF metrics go where Lambda would send them: here, the log file.
     log = os.open(log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    for stream in (sys.stdout, sys.stderr):  # a line at a time, as CloudWatch gets them
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):  # a line at a time, as CloudWatch
+        os.dup2(log, fd)
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    module_name, function_name = _split_handler(os.environ[HANDLER_VAR])
+    module_name, _, function_name = os.environ[HANDLER_VAR].partition(":")
     started = time.perf_counter()
     module = importlib.import_module(module_name)
     lambda_handler: Callable[[Any, Any], dict[str, Any]] = getattr(module, function_name)
-    reset_runtime: Callable[[], None] | None = getattr(module, "reset_runtime", None)
+    reset_runtime: Callable[[], None] = getattr(module, "reset_runtime", lambda: None)
 
     from local.lambda_context import FakeLambdaContext
 
@@ -62,8 +55,7 @@ def serve(conn: Connection, env: Mapping[str, str], log_path: str | None) -> Non
         except EOFError:
             return
         if request.get("reset"):
-            if reset_runtime is not None:
-                reset_runtime()
+            reset_runtime()
             conn.send({"reset": True})
             continue
         context = FakeLambdaContext(timeout_s=int(request.get("timeout_ms", 25000)) / 1000.0)
@@ -86,7 +78,8 @@ class EnvironmentProcess:
         # The real handler unless told otherwise here: the parent's own LOCAL_HANDLER is no order.
         child_env = {**os.environ, HANDLER_VAR: DEFAULT_HANDLER, **env}
         child_env[HANDLER_VAR] = handler or child_env[HANDLER_VAR]
-        _split_handler(child_env[HANDLER_VAR])  # A bad spec fails here, not in the child.
+        if not re.fullmatch(r"[\w.]+:\w+", child_env[HANDLER_VAR]):  # here, not in the child
+            raise ValueError(f"handler must be 'module:function', got {child_env[HANDLER_VAR]!r}")
         context = multiprocessing.get_context("forkserver")
         self._conn, child_conn = context.Pipe()
         self._proc = context.Process(

@@ -31,14 +31,10 @@ def event_path(name: str) -> Path:
 
 def substitute_secret(event: Any, secret_arn: str, secret_name: str) -> Any:
     """A copy of ``event`` with the placeholder secret ARN and name replaced everywhere."""
-    if isinstance(event, dict):
-        return {k: substitute_secret(v, secret_arn, secret_name) for k, v in event.items()}
-    if isinstance(event, list):
-        return [substitute_secret(v, secret_arn, secret_name) for v in event]
-    if isinstance(event, str):  # The ARN holds the name, so it goes first.
-        arn_replaced = event.replace(PLACEHOLDER_SECRET_ARN, secret_arn)
-        return arn_replaced.replace(PLACEHOLDER_SECRET_NAME, secret_name)
-    return event
+    text = json.dumps(event)  # The ARN holds the name, so it goes first.
+    for old, new in ((PLACEHOLDER_SECRET_ARN, secret_arn), (PLACEHOLDER_SECRET_NAME, secret_name)):
+        text = text.replace(old, json.dumps(new)[1:-1])
+    return json.loads(text)
 
 
 def load_event(
@@ -61,8 +57,7 @@ def load_event(
         *parents, leaf = path.split("__")
         node = event
         for key in parents:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
+            node[key] = node[key] if isinstance(node.get(key), dict) else {}
             node = node[key]
         node[leaf] = copy.deepcopy(value)
     return event

@@ -50,7 +50,3 @@ class FakeLambdaContext(LambdaContext):
     def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
         """Milliseconds left before the (pretend) timeout; never negative, like the runtime."""
         return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-    def __repr__(self) -> str:
-        remaining = self.get_remaining_time_in_millis()
-        return f"FakeLambdaContext({self.function_name!r}, {self.aws_request_id!r}, {remaining} ms)"
