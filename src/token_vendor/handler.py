@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import importlib
 import json
-import math
 import os
 import random
 import time
@@ -22,6 +21,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
+from token_vendor.deadline import invocation_deadline
 from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
 from token_vendor.observability import logger
 from token_vendor.runtime import (
@@ -38,7 +38,6 @@ from token_vendor.service import Vended
 API_GATEWAY_BUDGET_MS = 28_000
 # Kept back from the remaining time to build and return the answer.
 RESPONSE_RESERVE_MS = 750
-DEFAULT_REMAINING_MS = 25_000
 MAX_REJECTED_TOKEN_BYTES = 16 * 1024
 MAX_MIN_TTL_DIGITS = 9
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -258,15 +257,9 @@ def _profile(config: Config, name: str, *, by_name: bool) -> Profile:
 
 
 def _deadline() -> float:
-    context = app.lambda_context
-    remaining_ms = DEFAULT_REMAINING_MS
-    getter = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(getter):
-        value = getter()
-        if isinstance(value, int | float) and math.isfinite(value):
-            remaining_ms = int(value)
-    budget = min(remaining_ms, API_GATEWAY_BUDGET_MS) - RESPONSE_RESERVE_MS
-    return time.monotonic() + max(0, budget) / 1000.0
+    return invocation_deadline(
+        app.lambda_context, reserve_ms=RESPONSE_RESERVE_MS, cap_ms=API_GATEWAY_BUDGET_MS
+    )
 
 
 # ------------------------------------------------------------------------------ answers

@@ -12,11 +12,11 @@ Lambda retries the event, counts an error and at last sends it to the dead-lette
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from token_vendor.deadline import invocation_deadline
 from token_vendor.errors import VendorError
 from token_vendor.observability import logger
 from token_vendor.runtime import (
@@ -29,7 +29,6 @@ PREWARM_ACTION = "prewarm"
 ROTATION_SOURCE = "aws.secretsmanager"
 # Kept back from the remaining time to log and return the outcome.
 RESPONSE_RESERVE_MS = 750
-DEFAULT_REMAINING_MS = 25_000
 TIERS = frozenset({MEMORY, DYNAMODB, UPSTREAM})
 UNSUPPORTED = (
     "the maintenance function takes the pre-warm schedule's event "
@@ -56,8 +55,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     except VendorError as exc:
         logger.error("configuration error", extra={"reason": exc.message})
         return {"ok": False, "error": exc.code, "message": exc.message}
-    remaining = getattr(context, "get_remaining_time_in_millis", lambda: DEFAULT_REMAINING_MS)()
-    deadline = time.monotonic() + max(0, int(remaining) - RESPONSE_RESERVE_MS) / 1000.0
+    deadline = invocation_deadline(context, reserve_ms=RESPONSE_RESERVE_MS)
     if kind == "prewarm":
         outcome = runtime.service.prewarm(deadline=deadline)
         logger.info("prewarm done", extra={"outcome": outcome})

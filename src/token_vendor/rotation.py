@@ -44,6 +44,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from token_vendor.config import profile_for_secret, token_url_for
+from token_vendor.deadline import invocation_deadline
 from token_vendor.errors import ConfigurationError, VendorError
 from token_vendor.freshness import effective_expiry, fingerprint
 from token_vendor.igni import IgniClient
@@ -58,7 +59,6 @@ NAMESPACE = "IgniTokenVendor"
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 # Kept back from the Lambda's remaining time so that a failing step still reports its reason.
 RESERVE_MS = 2_000
-DEFAULT_REMAINING_MS = 25_000
 # Secrets Manager only, so a little more generous than the API path's 1 s / 2 s.
 AWS_CONNECT_TIMEOUT = 2.0
 AWS_READ_TIMEOUT = 5.0
@@ -319,11 +319,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, str]:
             f"Step in {', '.join(STEPS)}"
         )
     logger.append_keys(secret_id=secret_id, step=step, client_request_token=token)
-    remaining = DEFAULT_REMAINING_MS
-    getter = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(getter):
-        remaining = int(getter())
-    deadline = time.monotonic() + max(0, remaining - RESERVE_MS) / 1000.0
+    deadline = invocation_deadline(context, reserve_ms=RESERVE_MS)
     try:
         versions = _versions(get_clients().secretsmanager, secret_id, token)
         if step == "createSecret":
