@@ -648,6 +648,22 @@ def test_invoke_runs_the_handler_of_the_function_that_receives_the_event(
     assert handler_for(load_event(name)) == expected
 
 
+def test_invoke_leaves_the_environment_as_it_was_when_the_handler_cannot_be_imported(
+    running_state: Path,
+) -> None:
+    # Given a function environment with a variable the caller's does not have
+    state = json.loads(running_state.read_text(encoding="utf-8"))
+    state["function_env"]["INVOKE_TEST_ONLY"] = "function"
+    running_state.write_text(json.dumps(state), encoding="utf-8")
+    environ_before = dict(os.environ)
+    # When the handler to invoke does not import
+    with pytest.raises(ModuleNotFoundError):
+        invoke_event("get_token", handler="tests.no_such_module:handler", state_file=running_state)
+    # Then none of the function's environment stays behind
+    assert "INVOKE_TEST_ONLY" not in os.environ
+    assert dict(os.environ) == environ_before
+
+
 def test_invoke_reports_a_raising_handler_like_lambda(running_state: Path) -> None:
     result = invoke_event("prewarm", handler=fake_handlers.boom, state_file=running_state)
     assert not result.ok
