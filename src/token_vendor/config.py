@@ -36,6 +36,9 @@ MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
 # the token carries no usable JWT exp; a shorter one than any configured default is pointless.
 DEFAULT_EXPIRES_IN = 3600
 MIN_DEFAULT_EXPIRES_IN = 60
+# The longest the fleet holds back after failed refreshes, and the longest an upstream
+# Retry-After is believed: past it Igni is asked again.
+DEFAULT_REFRESH_BACKOFF_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Config:
     auth_failure_cache_seconds: int = 60
     forced_refresh_interval_seconds: int = 30
     refresh_backoff_base_seconds: float = 2.0
-    refresh_backoff_max_seconds: float = 60.0
+    refresh_backoff_max_seconds: float = DEFAULT_REFRESH_BACKOFF_MAX_SECONDS
     lease_seconds: float = 15.0
     igni_connect_timeout: float = 3.0
     igni_read_timeout: float = 10.0
@@ -187,7 +190,13 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         auth_failure_cache_seconds=_int(env, "AUTH_FAILURE_CACHE_SECONDS", 60, 0, 3600),
         forced_refresh_interval_seconds=_int(env, "FORCED_REFRESH_INTERVAL_SECONDS", 30, 0, 3600),
         refresh_backoff_base_seconds=_float(env, "REFRESH_BACKOFF_BASE_SECONDS", 2.0, 0.1, 60.0),
-        refresh_backoff_max_seconds=_float(env, "REFRESH_BACKOFF_MAX_SECONDS", 60.0, 1.0, 3600.0),
+        refresh_backoff_max_seconds=_float(
+            env,
+            "REFRESH_BACKOFF_MAX_SECONDS",
+            DEFAULT_REFRESH_BACKOFF_MAX_SECONDS,
+            1.0,
+            3600.0,
+        ),
         lease_seconds=_float(env, "LEASE_SECONDS", 15.0, 1.0, 28.0),
         igni_connect_timeout=_float(env, "IGNI_CONNECT_TIMEOUT", 3.0, 0.1, 3.0),
         igni_read_timeout=_float(env, "IGNI_READ_TIMEOUT", 10.0, 0.1, 10.0),

@@ -37,6 +37,14 @@ class UnknownProfile(VendorError):
     code = "unknown_profile"
 
 
+class UnknownToken(VendorError):
+    """A forced refresh reported a token this service did not vend for that profile: a refresh
+    is a proof of possession, not a second way to read the token."""
+
+    status = 409
+    code = "unknown_token"
+
+
 class RefreshRateLimited(VendorError):
     status = 429
     code = "refresh_rate_limited"

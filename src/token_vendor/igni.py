@@ -17,13 +17,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from urllib.parse import quote_plus, urlencode
 
 import urllib3
 
 from token_vendor.config import (
+    AUTH_METHODS,
     CLIENT_SECRET_BASIC,
     CLIENT_SECRET_POST,
+    DEFAULT_REFRESH_BACKOFF_MAX_SECONDS,
     MAX_EXPIRES_IN,
     Profile,
     token_url_problem,
@@ -46,6 +49,15 @@ MAX_BODY_BYTES = 64 * 1024
 _DIGITS = re.compile(r"[0-9]{1,20}")
 # A Basic challenge anywhere in WWW-Authenticate (it may list several schemes).
 _BASIC_CHALLENGE = re.compile(r"(?:^|,)\s*basic(?:\s|,|$)", re.IGNORECASE)
+# RFC 6749 A.12: an access token (and its type) is 1*VSCHAR, printable ASCII. Anything else would
+# be put by callers into an Authorization header (CR/LF: header injection) or fail to encode.
+_VSCHARS = re.compile(r"[\x20-\x7e]+")
+# RFC 9110 10.2.3 delay-seconds: 1*DIGIT, ASCII only (str.isdigit also takes '²' and '٣').
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+# More digits than this is longer than any cap anyway (and int() of it is never needed).
+_MAX_DELAY_DIGITS = 10
+# The most of an upstream error text kept for the log line (never for an answer body).
+MAX_UPSTREAM_TEXT = 200
 
 AttemptObserver = Callable[[str, float], None]
 
@@ -72,7 +84,9 @@ class IgniClient:
         max_attempts: int = 3,
         backoff_base: float = 0.25,
         backoff_max: float = 2.0,
+        retry_after_max: float = DEFAULT_REFRESH_BACKOFF_MAX_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         on_attempt: AttemptObserver | None = None,
@@ -83,7 +97,10 @@ class IgniClient:
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        # A server's Retry-After is believed up to this long (the fleet's backoff cap).
+        self._retry_after_max = retry_after_max
         self._clock = clock
+        self._wall = wall
         self._sleep = sleep
         self._jitter = jitter
         self._on_attempt = on_attempt
@@ -181,12 +198,15 @@ class IgniClient:
                     raise _rejection(
                         status,
                         payload,
+                        auth_method=auth_method,
                         basic_wanted=auth_method != CLIENT_SECRET_BASIC
                         and _basic_challenge(response.headers.get("WWW-Authenticate")),
                     )
                 kind = "throttled" if status == 429 else "server_error"
                 self._observe(observe, kind, started)
-                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(
+                    response.headers.get("Retry-After"), now=self._wall(), cap=self._retry_after_max
+                )
                 last_error = UpstreamUnavailable(
                     f"Igni answered HTTP {status}", retry_after=_ceil(retry_after)
                 )
@@ -226,9 +246,17 @@ def _parse_token(payload: bytes) -> IssuedToken:
     token = data.get("access_token")
     if not isinstance(token, str) or not token.strip():
         raise UpstreamBadResponse("Igni answered 2xx without an access_token")
+    if not _VSCHARS.fullmatch(token):
+        raise UpstreamBadResponse(
+            "Igni answered 2xx with an access_token that is not printable ASCII (RFC 6749 A.12)"
+        )
     expires_in = _lifetime(data.get("expires_in"))
     token_type = data.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+    if not isinstance(token_type, str) or not _VSCHARS.fullmatch(token_type):
+        raise UpstreamBadResponse(
+            "Igni answered 2xx with a token_type that is not printable ASCII (RFC 6749 A.12)"
+        )
+    if token_type.lower() != "bearer":
         raise UpstreamBadResponse("Igni answered 2xx with a token_type other than Bearer")
     # The OAuth token type, not a password (ruff S106, bandit B106).
     return IssuedToken(access_token=token, token_type="Bearer", expires_in=expires_in)  # noqa: S106  # nosec B106
@@ -302,11 +330,26 @@ def _basic_challenge(value: str | None) -> bool:
 
 
 def _rejection(
-    status: int, payload: bytes, *, basic_wanted: bool = False
+    status: int,
+    payload: bytes,
+    *,
+    auth_method: str = CLIENT_SECRET_POST,
+    basic_wanted: bool = False,
 ) -> UpstreamAuthFailed | UpstreamBadResponse:
-    code = _error_code(payload)
+    code, text = _error_fields(payload)
+    # The server's own words go to this request's log line only (VendorError.detail).
+    detail = f"Igni said: {text}" if text else None
     if status == 401 or code == "invalid_client":
-        if status == 401 and basic_wanted:
+        wanted = _methods_named(text) if text else set()
+        if wanted and auth_method not in wanted:
+            method = sorted(wanted)[0]
+            message = (
+                f"Igni refused client authentication with {auth_method} (invalid_client) and "
+                f"names {' or '.join(sorted(wanted))} as what it accepts: set "
+                f"IGNI_TOKEN_ENDPOINT_AUTH_METHOD={method} (or the profile's "
+                "token_endpoint_auth_method)"
+            )
+        elif status == 401 and basic_wanted:
             message = (
                 "Igni rejected the client credentials sent in the form (invalid_client, "
                 "client_secret_post) and asks for HTTP Basic authentication: the server may "
@@ -319,38 +362,82 @@ def _rejection(
                 "Igni rejected the client credentials (invalid_client): check client_id and "
                 "client_secret in the secret"
             )
-        error = UpstreamAuthFailed(message)
+        error = UpstreamAuthFailed(message, detail=detail)
         error.kind = "auth"
         return error
-    detail = f" ({code})" if code else ""
-    bad = UpstreamBadResponse(f"Igni refused the token request with HTTP {status}{detail}")
+    shown = f" ({code})" if code else ""
+    bad = UpstreamBadResponse(
+        f"Igni refused the token request with HTTP {status}{shown}", detail=detail
+    )
     bad.kind = "rejected"
     return bad
 
 
-def _error_code(payload: bytes) -> str | None:
+def _methods_named(text: str) -> set[str]:
+    """The client authentication methods (of those this client speaks) a server's text names."""
+    return {method for method in AUTH_METHODS if method in text}
+
+
+def _error_fields(payload: bytes) -> tuple[str | None, str | None]:
+    """The OAuth2 error code, if short and token-like, and the server's description, sanitized.
+
+    The description is free text from upstream: only printable ASCII is kept, runs of anything
+    else become one space, and it is cut to MAX_UPSTREAM_TEXT characters.
+    """
     try:
         data = json.loads(payload[:MAX_BODY_BYTES])
     except (ValueError, RecursionError):
-        return None
-    code = data.get("error") if isinstance(data, dict) else None
-    # Only a short token-like code is echoed: never free text from upstream.
-    if isinstance(code, str) and code.replace("_", "").isalnum() and len(code) <= 64:
-        return code
-    return None
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    code = data.get("error")
+    if not (
+        isinstance(code, str)
+        and code.isascii()
+        and code.replace("_", "").isalnum()
+        and len(code) <= 64
+    ):
+        code = None
+    text = next(
+        (
+            value
+            for value in (data.get("error_description"), data.get("message"))
+            if isinstance(value, str)
+        ),
+        None,
+    )
+    return code, sanitize(text) if text else None
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
+def sanitize(text: str) -> str | None:
+    """Printable ASCII only, whitespace and anything else folded, at most MAX_UPSTREAM_TEXT."""
+    cleaned = " ".join(re.sub(r"[^\x21-\x7e]+", " ", text).split())[:MAX_UPSTREAM_TEXT]
+    return cleaned or None
+
+
+def retry_after_seconds(value: str | None, *, now: float, cap: float) -> float | None:
+    """A server's Retry-After (RFC 9110 10.2.3) in seconds from `now`, at most `cap`.
+
+    Only delay-seconds in ASCII digits or an HTTP-date count; anything else is ignored (None),
+    and the caller's own backoff applies. A date in the past is 0.
+    """
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    value = value.strip(" \t")
+    if _DELAY_SECONDS.fullmatch(value):
+        if len(value) > _MAX_DELAY_DIGITS:
+            return cap
+        return min(float(int(value)), cap)
+    if not value.isascii() or len(value) > 64:
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), cap)
 
 
 def _ceil(value: float | None) -> int | None:

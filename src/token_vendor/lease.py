@@ -134,9 +134,20 @@ class Lease:
         """When an exchange under a lease just taken must be over (monotonic clock)."""
         return min(deadline, self._mono() + window - COMMIT_RESERVE_SECONDS)
 
-    def commit(self, key: str, token: CachedToken) -> tuple[bool, Record | None]:
-        """Store the new token and free the lease, if this environment still holds it."""
-        return self._table.commit(key, owner=self._owner, token=token, now=self._wall())
+    def commit(
+        self, key: str, token: CachedToken, *, replaced: Record | None
+    ) -> tuple[bool, Record | None]:
+        """Store the new token and free the lease, if this environment still holds it.
+
+        `replaced` is the item the lease was taken on: its tokens' fingerprints are kept.
+        """
+        return self._table.commit(
+            key,
+            owner=self._owner,
+            token=token,
+            now=self._wall(),
+            recent=replaced.succession() if replaced is not None else (),
+        )
 
     def fail(
         self,

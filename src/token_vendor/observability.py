@@ -59,6 +59,11 @@ class Telemetry:
         if still_vending:
             self._count("RefreshFailuresWhileValid", profile)
 
+    def exchange_crashed(self, profile: str) -> None:
+        """An exchange failed with an error nobody foresaw: the stack trace, for the log only."""
+        self._log.exception("token exchange failed unexpectedly", extra={"profile": profile})
+        self._count("RefreshFailures", profile, kind="unexpected")
+
     def auth_failed(self, profile: str, secret_version: str) -> None:
         self._log.error(
             "igni rejected the client credentials",

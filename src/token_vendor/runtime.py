@@ -129,6 +129,7 @@ def assemble_runtime(config: Config, clients: Clients) -> Runtime:
         connect_timeout=config.igni_connect_timeout,
         read_timeout=config.igni_read_timeout,
         max_attempts=config.igni_max_attempts,
+        retry_after_max=config.refresh_backoff_max_seconds,
     )
     table = TokenTable(
         clients.dynamodb,

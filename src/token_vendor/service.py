@@ -26,6 +26,7 @@ from token_vendor.errors import (
     RefreshRateLimited,
     SecretUnavailable,
     StoreUnavailable,
+    UnknownToken,
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamUnavailable,
@@ -42,6 +43,10 @@ MEMORY = "memory"
 DYNAMODB = "dynamodb"
 UPSTREAM = "upstream"
 _GAVE_UP = (UpstreamAuthFailed, UpstreamUnavailable, UpstreamBadResponse, ConfigurationError)
+_NOT_VENDED_HERE = (
+    "the reported token is not one this service vended for profile '{}' (or it was replaced "
+    "too long ago): get the current token with GET instead"
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class TokenService:
         self._local_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._table_recheck = RecheckPause(config.recheck_pause_seconds, monotonic)
+        # Forced exchanges made without the table (monotonic time, per key): the rate limit
+        # the item keeps for the fleet, kept by each environment while the item is away.
+        self._forced_direct: dict[str, float] = {}
 
     @property
     def lease_owner(self) -> str:
@@ -113,30 +121,40 @@ class TokenService:
             return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
         token, age = entry
         self._check_min_ttl(token, min_ttl)
-        now = self._wall()
-        if not is_vendable(token, now, self._policy, min_ttl):
+        if not self._vendable(token, min_ttl):
             return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
         current = self._versions.is_current(profile, token)
+        # Judged again after each re-check: a hanging one may have used up the token's time.
         if (
             current
             and age < self._config.memory_revalidate_seconds
-            and is_fresh(token, now, self._policy)
+            and is_fresh(token, self._wall(), self._policy)
         ) or self._table_recheck.active():
-            return self._vended(profile, token, MEMORY)
+            return self._from_memory(profile, key, token, deadline=deadline, min_ttl=min_ttl)
         try:
             record = self._table.get(key, quick=True)
         except StoreUnavailable as exc:
             self._table_recheck.start()
             self._telemetry.store_unavailable(profile.name, str(exc))
-            return self._vended(profile, token, MEMORY)
+            return self._from_memory(profile, key, token, deadline=deadline, min_ttl=min_ttl)
         return self._vend_shared(
             profile, key, deadline=deadline, min_ttl=min_ttl, record=record, have_record=True
         )
 
+    def _from_memory(
+        self, profile: Profile, key: str, token: CachedToken, *, deadline: float, min_ttl: int
+    ) -> Vended:
+        """The token at hand if it still can be vended now, else the shared tier's answer."""
+        if self._vendable(token, min_ttl):
+            return self._vended(profile, token, MEMORY, min_ttl)
+        return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
+
     def force_refresh(self, profile: Profile, rejected_token: str, *, deadline: float) -> Vended:
         """Compare-and-refresh: replace the token only if it is still the rejected one.
 
-        The reported token stays in the item (and is vended to everyone else) until its
+        Only a token this service vended for the profile (the current one, or one it replaced
+        recently) may be reported; anything else is UnknownToken, with no upstream call. The
+        reported token stays in the item (and is vended to everyone else) until its
         replacement is committed; if the exchange fails, only the reporter hears of it.
         """
         key = cache_key(profile)
@@ -228,23 +246,19 @@ class TokenService:
         if isinstance(outcome, Serve):
             if outcome.fresh:
                 self._memory.put(key, outcome.token)
-            return self._vended(profile, outcome.token, DYNAMODB)
+            return self._vended(profile, outcome.token, DYNAMODB, min_ttl)
         try:
-            vended = self._refresh_holding_lease(
+            token = self._refresh_holding_lease(
                 profile, key, outcome, deadline, forced=rejected is not None
             )
         except _GAVE_UP:
-            # Not needed yet (the token at hand is still vendable): the failure is logged,
-            # counted and shared as a backoff, and the caller keeps being served.
-            if outcome.stale is None:
+            # The failure is logged, counted and shared as a backoff. The token at hand is
+            # served only if it can still be vended now, after the exchange's time: otherwise
+            # the caller hears the failure itself.
+            if outcome.stale is None or not self._vendable(outcome.stale, min_ttl):
                 raise
-            return self._vended(profile, outcome.stale, DYNAMODB)
-        if not is_vendable(vended.token, self._wall(), self._policy, min_ttl):
-            raise InvalidRequest(
-                f"min_ttl={min_ttl} exceeds what a fresh token can give "
-                f"({max_min_ttl(vended.token.lifetime, self._policy)} s)"
-            )
-        return vended
+            return self._vended(profile, outcome.stale, DYNAMODB, min_ttl)
+        return self._vended_new(profile, token, UPSTREAM, min_ttl)
 
     def _decide(
         self,
@@ -256,6 +270,8 @@ class TokenService:
         rejected: str | None,
     ) -> Serve | Take:
         """What one view of the item allows: serve a token, or refresh (taking the lease)."""
+        if rejected is not None and (record is None or not record.vended(rejected)):
+            raise UnknownToken(_NOT_VENDED_HERE.format(profile.name))
         if rejected is not None and record is not None and record.token_fingerprint == rejected:
             interval = self._config.forced_refresh_interval_seconds
             # A report while that refresh is still under way waits for it (coalesced): the
@@ -264,7 +280,7 @@ class TokenService:
                 raise RefreshRateLimited(
                     f"a forced refresh of profile '{profile.name}' happened less than "
                     f"{interval} s ago and Igni still rejects its token",
-                    retry_after=max(1, math.ceil(record.forced_at + interval - now)),
+                    retry_after=_seconds_until(record.forced_at + interval, now),
                 )
             return Take(seen=rejected, forced_floor=now - interval)
         token = record.token if record is not None else None
@@ -299,10 +315,14 @@ class TokenService:
                     if profile.token_endpoint_auth_method == CLIENT_SECRET_POST
                     else ""
                 )
+                # Until every remembered failure has lapsed: a caller who waits this long is
+                # not refused by this item again.
                 raise UpstreamAuthFailed(
                     "Igni rejected the client credentials (invalid_client) moments ago; "
                     f"fix the secret{method} and retry",
-                    retry_after=max(1, math.ceil(record.auth_failed_until - now)),
+                    retry_after=_seconds_until(
+                        max(record.auth_failed_until, record.backoff_until), now
+                    ),
                 )
             # Igni refused an older version: the backoff it set is not about this one.
             return False
@@ -315,14 +335,14 @@ class TokenService:
             raise error(
                 f"refreshing the token failed {record.failures} time(s) in a row "
                 f"({record.failure_code or UpstreamUnavailable.code}); backing off",
-                retry_after=max(1, math.ceil(record.backoff_until - now)),
+                retry_after=_seconds_until(record.backoff_until, now),
             )
         return False
 
     def _refresh_holding_lease(
         self, profile: Profile, key: str, taken: Taken, deadline: float, *, forced: bool
-    ) -> Vended:
-        """Exchange and commit; on failure share the backoff and release the lease."""
+    ) -> CachedToken:
+        """Exchange and commit; on any failure share the backoff and release the lease."""
         record = taken.record
         # A reported token is not served back to its reporter, but the fleet still vends it.
         reported = record.token if forced and record is not None else None
@@ -342,11 +362,18 @@ class TokenService:
         except (UpstreamUnavailable, UpstreamBadResponse, ConfigurationError) as exc:
             self._record_failure(key, failures, exc, profile, still_vending)
             raise
+        except Exception:
+            # Nobody foresaw it, so it is logged with its trace; the fleet still backs off and
+            # the lease is freed at once, as for any other failure.
+            self._telemetry.exchange_crashed(profile.name)
+            error = UpstreamBadResponse("the token exchange failed unexpectedly")
+            self._record_failure(key, failures, error, profile, still_vending)
+            raise error from None
         except BaseException:
             self._lease.release_quietly(key)
             raise
         try:
-            committed, current = self._lease.commit(key, token)
+            committed, current = self._lease.commit(key, token, replaced=record)
         except StoreUnavailable as exc:
             self._telemetry.store_unavailable(profile.name, str(exc))
             committed, current = True, None
@@ -360,7 +387,7 @@ class TokenService:
             ):
                 token = current.token
         self._memory.put(key, token)
-        return self._vended(profile, token, UPSTREAM)
+        return token
 
     def _record_failure(
         self,
@@ -381,6 +408,8 @@ class TokenService:
         backoff = capped * (0.5 + 0.5 * self._jitter())
         if exc.retry_after is not None:
             backoff = max(backoff, float(exc.retry_after))
+        # Whatever Igni asked for, the fleet asks again within the configured maximum.
+        backoff = min(backoff, self._config.refresh_backoff_max_seconds)
         self._telemetry.refresh_failed(profile.name, exc.kind, exc.message, still_vending)
         try:
             self._lease.fail(
@@ -397,8 +426,12 @@ class TokenService:
             )
         except StoreUnavailable as store_exc:
             self._telemetry.store_unavailable(profile.name, str(store_exc))
-        # When the fleet (this environment, if the table is away) will try Igni again.
-        exc.retry_after = max(1, math.ceil(backoff))
+        # When the fleet (this environment, if the table is away) will try Igni again; for
+        # rejected credentials, not before their memory lapses.
+        retry_after = backoff
+        if auth_version is not None:
+            retry_after = max(retry_after, float(self._config.auth_failure_cache_seconds))
+        exc.retry_after = max(1, math.ceil(retry_after))
 
     # ------------------------------------------------------------- without the shared tier
 
@@ -411,23 +444,46 @@ class TokenService:
         min_ttl: int,
         reject: str | None = None,
     ) -> Vended:
-        """DynamoDB is unreachable: serve memory, else exchange once per environment."""
+        """DynamoDB is unreachable: serve memory, else exchange once per environment.
+
+        What the item enforces for the fleet, each environment enforces for itself meanwhile:
+        a report must name a token it vended, and a forced exchange happens at most once per
+        FORCED_REFRESH_INTERVAL_SECONDS.
+        """
         with self._local_lock(key):
+            if reject is not None and not self._memory.vended(key, reject):
+                raise UnknownToken(_NOT_VENDED_HERE.format(profile.name))
             entry = self._memory.get(key)
-            now = self._wall()
-            if entry is not None:
-                token = entry[0]
-                if (
-                    token.fingerprint != reject
-                    and is_vendable(token, now, self._policy, min_ttl)
-                    and self._versions.is_current(profile, token)
-                ):
-                    return self._vended(profile, token, MEMORY)
+            token = entry[0] if entry is not None else None
+            forced = token is not None and token.fingerprint == reject
+            if (
+                token is not None
+                and not forced
+                and self._vendable(token, min_ttl)
+                and self._versions.is_current(profile, token)
+                # Again: a hanging re-check may have used up the token's time.
+                and self._vendable(token, min_ttl)
+            ):
+                return self._vended(profile, token, MEMORY, min_ttl)
+            if forced:
+                self._limit_forced_direct(profile, key)
             token, _ = self._exchange(
                 profile, min(deadline, self._mono() + self._config.lease_seconds)
             )
             self._memory.put(key, token)
-            return self._vended(profile, token, UPSTREAM)
+            return self._vended_new(profile, token, UPSTREAM, min_ttl)
+
+    def _limit_forced_direct(self, profile: Profile, key: str) -> None:
+        interval = self._config.forced_refresh_interval_seconds
+        last = self._forced_direct.get(key)
+        now = self._mono()
+        if last is not None and now - last < interval:
+            raise RefreshRateLimited(
+                f"a forced refresh of profile '{profile.name}' happened less than {interval} s "
+                "ago and Igni still rejects its token",
+                retry_after=_seconds_until(last + interval, now),
+            )
+        self._forced_direct[key] = now
 
     def _local_lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -442,6 +498,28 @@ class TokenService:
                 f"min_ttl={min_ttl} exceeds what a fresh token can give ({limit} s)"
             )
 
-    def _vended(self, profile: Profile, token: CachedToken, tier: str) -> Vended:
+    def _vendable(self, token: CachedToken, min_ttl: int) -> bool:
+        return is_vendable(token, self._wall(), self._policy, min_ttl)
+
+    def _vended_new(self, profile: Profile, token: CachedToken, tier: str, min_ttl: int) -> Vended:
+        """A token just exchanged; one that cannot meet `min_ttl` was asked too much of."""
+        if not self._vendable(token, min_ttl) and self._vendable(token, 0):
+            raise InvalidRequest(
+                f"min_ttl={min_ttl} exceeds what a fresh token can give "
+                f"({max_min_ttl(token.lifetime, self._policy)} s)"
+            )
+        return self._vended(profile, token, tier, min_ttl)
+
+    def _vended(self, profile: Profile, token: CachedToken, tier: str, min_ttl: int) -> Vended:
+        """The answer, judged at the moment it is made: never a token past its vend margin."""
+        if not self._vendable(token, min_ttl):
+            raise UpstreamUnavailable(
+                "the token at hand ran out while the answer was made; retry", retry_after=1
+            )
         self._telemetry.vended(profile.name, tier)
         return Vended(token=token, tier=tier)
+
+
+def _seconds_until(moment: float, now: float) -> int:
+    """Whole seconds (at least 1) until `moment`: a Retry-After that is never too short."""
+    return max(1, math.ceil(moment - now))

@@ -13,6 +13,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 _TOKEN_ATTRIBUTES = ("tok", "enc", "fp", "token_type", "issued_at", "secret_version")
 _STATE_TTL_SECONDS = 86400
+# How many replaced tokens' fingerprints are remembered (the item's `prev_fps`, and memory):
+# a caller still holding one may report it and is then served the current token.
+RECENT_TOKENS = 8
 
 
 def cache_key(profile: Profile) -> str:
@@ -64,9 +68,20 @@ class Record:
     auth_failed_version: str | None = None
     forced_at: float = 0.0
     undecryptable: bool = False
+    # Fingerprints of the tokens this item held before the current one, newest first.
+    recent_fingerprints: tuple[str, ...] = ()
 
     def lease_held(self, now: float) -> bool:
         return self.lease_owner is not None and self.lease_until > now
+
+    def vended(self, fingerprint: str) -> bool:
+        """Whether the token with this fingerprint is, or recently was, this item's token."""
+        return fingerprint == self.token_fingerprint or fingerprint in self.recent_fingerprints
+
+    def succession(self) -> tuple[str, ...]:
+        """`recent_fingerprints` once the current token is replaced."""
+        current = (self.token_fingerprint,) if self.token_fingerprint else ()
+        return (*current, *self.recent_fingerprints)[:RECENT_TOKENS]
 
 
 class MemoryTier:
@@ -75,6 +90,7 @@ class MemoryTier:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._items: dict[str, tuple[CachedToken, float]] = {}
+        self._replaced: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> tuple[CachedToken, float] | None:
@@ -87,7 +103,19 @@ class MemoryTier:
 
     def put(self, key: str, token: CachedToken) -> None:
         with self._lock:
+            old = self._items.get(key)
+            if old is not None and old[0].fingerprint != token.fingerprint:
+                replaced = self._replaced.setdefault(key, deque(maxlen=RECENT_TOKENS))
+                replaced.appendleft(old[0].fingerprint)
             self._items[key] = (token, self._clock())
+
+    def vended(self, key: str, fingerprint: str) -> bool:
+        """Whether this environment holds, or recently held, the token with this fingerprint."""
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is not None and entry[0].fingerprint == fingerprint:
+                return True
+            return fingerprint in self._replaced.get(key, ())
 
     def drop(self, key: str, fingerprint: str | None = None) -> None:
         """Drop the key's token (only if it is `fingerprint`, when given)."""
@@ -170,9 +198,18 @@ class TokenTable:
         return self._conditional_update(key, update, condition, values)
 
     def commit(
-        self, key: str, *, owner: str, token: CachedToken, now: float
+        self,
+        key: str,
+        *,
+        owner: str,
+        token: CachedToken,
+        now: float,
+        recent: tuple[str, ...] = (),
     ) -> tuple[bool, Record | None]:
         """Store a new token and release the lease, only if `owner` still holds it (fencing).
+
+        `recent` are the fingerprints of the tokens it replaces (Record.succession): a refresh
+        that reports one of them is answered with the current token.
 
         If KMS will not encrypt the token, the table itself may still be up: the lease is freed
         before the failure is raised, or every other environment would wait it out (up to
@@ -198,6 +235,9 @@ class TokenTable:
             "SET tok = :tok, enc = :enc, fp = :fp, token_type = :type, issued_at = :issued, "
             "expires_at = :exp, updated_at = :now"
         )
+        if recent:
+            update += ", prev_fps = :recent"
+            values[":recent"] = {"L": [{"S": value} for value in recent[:RECENT_TOKENS]]}
         if token.secret_version is not None:
             update += ", secret_version = :version"
             values[":version"] = {"S": token.secret_version}
@@ -308,11 +348,18 @@ class TokenTable:
             auth_failed_version=_s(item, "auth_failed_version"),
             forced_at=_f(item, "forced_at"),
             undecryptable=undecryptable,
+            recent_fingerprints=tuple(
+                str(entry["S"])
+                for entry in item.get("prev_fps", {}).get("L", [])[:RECENT_TOKENS]
+                if isinstance(entry, dict) and "S" in entry
+            ),
         )
 
 
 def _n(value: float) -> dict[str, str]:
-    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    # Microseconds: a stored deadline is never rounded up by a visible amount (Retry-After
+    # answers are computed from the unrounded value).
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
     return {"N": text or "0"}
 
 

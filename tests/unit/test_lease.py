@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.fakes import Clock, FakeTable
 from token_vendor.config import Config, Profile
 from token_vendor.errors import (
     RefreshRateLimited,
-    StoreUnavailable,
+    UnknownToken,
     UpstreamBadResponse,
     UpstreamUnavailable,
     VendorError,
@@ -29,110 +29,13 @@ from token_vendor.lease import Lease, Take
 from token_vendor.observability import Telemetry
 from token_vendor.secret_store import SecretStore
 from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService
-from token_vendor.token_store import MemoryTier, Record, cache_key
+from token_vendor.token_store import MemoryTier, cache_key
 from token_vendor.versions import SecretVersions
 
-EPOCH = 1_800_000_000.0
 LIFETIME = 3600
 LEASE_SECONDS = 5.0
 PROFILE = Profile(name="default", secret_id="igni/test")
 KEY = cache_key(PROFILE)
-
-
-class Clock:
-    """Wall and monotonic time that move only when someone sleeps or the test says so."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def wall(self) -> float:
-        return EPOCH + self.t
-
-    def mono(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
-class FakeTable:
-    """One DynamoDB item per key, with the conditions TokenTable's writes carry."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, Record] = {}
-        self.reads = 0
-        self.down = False
-        self.before_reads: deque[Callable[[], object] | None] = deque()
-
-    def _check(self) -> None:
-        if self.down:
-            raise StoreUnavailable("DynamoDB GetItem unreachable (ReadTimeoutError)")
-
-    def get(self, key: str, *, quick: bool = False) -> Record | None:
-        self._check()
-        self.reads += 1
-        # What other environments do before each of our reads, one entry a read (tests set it).
-        if self.before_reads:
-            action = self.before_reads.popleft()
-            if action is not None:
-                action()
-        return self.items.get(key)
-
-    def try_acquire_lease(
-        self,
-        key: str,
-        *,
-        owner: str,
-        now: float,
-        lease_until: float,
-        seen_fingerprint: str | None,
-        forced_floor: float | None = None,
-    ) -> tuple[bool, Record | None]:
-        self._check()
-        item = self.items.get(key, Record())
-        free = item.lease_owner is None or item.lease_until <= now
-        fenced = item.token_fingerprint == seen_fingerprint
-        unforced = forced_floor is None or item.forced_at <= forced_floor
-        if not (free and fenced and unforced):
-            return False, self.items.get(key)
-        changes: dict[str, Any] = {"lease_owner": owner, "lease_until": lease_until}
-        if forced_floor is not None:
-            changes["forced_at"] = now
-        self.items[key] = dataclasses.replace(item, **changes)
-        return True, None
-
-    def commit(
-        self, key: str, *, owner: str, token: CachedToken, now: float
-    ) -> tuple[bool, Record | None]:
-        self._check()
-        item = self.items.get(key, Record())
-        if item.lease_owner != owner:
-            return False, self.items.get(key)
-        self.items[key] = dataclasses.replace(
-            item,
-            token=token,
-            token_fingerprint=token.fingerprint,
-            lease_owner=None,
-            lease_until=0.0,
-            backoff_until=0.0,
-            failures=0,
-            failure_code=None,
-            auth_failed_until=0.0,
-            auth_failed_version=None,
-        )
-        return True, None
-
-    def record_failure(self, key: str, *, owner: str, **changes: Any) -> None:
-        self._check()
-        item = self.items.get(key, Record())
-        if item.lease_owner == owner:
-            kept = {k: v for k, v in changes.items() if v is not None}
-            self.items[key] = dataclasses.replace(item, lease_owner=None, lease_until=0.0, **kept)
-
-    def release(self, key: str, *, owner: str) -> None:
-        item = self.items.get(key)
-        if item is not None and item.lease_owner == owner:
-            self.items[key] = dataclasses.replace(item, lease_owner=None, lease_until=0.0)
 
 
 class FakeSecretsManager:
@@ -269,7 +172,7 @@ def test_a_late_commit_is_fenced_off_and_the_newer_token_kept(
     assert fast.vend() == ("tok-1", UPSTREAM)
     # When the slow one's commit arrives
     late = CachedToken("tok-late", "Bearer", clock.wall(), int(clock.wall() + LIFETIME), "v1")
-    committed, current = slow.lease.commit(KEY, late)
+    committed, current = slow.lease.commit(KEY, late, replaced=None)
     # Then it is refused, and the item still holds the newer token
     assert not committed
     assert current is not None
@@ -389,7 +292,7 @@ def test_reports_made_while_a_forced_refresh_runs_wait_for_its_token(
     )
     # And that environment commits its new token once the other one has seen the lease
     fresh = CachedToken("tok-new", "Bearer", clock.wall(), int(clock.wall() + LIFETIME), "v1")
-    table.before_reads.extend([None, lambda: a.lease.commit(KEY, fresh)])
+    table.before_reads.extend([None, lambda: a.lease.commit(KEY, fresh, replaced=reported)])
     # When the other environment reports the same token (the forced refresh is under way)
     # Then it is not refused by the rate limit: it waits, and gets the replacement
     assert b.report(token) == ("tok-new", DYNAMODB)
@@ -397,11 +300,45 @@ def test_reports_made_while_a_forced_refresh_runs_wait_for_its_token(
     assert exchange.calls == 1
 
 
-def test_reporting_an_old_token_returns_the_current_one(env: Any, exchange: FakeExchange) -> None:
+def test_reporting_a_replaced_token_returns_the_current_one(
+    env: Any, clock: Clock, exchange: FakeExchange
+) -> None:
+    # Given a token that a forced refresh replaced
+    a, b = env("A"), env("B")
+    old, _ = a.vend()
+    clock.sleep(31)
+    current, _ = a.report(old)
+    assert current != old
+    # When another environment's caller reports the replaced token
+    # Then it gets the current one, without another exchange
+    assert b.report(old) == (current, DYNAMODB)
+    assert exchange.calls == 2
+
+
+def test_reporting_a_token_never_vended_is_refused_without_an_upstream_call(
+    env: Any, table: FakeTable, exchange: FakeExchange
+) -> None:
+    # Given a shared token
     a = env("A")
-    current, _ = a.vend()
-    assert a.report("some-older-token") == (current, DYNAMODB)
+    a.vend()
+    before = table.items[KEY]
+    # When a caller reports something this service never vended (a refresh grant used as a read)
+    # Then it is refused 409 unknown_token, nothing is exchanged and the item is unchanged
+    with pytest.raises(UnknownToken) as refused:
+        a.report("junk")
+    assert refused.value.status == 409
+    assert "tok-1" not in refused.value.message
     assert exchange.calls == 1
+    assert table.items[KEY] == before
+
+
+def test_reporting_any_token_before_one_was_vended_is_refused(
+    env: Any, exchange: FakeExchange
+) -> None:
+    # Given an empty table, a report is not a way to get a first token
+    with pytest.raises(UnknownToken):
+        env("A").report("anything")
+    assert exchange.calls == 0
 
 
 def test_min_ttl_beyond_the_cached_token_refreshes_it(
