@@ -137,12 +137,12 @@ LAMBDA_PIP_TARGET := --platform manylinux2014_aarch64 --only-binary=:all: \
 	--python-version 3.13 --implementation cp
 LAMBDA_FUNCTIONS := TokenFunction MaintenanceFunction RotationFunction
 
-TokenFunction_PACKAGES := aws-lambda-powertools botocore urllib3
+TokenFunction_PACKAGES := aws-lambda-powertools botocore cryptography urllib3
 TokenFunction_SERVICES := dynamodb kms secretsmanager sts
 TokenFunction_PRUNE :=
 
 # The token function's code without its resolver: maintenance.py never imports the event handler.
-MaintenanceFunction_PACKAGES := aws-lambda-powertools botocore urllib3
+MaintenanceFunction_PACKAGES := aws-lambda-powertools botocore cryptography urllib3
 MaintenanceFunction_SERVICES := dynamodb kms secretsmanager sts
 MaintenanceFunction_PRUNE := aws_lambda_powertools/event_handler
 

@@ -42,7 +42,10 @@ from token_vendor.secret_store import Credentials
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Below this much time left an attempt cannot succeed; give up instead of starting one.
 MIN_ATTEMPT_SECONDS = 0.25
-MAX_BODY_BYTES = 64 * 1024
+# The largest token cached and vended (envelope encryption has no smaller limit; a DynamoDB
+# item holds 400 KB), and the largest answer read: a token plus room for the other fields.
+MAX_TOKEN_BYTES = 64 * 1024
+MAX_BODY_BYTES = MAX_TOKEN_BYTES + 16 * 1024
 # expires_in as a string (several providers send "172800"): ASCII digits only, no sign, space,
 # exponent or other script's digits (str.isdigit accepts those), and short enough that int()
 # never meets Python's limit on digit strings; 20 digits leave room for leading zeros.
@@ -249,6 +252,11 @@ def _parse_token(payload: bytes) -> IssuedToken:
     if not _VSCHARS.fullmatch(token):
         raise UpstreamBadResponse(
             "Igni answered 2xx with an access_token that is not printable ASCII (RFC 6749 A.12)"
+        )
+    if len(token) > MAX_TOKEN_BYTES:
+        raise UpstreamBadResponse(
+            f"Igni issued a token of {len(token)} bytes; at most {MAX_TOKEN_BYTES} bytes are "
+            "cached and vended"
         )
     expires_in = _lifetime(data.get("expires_in"))
     token_type = data.get("token_type", "Bearer")

@@ -15,17 +15,19 @@ The four steps of the rotation protocol, each idempotent (Secrets Manager may ru
     Nothing to do at Igni (the key already exists there): logs and returns.
 ``testSecret``
     Exchanges the pending credentials at Igni's token URL; ``invalid_client``, a bad token
-    answer or an unreachable Igni fail the step, so Secrets Manager keeps AWSCURRENT.
+    answer or an unreachable Igni fail the step, so Secrets Manager keeps AWSCURRENT. A version
+    that passed gets the staging label ``IGNI_TESTED``.
 ``finishSecret``
-    Moves AWSCURRENT to the pending version (the old one becomes AWSPREVIOUS); the vendor's
-    ``Secret Label Updated`` rule then purges tokens minted from the old version.
+    Moves AWSCURRENT to the rotation's version (the old one becomes AWSPREVIOUS), only while
+    that version still holds AWSPENDING and ``IGNI_TESTED``; the vendor's ``Secret Label
+    Updated`` rule then purges tokens minted from the old version.
 
-The pending version is the one holding AWSPENDING. Usually that is the rotation's
-``ClientRequestToken``; when it is not (the operator staged a version of their own and the
-token names an empty or unlabelled version Secrets Manager created for the rotation), the
-version holding AWSPENDING is the one validated and promoted. A step whose token version or
-pending version is already AWSCURRENT changes nothing. Neither the secret nor an issued token
-is ever logged: token fingerprints and version ids at most.
+The rotation's version is the one its ``ClientRequestToken`` names, as in AWS's rotation
+templates: the operator stages with ``--client-request-token`` and rotates with the same id.
+If another version holds AWSPENDING (staged meanwhile, or under another id), every step fails
+with a message naming both, and AWSCURRENT stays where it was: only what was tested is ever
+promoted. A step whose version is already AWSCURRENT changes nothing. Neither the secret nor
+an issued token is ever logged: token fingerprints and version ids at most.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ if TYPE_CHECKING:
 SERVICE = "igni-token-rotation"
 NAMESPACE = "IgniTokenVendor"
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+# The staging label testSecret puts on a version Igni accepted; finishSecret promotes no other.
+# Custom labels fire no AWSCURRENT event (the vendor's rule listens for AWSCURRENT only).
+TESTED = "IGNI_TESTED"
 # Kept back from the Lambda's remaining time so that a failing step still reports its reason.
 RESERVE_MS = 2_000
 # Secrets Manager only, so a little more generous than the API path's 1 s / 2 s.
@@ -136,14 +141,17 @@ class _Versions:
     stages: dict[str, list[str]]
 
     @property
-    def token_current(self) -> bool:
+    def done(self) -> bool:
         """The rotation's own version is AWSCURRENT: every step was done already."""
         return CURRENT in self.stages.get(self.token, [])
 
     @property
-    def done(self) -> bool:
-        """The token's version, or the version holding AWSPENDING, is AWSCURRENT."""
-        return self.token_current or (self.pending is not None and self.pending == self.current)
+    def tested(self) -> bool:
+        """The rotation's version passed testSecret (and was not staged again since)."""
+        return TESTED in self.stages.get(self.token, [])
+
+    def holder(self, stage: str) -> str | None:
+        return next((v for v, s in self.stages.items() if stage in s), None)
 
 
 def _versions(client: SecretsManagerClient, secret_id: str, token: str) -> _Versions:
@@ -165,8 +173,19 @@ def _versions(client: SecretsManagerClient, secret_id: str, token: str) -> _Vers
 
 
 def _read_pending(client: SecretsManagerClient, versions: _Versions) -> Credentials:
-    """The staged credentials, validated as JSON; a clear error when nothing usable is staged."""
+    """The rotation's staged credentials, validated as JSON; a clear error when the rotation's
+    version does not hold AWSPENDING or holds nothing usable."""
     secret_id = versions.secret_id
+    if versions.pending is not None and versions.pending not in (
+        versions.token,
+        versions.current,
+    ):
+        raise RotationError(
+            f"version {versions.pending} of secret '{secret_id}' holds AWSPENDING, not this "
+            f"rotation's version {versions.token} (its ClientRequestToken): only the version "
+            "a rotation names is tested and promoted; rotate with --client-request-token "
+            f"{versions.pending} (AWSCURRENT was not moved)"
+        )
     if versions.pending is None or versions.pending == versions.current:
         raise RotationError(
             f"nothing is staged for rotation of secret '{secret_id}' (no version other than "
@@ -209,13 +228,10 @@ def on_create_secret(versions: _Versions) -> str:
 
     AWSPENDING left on the current version by an earlier rotation means nothing new is staged.
     """
-    if versions.token_current:
+    if versions.done:
         return "already_current"
     credentials = _read_pending(get_clients().secretsmanager, versions)
-    logger.info(
-        "staged credentials found",
-        extra={"pending_version": credentials.version_id, **_token_note(versions)},
-    )
+    logger.info("staged credentials found", extra={"pending_version": credentials.version_id})
     return "staged"
 
 
@@ -275,6 +291,7 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
             "expires_in": math.floor(expires_at - issued_at),
         },
     )
+    _move_label(clients.secretsmanager, versions, TESTED)
     return "tested"
 
 
@@ -283,25 +300,38 @@ def on_finish_secret(versions: _Versions) -> str:
     if versions.done:
         return "already_current"
     client = get_clients().secretsmanager
-    # Never promote something that is not credentials, even if testSecret was skipped.
+    # Only the rotation's own version, still AWSPENDING, still credentials, and tested.
     credentials = _read_pending(client, versions)
-    kwargs: dict[str, Any] = {
-        "SecretId": versions.secret_id,
-        "VersionStage": CURRENT,
-        "MoveToVersionId": credentials.version_id,
-    }
-    if versions.current is not None:
-        kwargs["RemoveFromVersionId"] = versions.current
-    try:
-        client.update_secret_version_stage(**kwargs)
-    except (ClientError, BotoCoreError) as exc:
-        raise RotationError(f"could not move AWSCURRENT: {_aws_reason(exc)}") from None
+    if not versions.tested:
+        raise RotationError(
+            f"version {versions.token} of secret '{versions.secret_id}' has not passed "
+            "testSecret (no IGNI_TESTED label): run testSecret first; AWSCURRENT was not moved"
+        )
+    _move_label(client, versions, CURRENT)
     logger.info(
         "AWSCURRENT moved to the staged credentials",
         extra={"new_version": credentials.version_id, "previous_version": versions.current},
     )
     _count("RotationsCompleted")
     return "finished"
+
+
+def _move_label(client: SecretsManagerClient, versions: _Versions, stage: str) -> None:
+    """Put `stage` on the rotation's version, taking it from the version that holds it."""
+    holder = versions.holder(stage)
+    if holder == versions.token:
+        return
+    kwargs: dict[str, Any] = {
+        "SecretId": versions.secret_id,
+        "VersionStage": stage,
+        "MoveToVersionId": versions.token,
+    }
+    if holder is not None:
+        kwargs["RemoveFromVersionId"] = holder
+    try:
+        client.update_secret_version_stage(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        raise RotationError(f"could not move {stage}: {_aws_reason(exc)}") from None
 
 
 # ------------------------------------------------------------------------------- handler
@@ -339,12 +369,6 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _token_note(versions: _Versions) -> dict[str, str]:
-    if versions.pending == versions.token:
-        return {}
-    return {"note": "the staged version is not the rotation's ClientRequestToken; using it"}
 
 
 def _code(exc: ClientError) -> str:

@@ -1,10 +1,25 @@
-"""Encrypts tokens with KMS before they reach DynamoDB, bound to their cache key."""
+"""Encrypts tokens with KMS before they reach DynamoDB, bound to their cache key.
+
+Envelope encryption: KMS `GenerateDataKey` gives a fresh AES-256 key per token, the token is
+sealed locally with AES-GCM (the `cryptography` library), and the blob stored in the item is
+the encrypted data key beside the ciphertext. KMS `Encrypt` takes at most 4,096 bytes, which
+large JWTs exceed; a data key has no such limit. The cache key is the KMS encryption context
+of the data key and the AES-GCM associated data of the token, so an item copied under another
+cache key cannot be decrypted. Items written as a plain KMS ciphertext (scheme "kms") are still
+read.
+
+Blob framing (scheme "kms-gcm"): version byte 1, the encrypted data key's length (2 bytes,
+big-endian), the encrypted data key, a 12-byte nonce, then the AES-GCM ciphertext and tag.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from token_vendor.errors import StoreUnavailable
 
@@ -12,8 +27,14 @@ if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
 
 KMS = "kms"
+ENVELOPE = "kms-gcm"
 # Only when no key is configured (local experiments); the template always sets one.
 PLAIN = "none"
+FRAME_VERSION = 1
+NONCE_BYTES = 12
+# The encrypted data key's length field; KMS ciphertexts are a few hundred bytes.
+_LENGTH_BYTES = 2
+_TAG_BYTES = 16
 _UNREACHABLE = frozenset(
     {"KMSInternalException", "ThrottlingException", "DependencyTimeoutException"}
 )
@@ -24,7 +45,7 @@ class UndecryptableToken(Exception):
 
 
 class TokenCipher:
-    """Envelope-free KMS encryption: a token is well under the 4 KB KMS plaintext limit."""
+    """Seals tokens for the table and opens them again; every AWS failure is StoreUnavailable."""
 
     def __init__(
         self, kms: KMSClient | None, key_id: str | None, *, quick_kms: KMSClient | None = None
@@ -38,23 +59,37 @@ class TokenCipher:
         if self._kms is None or not self._key_id:
             return token.encode(), PLAIN
         try:
-            answer = self._kms.encrypt(
+            answer = self._kms.generate_data_key(
                 KeyId=self._key_id,
-                Plaintext=token.encode(),
+                KeySpec="AES_256",
                 EncryptionContext={"cache_key": cache_key},
             )
         except ClientError as exc:
-            raise StoreUnavailable(f"KMS refused to encrypt ({_code(exc)})") from None
+            raise StoreUnavailable(f"KMS refused a data key ({_code(exc)})") from None
         except BotoCoreError as exc:
             raise StoreUnavailable(f"KMS unreachable ({type(exc).__name__})") from None
-        return answer["CiphertextBlob"], KMS
+        wrapped = answer["CiphertextBlob"]
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = AESGCM(answer["Plaintext"]).encrypt(nonce, token.encode(), cache_key.encode())
+        header = bytes([FRAME_VERSION]) + len(wrapped).to_bytes(_LENGTH_BYTES, "big")
+        return header + wrapped + nonce + sealed, ENVELOPE
 
     def decrypt(self, blob: bytes, scheme: str, cache_key: str, *, quick: bool = False) -> str:
         if scheme == PLAIN:
             return blob.decode()
         kms = self._quick_kms if quick else self._kms
-        if scheme != KMS or kms is None:
+        if scheme not in (KMS, ENVELOPE) or kms is None:
             raise UndecryptableToken(f"no key to decrypt a token stored as '{scheme}'")
+        if scheme == KMS:
+            return self._kms_decrypt(kms, blob, cache_key).decode()
+        wrapped, nonce, sealed = unframe(blob)
+        data_key = self._kms_decrypt(kms, wrapped, cache_key)
+        try:
+            return AESGCM(data_key).decrypt(nonce, sealed, cache_key.encode()).decode()
+        except (InvalidTag, ValueError):
+            raise UndecryptableToken("the token's ciphertext does not match its key") from None
+
+    def _kms_decrypt(self, kms: KMSClient, blob: bytes, cache_key: str) -> bytes:
         try:
             if self._key_id:
                 answer = kms.decrypt(
@@ -73,7 +108,20 @@ class TokenCipher:
             raise UndecryptableToken(f"KMS refused to decrypt ({code})") from None
         except BotoCoreError as exc:
             raise StoreUnavailable(f"KMS unreachable ({type(exc).__name__})") from None
-        return answer["Plaintext"].decode()
+        return answer["Plaintext"]
+
+
+def unframe(blob: bytes) -> tuple[bytes, bytes, bytes]:
+    """The encrypted data key, the nonce and the sealed token of an envelope blob."""
+    head = 1 + _LENGTH_BYTES
+    if len(blob) < head or blob[0] != FRAME_VERSION:
+        raise UndecryptableToken("the token's envelope has an unknown format")
+    length = int.from_bytes(blob[1:head], "big")
+    nonce_at = head + length
+    sealed_at = nonce_at + NONCE_BYTES
+    if length == 0 or len(blob) < sealed_at + _TAG_BYTES:
+        raise UndecryptableToken("the token's envelope is truncated")
+    return blob[head:nonce_at], blob[nonce_at:sealed_at], blob[sealed_at:]
 
 
 def _code(exc: ClientError) -> str:

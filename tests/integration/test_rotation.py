@@ -306,25 +306,61 @@ def test_rotation_validates_and_promotes_the_staged_key(
     assert table_versions(stack) == [staged]
 
 
-def test_rotation_token_other_than_the_staged_version(
+def test_a_rotation_whose_token_names_another_version_promotes_nothing(
     stack: LocalStack, igni_stub: Any, rotation: Rotation
 ) -> None:
-    # Given an operator staged a version, and rotate-secret ran without --client-request-token
-    rotation.enable()
+    # Given an operator staged a version, and rotate-secret ran with another ClientRequestToken
+    current = rotation.enable()
     staged = rotation.stage(creds(igni_stub, other=True))
     token = str(uuid.uuid4())
-    # When the steps run with that unrelated ClientRequestToken
-    outcomes = rotation.run(token)
-    # Then the version holding AWSPENDING is the one validated and promoted
-    assert outcomes == ["staged", "nothing_to_set", "tested", "finished"]
-    assert rotation.version_with("AWSCURRENT") == staged
-    assert upstream(igni_stub) == [(other_client(igni_stub)[0], 200)]
-    # And running the steps again (set, test, finish) changes nothing
-    before = rotation.stages()
-    for step in STEPS[1:]:
-        assert rotation.step(step, token)["outcome"] == "already_current"
-    assert rotation.stages() == before
-    assert len(igni_stub.calls()) == 1
+    for step in ("createSecret", "testSecret", "finishSecret"):
+        # When a step that reads the staged version runs for that rotation
+        # Then it fails naming the staged version and what to run, and Igni is not called
+        with pytest.raises(RotationError) as failed:
+            rotation.step(step, token)
+        assert f"--client-request-token {staged}" in str(failed.value)
+        assert "AWSCURRENT was not moved" in str(failed.value)
+    # And AWSCURRENT stays where it was
+    assert rotation.version_with("AWSCURRENT") == current
+    assert igni_stub.calls() == []
+
+
+def test_finish_promotes_only_the_tested_version_when_another_was_staged_meanwhile(
+    stack: LocalStack, igni_stub: Any, rotation: Rotation
+) -> None:
+    # Given v1 staged, and createSecret, setSecret and testSecret passed for it (Igni said yes)
+    current = rotation.enable()
+    v1 = rotation.stage(creds(igni_stub, other=True))
+    assert [rotation.step(step, v1)["outcome"] for step in STEPS[:3]] == [
+        "staged",
+        "nothing_to_set",
+        "tested",
+    ]
+    # And then another version was staged as AWSPENDING (never tested)
+    v2 = rotation.stage(creds(igni_stub, secret="never-tested"))
+    # When finishSecret runs for the rotation of v1
+    # Then it fails clearly, and AWSCURRENT stays on the version it was on
+    with pytest.raises(RotationError, match=f"version {v2} .* holds AWSPENDING"):
+        rotation.step("finishSecret", v1)
+    assert rotation.version_with("AWSCURRENT") == current
+    # And a rotation of v2 cannot finish before it is tested either
+    with pytest.raises(RotationError, match="has not passed testSecret"):
+        rotation.step("finishSecret", v2)
+    assert rotation.version_with("AWSCURRENT") == current
+
+
+def test_finish_without_test_promotes_nothing(
+    stack: LocalStack, igni_stub: Any, rotation: Rotation
+) -> None:
+    # Given a staged key that testSecret never ran for
+    current = rotation.enable()
+    staged = rotation.stage(creds(igni_stub, other=True))
+    # When finishSecret runs
+    # Then it refuses, and AWSCURRENT has not moved
+    with pytest.raises(RotationError, match="has not passed testSecret"):
+        rotation.step("finishSecret", staged)
+    assert rotation.version_with("AWSCURRENT") == current
+    assert igni_stub.calls() == []
 
 
 def test_each_step_run_twice_changes_nothing(
