@@ -48,6 +48,7 @@ STATUSES = {
     "not_found": {404},
     "unknown_profile": {404},
     "method_not_allowed": {405},
+    "unknown_token": {409},
     "refresh_rate_limited": {429},
     "configuration_error": {500},
     "internal_error": {500},

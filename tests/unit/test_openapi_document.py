@@ -26,6 +26,7 @@ CONTRACT_ERRORS = {
     403: {"access_denied"},
     404: {"not_found", "unknown_profile"},
     405: {"method_not_allowed"},
+    409: {"unknown_token"},
     429: {"refresh_rate_limited"},
     500: {"configuration_error"},
     502: {"upstream_auth_failed", "upstream_bad_response"},
@@ -156,7 +157,7 @@ def test_every_operation_documents_every_error_status(method: str, path: str) ->
     # Given an operation / Then every status of the contract that can apply is documented
     statuses = {200, 400, 403, 404, 500, 502, 503}
     if method == "POST":
-        statuses.add(429)
+        statuses |= {409, 429}
     for status in statuses:
         response_spec(method, path, status)
 
@@ -202,6 +203,7 @@ def test_a_wrong_token_answer_is_caught(
         ("GET", "/token", 403, "access_denied", {}),
         ("GET", "/token/{profile}", 404, "unknown_profile", {}),
         ("GET", "/token/{profile}", 404, "not_found", {}),
+        ("POST", "/token/refresh", 409, "unknown_token", {}),
         ("POST", "/token/refresh", 429, "refresh_rate_limited", {"Retry-After": "30"}),
         ("GET", "/token", 500, "configuration_error", {}),
         ("GET", "/token", 502, "upstream_auth_failed", {}),
