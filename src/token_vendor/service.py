@@ -455,17 +455,17 @@ class TokenService:
                 raise UnknownToken(_NOT_VENDED_HERE.format(profile.name))
             entry = self._memory.get(key)
             token = entry[0] if entry is not None else None
-            forced = token is not None and token.fingerprint == reject
             if (
                 token is not None
-                and not forced
+                and token.fingerprint != reject
                 and self._vendable(token, min_ttl)
                 and self._versions.is_current(profile, token)
                 # Again: a hanging re-check may have used up the token's time.
                 and self._vendable(token, min_ttl)
             ):
                 return self._vended(profile, token, MEMORY, min_ttl)
-            if forced:
+            if reject is not None:
+                # A report that would make this environment exchange: a forced refresh.
                 self._limit_forced_direct(profile, key)
             token, _ = self._exchange(
                 profile, min(deadline, self._mono() + self._config.lease_seconds)

@@ -105,9 +105,12 @@ class MemoryTier:
         with self._lock:
             old = self._items.get(key)
             if old is not None and old[0].fingerprint != token.fingerprint:
-                replaced = self._replaced.setdefault(key, deque(maxlen=RECENT_TOKENS))
-                replaced.appendleft(old[0].fingerprint)
+                self._remember(key, old[0].fingerprint)
             self._items[key] = (token, self._clock())
+
+    def _remember(self, key: str, fingerprint: str) -> None:
+        replaced = self._replaced.setdefault(key, deque(maxlen=RECENT_TOKENS))
+        replaced.appendleft(fingerprint)
 
     def vended(self, key: str, fingerprint: str) -> bool:
         """Whether this environment holds, or recently held, the token with this fingerprint."""
@@ -118,11 +121,13 @@ class MemoryTier:
             return fingerprint in self._replaced.get(key, ())
 
     def drop(self, key: str, fingerprint: str | None = None) -> None:
-        """Drop the key's token (only if it is `fingerprint`, when given)."""
+        """Drop the key's token (only if it is `fingerprint`, when given); it stays known as
+        one this environment vended."""
         with self._lock:
             entry = self._items.get(key)
             if entry is not None and (fingerprint is None or entry[0].fingerprint == fingerprint):
                 del self._items[key]
+                self._remember(key, entry[0].fingerprint)
 
 
 class TokenTable:

@@ -1,0 +1,30 @@
+"""Hypothesis profiles for the model-based tests: `ci` (the default) is bounded and repeatable,
+so that the whole of pytest stays within its time budget; `fuzz` (make fuzz) searches longer.
+HYPOTHESIS_PROFILE picks one."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, Phase, settings
+
+_COMMON = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+}
+settings.register_profile(
+    "ci", max_examples=60, stateful_step_count=40, derandomize=True, database=None, **_COMMON
+)
+settings.register_profile(
+    "fuzz", max_examples=3000, stateful_step_count=80, derandomize=False, **_COMMON
+)
+settings.register_profile(
+    "debug",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "60")),
+    stateful_step_count=40,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    **_COMMON,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

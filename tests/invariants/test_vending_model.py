@@ -1,0 +1,377 @@
+"""The vending core's promises as invariants, searched by a Hypothesis state machine.
+
+Several execution environments (each its own TokenService, memory tier, secret cache and lease
+owner id) share one token table with DynamoDB's conditional-write semantics, one clock the
+machine jumps forward, an Igni that answers anything (tests/invariants/upstream.py) and AWS
+calls that fail or hang. Real code runs everywhere else: the service, the lease, the freshness
+policy, the secret store, the Igni client and its parser, the envelope cipher.
+
+After every step the machine checks what the service promises its callers:
+
+- every 200 carries a token with more than the vend margin (and any min_ttl) left when the
+  answer is returned, and a token upstream actually issued;
+- no answer is a 500 and no exception escapes, and no call outlasts API Gateway's 29 s;
+- with the table reachable, the fleet calls Igni only when no fresh token serves and no backoff
+  holds it back: one call per token lifetime plus one per backoff window; forced refreshes at
+  most once per FORCED_REFRESH_INTERVAL_SECONDS;
+- a caller who waits the Retry-After it was given is not refused by a remembered failure;
+- no lease outlives its holder's failure;
+- a refresh vends only to a caller that presents a token this service vended;
+- no backoff is longer than REFRESH_BACKOFF_MAX_SECONDS, and no token is stored in clear.
+
+CI runs a bounded, derandomized budget (the `ci` profile in conftest.py); `make fuzz` runs the
+`fuzz` profile.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from tests.fakes import Clock, FakeTable
+from tests.invariants.upstream import (
+    TOKEN_URL,
+    Faults,
+    HostileHttp,
+    HostileKms,
+    HostileSecrets,
+    answers,
+    table_fault,
+)
+from token_vendor.config import Config, Freshness, Profile
+from token_vendor.errors import VendorError
+from token_vendor.exchange import Exchange
+from token_vendor.freshness import CachedToken, is_fresh, is_vendable, vend_margin
+from token_vendor.igni import IgniClient
+from token_vendor.lease import Lease, Take
+from token_vendor.observability import Telemetry
+from token_vendor.secret_store import SecretStore
+from token_vendor.service import TokenService
+from token_vendor.token_cipher import TokenCipher
+from token_vendor.token_store import MemoryTier, cache_key
+from token_vendor.versions import SecretVersions
+
+PROFILE = Profile(name="default", secret_id="igni/model", token_url=TOKEN_URL)
+KEY = cache_key(PROFILE)
+ENVIRONMENTS = 3
+API_GATEWAY_SECONDS = 29.0
+# What the API handler gives the service: API Gateway's budget less the answer's reserve.
+BUDGET_SECONDS = 28.0 - 0.75
+CONFIG = Config(
+    profiles={"default": PROFILE},
+    table_name="tokens",
+    kms_key_id="model-key",
+    freshness=Freshness(),
+    lease_seconds=15.0,
+    forced_refresh_interval_seconds=30,
+    refresh_backoff_base_seconds=2.0,
+    refresh_backoff_max_seconds=60.0,
+    auth_failure_cache_seconds=60,
+)
+ALLOWED = {200, 400, 409, 429, 502, 503}
+# What a remembered failure answers: refused without asking Igni.
+REMEMBERED = {"upstream_auth_failed", "upstream_bad_response", "upstream_unavailable"}
+
+
+class CountingIgni:
+    """The real IgniClient, with each exchange (one call of the fleet, its retries included)
+    reported to the machine before it starts."""
+
+    def __init__(self, igni: IgniClient, machine: VendingModel) -> None:
+        self._igni = igni
+        self._machine = machine
+
+    def exchange_for(self, *args: Any, **kwargs: Any) -> Any:
+        self._machine.exchange_starting()
+        return self._igni.exchange_for(*args, **kwargs)
+
+
+@dataclass
+class Request:
+    env: int
+    kind: str
+    min_ttl: int = 0
+    exchanges: int = 0
+
+
+class VendingModel(RuleBasedStateMachine):
+    """Environments, one table, one clock, a hostile Igni and flaky AWS."""
+
+    @initialize(seed=st.integers(0, 2**32 - 1), lifetime=st.sampled_from([20, 600, 3600, 172800]))
+    def start(self, seed: int, lifetime: int) -> None:
+        self.clock = Clock()
+        self.rng = random.Random(seed)
+        self.faults = Faults(self.clock, hang_seconds=CONFIG.aws_read_timeout)
+        self.http = HostileHttp(self.clock, lifetime=lifetime)
+        self.kms = HostileKms(self.faults)
+        self.table = FakeTable(
+            TokenCipher(self.kms, CONFIG.kms_key_id)  # type: ignore[arg-type]
+        )
+        self.table.fault = table_fault(self.faults)
+        self.environments = [self._environment(f"env-{i}") for i in range(ENVIRONMENTS)]
+        self.held: dict[int, str] = {}
+        self.crashed: set[str] = set()
+        self.vended: set[str] = set()
+        self.request: Request | None = None
+        self.last_exchange_at: float | None = None
+        self.last_forced_at: float | None = None
+        self.last_error: tuple[int, VendorError] | None = None
+
+    def _environment(self, owner: str) -> tuple[TokenService, Lease]:
+        clock = self.clock
+        telemetry = Telemetry()
+        secrets = SecretStore(
+            HostileSecrets(self.faults),  # type: ignore[arg-type]
+            cache_seconds=CONFIG.secret_cache_seconds,
+            clock=clock.mono,
+        )
+        versions = SecretVersions(
+            secrets, telemetry, pause_seconds=CONFIG.recheck_pause_seconds, monotonic=clock.mono
+        )
+        igni = IgniClient(
+            self.http,  # type: ignore[arg-type]
+            max_attempts=CONFIG.igni_max_attempts,
+            retry_after_max=CONFIG.refresh_backoff_max_seconds,
+            clock=clock.mono,
+            wall=clock.wall,
+            sleep=clock.sleep,
+            jitter=self.rng.random,
+        )
+        exchange = Exchange(
+            versions,
+            CountingIgni(igni, self),  # type: ignore[arg-type]
+            telemetry,
+            CONFIG.freshness,
+            wall=clock.wall,
+            monotonic=clock.mono,
+        )
+        lease = Lease(
+            self.table,  # type: ignore[arg-type]
+            lease_seconds=CONFIG.lease_seconds,
+            owner_id=owner,
+            wall=clock.wall,
+            monotonic=clock.mono,
+            sleep=clock.sleep,
+            jitter=self.rng.random,
+        )
+        service = TokenService(
+            CONFIG,
+            versions=versions,
+            exchange=exchange,
+            table=self.table,  # type: ignore[arg-type]
+            lease=lease,
+            memory=MemoryTier(clock=clock.mono),
+            telemetry=telemetry,
+            wall=clock.wall,
+            monotonic=clock.mono,
+            jitter=self.rng.random,
+        )
+        return service, lease
+
+    # ------------------------------------------------------------------- the world moves
+
+    @rule(answers=st.lists(answers(), min_size=1, max_size=4))
+    def igni_will_answer(self, answers: list[Any]) -> None:
+        self.http.answers.extend(answers)
+
+    @rule(faults=st.lists(st.sampled_from([None, None, "error", "hang"]), max_size=6))
+    def aws_will_fail(self, faults: list[str | None]) -> None:
+        self.faults.queue.extend(faults)
+
+    @rule(
+        seconds=st.one_of(
+            st.floats(min_value=0, max_value=5), st.sampled_from([30.0, 61.0, 900.0, 4000.0])
+        )
+    )
+    def time_passes(self, seconds: float) -> None:
+        self.clock.sleep(seconds)
+
+    @rule(lifetime=st.sampled_from([20, 600, 3600, 172800]))
+    def igni_changes_lifetimes(self, lifetime: int) -> None:
+        self.http.lifetime = lifetime
+
+    @rule(env=st.integers(0, ENVIRONMENTS - 1))
+    def a_holder_dies_holding_the_lease(self, env: int) -> None:
+        """An environment takes the lease for a refresh and is killed before it commits."""
+        _, lease = self.environments[env]
+        record = self.table.items.get(KEY)
+        try:
+            lease.settle(
+                KEY,
+                record,
+                deadline=self.clock.mono() + BUDGET_SECONDS,
+                decide=lambda r, now: Take(seen=r.token_fingerprint if r else None),
+            )
+        except Exception:
+            return
+        # The environment is gone: a new one takes its place, with its own owner id.
+        self.crashed.add(lease.owner)
+        self.environments[env] = self._environment(f"env-{env}-{len(self.crashed)}")
+
+    # --------------------------------------------------------------------- the callers
+
+    @rule(env=st.integers(0, ENVIRONMENTS - 1), min_ttl=st.sampled_from([0, 0, 0, 10, 500]))
+    def get_token(self, env: int, min_ttl: int) -> None:
+        self._call(Request(env, "get", min_ttl=min_ttl))
+
+    @rule(env=st.integers(0, ENVIRONMENTS - 1), which=st.sampled_from(["mine", "any", "junk"]))
+    def report_rejected(self, env: int, which: str) -> None:
+        if which == "junk" or not self.vended:
+            token = f"junk-{self.rng.random()}"
+        elif which == "mine" and self.held.get(env):
+            token = self.held[env]
+        else:
+            token = self.rng.choice(sorted(self.vended))
+        self._call(Request(env, "refresh"), reported=token)
+
+    @precondition(
+        lambda self: (
+            self.last_error is not None
+            and self.last_error[1].code in REMEMBERED
+            and self.last_error[1].retry_after is not None
+        )
+    )
+    @rule()
+    def wait_retry_after_then_ask_again(self) -> None:
+        """A caller who waits what it was told is not refused by a remembered failure."""
+        assert self.last_error is not None
+        env, error = self.last_error
+        assert error.retry_after is not None
+        self.clock.sleep(error.retry_after)
+        self.faults.queue.clear()
+        self.http.answers.clear()
+        request = Request(env, "get")
+        status, refused = self._call(request)
+        if status != 200:
+            assert request.exchanges > 0, (
+                f"waited Retry-After {error.retry_after} s and was refused again without an "
+                f"upstream call: {refused}"
+            )
+
+    def _call(self, request: Request, reported: str | None = None) -> tuple[int, str]:
+        service, _ = self.environments[request.env]
+        started = self.clock.mono()
+        before = self.table.items.get(KEY)
+        self._forced_at_before = before.forced_at if before is not None else 0.0
+        deadline = started + BUDGET_SECONDS
+        self.request = request
+        self.faults.hit = False
+        try:
+            if request.kind == "get":
+                vended = service.vend(PROFILE, deadline=deadline, min_ttl=request.min_ttl)
+            else:
+                assert reported is not None
+                self._current_reported = reported
+                vended = service.force_refresh(PROFILE, reported, deadline=deadline)
+        except VendorError as exc:
+            self.last_error = (request.env, exc) if request.kind == "get" else self.last_error
+            assert exc.status != 500, f"500 {exc.code}: {exc.message}"
+            assert exc.status in ALLOWED, (exc.status, exc.code)
+            if exc.status in (429, 503):
+                assert exc.retry_after is not None and exc.retry_after >= 1
+            self._after(request, started)
+            self._trace(request, f"{exc.status} {exc.code} ra={exc.retry_after} {exc.message}")
+            return exc.status, f"{exc.code}: {exc.message}"
+        finally:
+            self.request = None
+        self._after(request, started)
+        self._check_vendable(vended.token, request.min_ttl)
+        assert vended.token.access_token in self.http.minted, "vended a token Igni never issued"
+        if reported is not None:
+            assert reported in self.vended, "a refresh vended to a caller with an unknown token"
+        self.vended.add(vended.token.access_token)
+        self.held[request.env] = vended.token.access_token
+        if request.kind == "get":
+            self.last_error = None
+        self._trace(request, f"200 {vended.tier}")
+        return 200, ""
+
+    def _trace(self, request: Request, outcome: str) -> None:
+        if os.environ.get("MODEL_TRACE"):
+            record = self.table.items.get(KEY)
+            print(  # noqa: T201 - a debugging aid, off unless MODEL_TRACE is set
+                f"t={self.clock.mono():.2f} {request} -> {outcome} | backoff="
+                f"{(record.backoff_until - self.clock.wall()) if record else None} "
+                f"auth={(record.auth_failed_until - self.clock.wall()) if record else None}"
+            )
+
+    def _after(self, request: Request, started: float) -> None:
+        elapsed = self.clock.mono() - started
+        assert elapsed <= API_GATEWAY_SECONDS, f"the call took {elapsed:.1f} s"
+        record = self.table.items.get(KEY)
+        owner = self.environments[request.env][1].owner
+        if record is not None and record.lease_held(self.clock.wall()):
+            assert record.lease_owner != owner, "the lease outlived its holder's answer"
+
+    def _check_vendable(self, token: CachedToken, min_ttl: int) -> None:
+        remaining = math.floor(token.expires_at - self.clock.wall())
+        margin = vend_margin(token.lifetime, CONFIG.freshness)
+        assert remaining > margin, f"vended with {remaining} s left (margin {margin:.0f} s)"
+        assert remaining >= min_ttl
+
+    # ------------------------------------------------------------------- the accounting
+
+    def exchange_starting(self) -> None:
+        """Called as an exchange starts: with the table reachable, it must be needed."""
+        request = self.request
+        assert request is not None, "an exchange outside any request"
+        request.exchanges += 1
+        now = self.clock.wall()
+        if self.faults.hit:
+            # DynamoDB or KMS failed in this request: each environment answers on its own,
+            # one exchange per environment (its own forced limit is checked below).
+            return
+        record = self.table.items.get(KEY)
+        if record is None:
+            return
+        if request.kind == "refresh" and record.forced_at > self._forced_at_before:
+            # A forced refresh: the fleet makes at most one per interval.
+            if self.last_forced_at is not None:
+                gap = record.forced_at - self.last_forced_at
+                assert gap >= CONFIG.forced_refresh_interval_seconds, (
+                    f"two forced exchanges {gap:.1f} s apart"
+                )
+            self.last_forced_at = record.forced_at
+            return
+        assert record.backoff_until <= now, (
+            f"Igni called during the fleet's backoff ({record.backoff_until - now:.1f} s left)"
+        )
+        token = record.token
+        if token is not None and not record.undecryptable:
+            needed = not is_fresh(token, now, CONFIG.freshness) or not is_vendable(
+                token, now, CONFIG.freshness, request.min_ttl
+            )
+            assert needed, "Igni called while a fresh token served"
+
+    @invariant()
+    def no_backoff_beyond_the_maximum(self) -> None:
+        if not hasattr(self, "table"):
+            return
+        record = self.table.items.get(KEY)
+        if record is not None:
+            ahead = record.backoff_until - self.clock.wall()
+            assert ahead <= CONFIG.refresh_backoff_max_seconds + 1e-6, f"backoff {ahead:.0f} s"
+
+    @invariant()
+    def no_token_in_clear_in_the_table(self) -> None:
+        if not hasattr(self, "table"):
+            return
+        for blob, _ in self.table.sealed.values():
+            for token in self.http.minted[-5:]:
+                if len(token) >= 8:
+                    assert token.encode() not in blob, "a token stored in clear"
+
+
+TestVendingModel = VendingModel.TestCase
