@@ -8,6 +8,7 @@ Hypothesis, with time that comes from the clock, never from sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +59,8 @@ class FakeTable:
         self.reads = 0
         self.down = False
         self.fault: Callable[[str], None] | None = None
+        # The owner whose release the table last refused: its lease expires by itself.
+        self.failed_release: str | None = None
         self.before_reads: deque[Callable[[], object] | None] = deque()
 
     def _check(self, operation: str) -> None:
@@ -127,7 +130,8 @@ class FakeTable:
                 sealed = self.cipher.encrypt(token.access_token, key)
             except StoreUnavailable:
                 # As TokenTable does: the lease is freed before the failure is raised.
-                self.release(key, owner=owner)
+                with contextlib.suppress(StoreUnavailable):
+                    self.release(key, owner=owner)
                 raise
         item = self.items.get(key, Record())
         if item.lease_owner != owner:
@@ -159,6 +163,11 @@ class FakeTable:
             self.items[key] = dataclasses.replace(item, lease_owner=None, lease_until=0.0, **kept)
 
     def release(self, key: str, *, owner: str) -> None:
+        try:
+            self._check("UpdateItem")
+        except StoreUnavailable:
+            self.failed_release = owner
+            raise
         item = self.items.get(key)
         if item is not None and item.lease_owner == owner:
             self.items[key] = dataclasses.replace(item, lease_owner=None, lease_until=0.0)

@@ -375,7 +375,10 @@ class TokenService:
         try:
             committed, current = self._lease.commit(key, token, replaced=record)
         except StoreUnavailable as exc:
+            # The token is good and served; the fleet will exchange again without it. The lease
+            # is freed now if the table lets us (else it expires by itself).
             self._telemetry.store_unavailable(profile.name, str(exc))
+            self._lease.release_quietly(key)
             committed, current = True, None
         if not committed:
             self._telemetry.lease_lost(profile.name)
@@ -425,7 +428,9 @@ class TokenService:
                 auth_failed_version=auth_version,
             )
         except StoreUnavailable as store_exc:
+            # The backoff is lost, but the lease need not be: free it if the table lets us.
             self._telemetry.store_unavailable(profile.name, str(store_exc))
+            self._lease.release_quietly(key)
         # When the fleet (this environment, if the table is away) will try Igni again; for
         # rejected credentials, not before their memory lapses.
         retry_after = backoff

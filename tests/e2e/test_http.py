@@ -174,13 +174,13 @@ def test_an_unknown_profile_is_404(target: Target) -> None:
 # -------------------------------------------------------------------------------- refresh
 
 
-def test_reporting_a_token_that_is_no_longer_current_returns_the_current_one(
+def test_a_refresh_reporting_a_token_never_vended_is_409_without_a_token(
     target: Target,
 ) -> None:
     # Given the current token
     current = assert_token(call(target, "GET", "/token", template="/token"))
 
-    # When a caller reports a token that is not (or no longer) the current one
+    # When a caller reports a token this service never vended (a refresh grant used as a read)
     answer = call(
         target,
         "POST",
@@ -189,11 +189,11 @@ def test_reporting_a_token_that_is_no_longer_current_returns_the_current_one(
         body=refresh_body(NOT_CURRENT),
     )
 
-    # Then it gets the current token at once, no exchange
-    reported = assert_token(answer)
-    assert answer.headers["x-token-cache"] in {"memory", "dynamodb"}
-    if target.local:  # one environment: surely the same token
-        assert reported["access_token"] == current["access_token"]
+    # Then it is refused 409 unknown_token, and the answer holds no token
+    assert answer.status == 409, answer
+    assert answer.body["error"] == "unknown_token"
+    assert "access_token" not in answer.body
+    assert current["access_token"] not in json.dumps(answer.body)
 
 
 def test_the_profile_refresh_path(target: Target, named_profile: str) -> None:
@@ -206,9 +206,9 @@ def test_the_profile_refresh_path(target: Target, named_profile: str) -> None:
         template="/token/{profile}/refresh",
         body=refresh_body(NOT_CURRENT),
     )
-    reported = assert_token(answer)
-    if target.local:
-        assert reported["access_token"] == current["access_token"]
+    assert answer.status == 409, answer
+    assert answer.body["error"] == "unknown_token"
+    assert current["access_token"] not in json.dumps(answer.body)
 
 
 def test_a_forced_refresh_replaces_the_token_once_then_is_rate_limited(target: Target) -> None:

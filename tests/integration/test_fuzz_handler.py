@@ -519,11 +519,11 @@ def test_refresh_bodies_huge_binary_and_lying_about_base64(
     event["isBase64Encoded"] = flagged
     # When the handler gets it
     status, answer = check_answer(invoke(event))
-    # Then a well-formed report of a token other than the current one gets the current token,
-    # and anything else is invalid_request
+    # Then a well-formed report of a token this service never vended is 409 unknown_token
+    # (a refresh is not a read: no token in the answer), and anything else is invalid_request
     if expected_refresh(body, flagged):
-        assert status == 200, answer
-        assert answer["access_token"] == warm
+        assert (status, answer["error"]) == (409, "unknown_token"), answer
+        assert warm not in json.dumps(answer)
     else:
         assert (status, answer["error"]) == (400, "invalid_request"), answer
 

@@ -90,7 +90,9 @@ def test_the_table_item_ttl_is_the_token_expiry_and_holds_nothing_in_clear(
     assert body["access_token"] not in dumped
     assert body["access_token"].split(".")[1] not in dumped
     assert STUB_CLIENT_SECRET not in dumped
-    assert item["enc"]["S"] == "kms"
+    # And it is sealed with a KMS data key (envelope): the blob is not the token's bytes
+    assert item["enc"]["S"] == "kms-gcm"
+    assert body["access_token"].encode() not in bytes(item["tok"]["B"])
 
 
 def test_repeat_calls_are_answered_from_memory(stack: LocalStack, igni_stub: Any) -> None:

@@ -162,11 +162,11 @@ def test_reporting_one_profiles_token_never_refreshes_another(
     default = body(invoke(load_event("get_token")))["access_token"]
     analytics = body(invoke(profile_event("get", "analytics")))["access_token"]
     # When the analytics token is reported to the default profile's refresh route
-    answer = body(
-        invoke(load_event("post_refresh", body=json.dumps({"rejected_token": analytics})))
-    )
-    # Then the default token is returned unchanged and nothing is exchanged
-    assert answer["access_token"] == default
+    crossed = invoke(load_event("post_refresh", body=json.dumps({"rejected_token": analytics})))
+    # Then it is not a token that profile vended: 409, no token, and nothing is exchanged
+    assert crossed["statusCode"] == 409
+    assert json.loads(crossed["body"])["error"] == "unknown_token"
+    assert default not in crossed["body"]
     assert len(igni_stub.calls()) == 2
     # And reporting it on its own route refreshes only the analytics profile
     fresh = body(

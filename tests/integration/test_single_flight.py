@@ -137,13 +137,34 @@ def test_a_bad_refresh_body_is_400_invalid_request(stack: LocalStack, raw_body: 
     assert body(response)["error"] == "invalid_request"
 
 
-def test_reporting_an_old_token_returns_the_current_one_without_upstream_call(
+def test_reporting_a_replaced_token_returns_the_current_one_without_upstream_call(
     stack: LocalStack, igni_stub: Any
 ) -> None:
-    current = body(invoke(load_event("get_token")))["access_token"]
-    event = load_event("post_refresh", body=json.dumps({"rejected_token": "some-older-token"}))
-    response = invoke(event)
+    # Given a token that a forced refresh replaced
+    old = body(invoke(load_event("get_token")))["access_token"]
+    current = body(invoke(load_event("post_refresh", body=json.dumps({"rejected_token": old}))))[
+        "access_token"
+    ]
+    assert current != old
+    # When a new environment's caller reports the replaced token
+    handler.reset_runtime()
+    response = invoke(load_event("post_refresh", body=json.dumps({"rejected_token": old})))
+    # Then it gets the current token and Igni is not called again
     assert body(response)["access_token"] == current
+    assert len(igni_stub.calls()) == 2
+
+
+def test_a_refresh_is_not_a_read_a_token_never_vended_is_409(
+    stack: LocalStack, igni_stub: Any
+) -> None:
+    # Given a current token (a caller allowed only POST .../refresh might try to read it)
+    current = body(invoke(load_event("get_token")))["access_token"]
+    # When something this service never vended is reported
+    response = invoke(load_event("post_refresh", body=json.dumps({"rejected_token": "junk"})))
+    # Then it is 409 unknown_token, with no token in the answer and no call to Igni
+    assert response["statusCode"] == 409
+    assert body(response)["error"] == "unknown_token"
+    assert current not in response["body"]
     assert len(igni_stub.calls()) == 1
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,62 +39,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tests.fakes import Clock, FakeTable
-from tests.invariants.upstream import (
-    TOKEN_URL,
-    Faults,
-    HostileHttp,
-    HostileKms,
-    HostileSecrets,
-    answers,
-    table_fault,
-)
-from token_vendor.config import Config, Freshness, Profile
+from tests.invariants.world import BUDGET_SECONDS, CONFIG, KEY, PROFILE, World, answers
 from token_vendor.errors import VendorError
-from token_vendor.exchange import Exchange
 from token_vendor.freshness import CachedToken, is_fresh, is_vendable, vend_margin
-from token_vendor.igni import IgniClient
-from token_vendor.lease import Lease, Take
-from token_vendor.observability import Telemetry
-from token_vendor.secret_store import SecretStore
-from token_vendor.service import TokenService
-from token_vendor.token_cipher import TokenCipher
-from token_vendor.token_store import MemoryTier, cache_key
-from token_vendor.versions import SecretVersions
+from token_vendor.lease import Take
 
-PROFILE = Profile(name="default", secret_id="igni/model", token_url=TOKEN_URL)
-KEY = cache_key(PROFILE)
 ENVIRONMENTS = 3
 API_GATEWAY_SECONDS = 29.0
-# What the API handler gives the service: API Gateway's budget less the answer's reserve.
-BUDGET_SECONDS = 28.0 - 0.75
-CONFIG = Config(
-    profiles={"default": PROFILE},
-    table_name="tokens",
-    kms_key_id="model-key",
-    freshness=Freshness(),
-    lease_seconds=15.0,
-    forced_refresh_interval_seconds=30,
-    refresh_backoff_base_seconds=2.0,
-    refresh_backoff_max_seconds=60.0,
-    auth_failure_cache_seconds=60,
-)
 ALLOWED = {200, 400, 409, 429, 502, 503}
 # What a remembered failure answers: refused without asking Igni.
 REMEMBERED = {"upstream_auth_failed", "upstream_bad_response", "upstream_unavailable"}
-
-
-class CountingIgni:
-    """The real IgniClient, with each exchange (one call of the fleet, its retries included)
-    reported to the machine before it starts."""
-
-    def __init__(self, igni: IgniClient, machine: VendingModel) -> None:
-        self._igni = igni
-        self._machine = machine
-
-    def exchange_for(self, *args: Any, **kwargs: Any) -> Any:
-        self._machine.exchange_starting()
-        return self._igni.exchange_for(*args, **kwargs)
 
 
 @dataclass
@@ -111,74 +64,24 @@ class VendingModel(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 2**32 - 1), lifetime=st.sampled_from([20, 600, 3600, 172800]))
     def start(self, seed: int, lifetime: int) -> None:
-        self.clock = Clock()
-        self.rng = random.Random(seed)
-        self.faults = Faults(self.clock, hang_seconds=CONFIG.aws_read_timeout)
-        self.http = HostileHttp(self.clock, lifetime=lifetime)
-        self.kms = HostileKms(self.faults)
-        self.table = FakeTable(
-            TokenCipher(self.kms, CONFIG.kms_key_id)  # type: ignore[arg-type]
-        )
-        self.table.fault = table_fault(self.faults)
-        self.environments = [self._environment(f"env-{i}") for i in range(ENVIRONMENTS)]
+        self.world = World(seed=seed, lifetime=lifetime, on_exchange=self.exchange_starting)
+        self.clock = self.world.clock
+        self.rng = self.world.rng
+        self.faults = self.world.faults
+        self.http = self.world.http
+        self.table = self.world.table
+        self.environments = [self.world.environment(f"env-{i}") for i in range(ENVIRONMENTS)]
         self.held: dict[int, str] = {}
         self.crashed: set[str] = set()
+        self.abandoned: set[tuple[str, float]] = set()
         self.vended: set[str] = set()
         self.request: Request | None = None
-        self.last_exchange_at: float | None = None
         self.last_forced_at: float | None = None
         self.last_error: tuple[int, VendorError] | None = None
-
-    def _environment(self, owner: str) -> tuple[TokenService, Lease]:
-        clock = self.clock
-        telemetry = Telemetry()
-        secrets = SecretStore(
-            HostileSecrets(self.faults),  # type: ignore[arg-type]
-            cache_seconds=CONFIG.secret_cache_seconds,
-            clock=clock.mono,
-        )
-        versions = SecretVersions(
-            secrets, telemetry, pause_seconds=CONFIG.recheck_pause_seconds, monotonic=clock.mono
-        )
-        igni = IgniClient(
-            self.http,  # type: ignore[arg-type]
-            max_attempts=CONFIG.igni_max_attempts,
-            retry_after_max=CONFIG.refresh_backoff_max_seconds,
-            clock=clock.mono,
-            wall=clock.wall,
-            sleep=clock.sleep,
-            jitter=self.rng.random,
-        )
-        exchange = Exchange(
-            versions,
-            CountingIgni(igni, self),  # type: ignore[arg-type]
-            telemetry,
-            CONFIG.freshness,
-            wall=clock.wall,
-            monotonic=clock.mono,
-        )
-        lease = Lease(
-            self.table,  # type: ignore[arg-type]
-            lease_seconds=CONFIG.lease_seconds,
-            owner_id=owner,
-            wall=clock.wall,
-            monotonic=clock.mono,
-            sleep=clock.sleep,
-            jitter=self.rng.random,
-        )
-        service = TokenService(
-            CONFIG,
-            versions=versions,
-            exchange=exchange,
-            table=self.table,  # type: ignore[arg-type]
-            lease=lease,
-            memory=MemoryTier(clock=clock.mono),
-            telemetry=telemetry,
-            wall=clock.wall,
-            monotonic=clock.mono,
-            jitter=self.rng.random,
-        )
-        return service, lease
+        # Exchanges started so far; a remembered failure is judged only while none has since
+        # (a newer failure may rightly hold the fleet back longer).
+        self.exchanges = 0
+        self.exchanges_at_error = 0
 
     # ------------------------------------------------------------------- the world moves
 
@@ -205,7 +108,7 @@ class VendingModel(RuleBasedStateMachine):
     @rule(env=st.integers(0, ENVIRONMENTS - 1))
     def a_holder_dies_holding_the_lease(self, env: int) -> None:
         """An environment takes the lease for a refresh and is killed before it commits."""
-        _, lease = self.environments[env]
+        lease = self.environments[env].lease
         record = self.table.items.get(KEY)
         try:
             lease.settle(
@@ -218,7 +121,7 @@ class VendingModel(RuleBasedStateMachine):
             return
         # The environment is gone: a new one takes its place, with its own owner id.
         self.crashed.add(lease.owner)
-        self.environments[env] = self._environment(f"env-{env}-{len(self.crashed)}")
+        self.environments[env] = self.world.environment(f"env-{env}-{len(self.crashed)}")
 
     # --------------------------------------------------------------------- the callers
 
@@ -241,6 +144,7 @@ class VendingModel(RuleBasedStateMachine):
             self.last_error is not None
             and self.last_error[1].code in REMEMBERED
             and self.last_error[1].retry_after is not None
+            and self.exchanges == self.exchanges_at_error
         )
     )
     @rule()
@@ -261,32 +165,28 @@ class VendingModel(RuleBasedStateMachine):
             )
 
     def _call(self, request: Request, reported: str | None = None) -> tuple[int, str]:
-        service, _ = self.environments[request.env]
+        service = self.environments[request.env].service
         started = self.clock.mono()
         before = self.table.items.get(KEY)
         self._forced_at_before = before.forced_at if before is not None else 0.0
         deadline = started + BUDGET_SECONDS
         self.request = request
         self.faults.hit = False
+        self.table.failed_release = None
+        error: VendorError | None = None
         try:
             if request.kind == "get":
                 vended = service.vend(PROFILE, deadline=deadline, min_ttl=request.min_ttl)
             else:
                 assert reported is not None
-                self._current_reported = reported
                 vended = service.force_refresh(PROFILE, reported, deadline=deadline)
         except VendorError as exc:
-            self.last_error = (request.env, exc) if request.kind == "get" else self.last_error
-            assert exc.status != 500, f"500 {exc.code}: {exc.message}"
-            assert exc.status in ALLOWED, (exc.status, exc.code)
-            if exc.status in (429, 503):
-                assert exc.retry_after is not None and exc.retry_after >= 1
-            self._after(request, started)
-            self._trace(request, f"{exc.status} {exc.code} ra={exc.retry_after} {exc.message}")
-            return exc.status, f"{exc.code}: {exc.message}"
+            error = exc
         finally:
             self.request = None
         self._after(request, started)
+        if error is not None:
+            return self._refused(request, error)
         self._check_vendable(vended.token, request.min_ttl)
         assert vended.token.access_token in self.http.minted, "vended a token Igni never issued"
         if reported is not None:
@@ -298,10 +198,26 @@ class VendingModel(RuleBasedStateMachine):
         self._trace(request, f"200 {vended.tier}")
         return 200, ""
 
+    def _refused(self, request: Request, error: VendorError) -> tuple[int, str]:
+        # An answer made while DynamoDB or KMS failed cannot know the fleet's backoff in the
+        # item: its Retry-After is judged only when the shared state was reachable.
+        if request.kind == "get" and not self.faults.hit:
+            self.last_error = (request.env, error)
+            self.exchanges_at_error = self.exchanges
+        elif request.kind == "get":
+            self.last_error = None
+        assert error.status != 500, f"500 {error.code}: {error.message}"
+        assert error.status in ALLOWED, (error.status, error.code)
+        if error.status in (429, 503):
+            assert error.retry_after is not None
+            assert error.retry_after >= 1
+        self._trace(request, f"{error.status} {error.code} ra={error.retry_after} {error.message}")
+        return error.status, f"{error.code}: {error.message}"
+
     def _trace(self, request: Request, outcome: str) -> None:
         if os.environ.get("MODEL_TRACE"):
             record = self.table.items.get(KEY)
-            print(  # noqa: T201 - a debugging aid, off unless MODEL_TRACE is set
+            print(
                 f"t={self.clock.mono():.2f} {request} -> {outcome} | backoff="
                 f"{(record.backoff_until - self.clock.wall()) if record else None} "
                 f"auth={(record.auth_failed_until - self.clock.wall()) if record else None}"
@@ -311,9 +227,14 @@ class VendingModel(RuleBasedStateMachine):
         elapsed = self.clock.mono() - started
         assert elapsed <= API_GATEWAY_SECONDS, f"the call took {elapsed:.1f} s"
         record = self.table.items.get(KEY)
-        owner = self.environments[request.env][1].owner
+        owner = self.environments[request.env].lease.owner
         if record is not None and record.lease_held(self.clock.wall()):
-            assert record.lease_owner != owner, "the lease outlived its holder's answer"
+            # Unless the table refused the release too: then the lease expires by itself.
+            if self.table.failed_release == owner:
+                self.abandoned.add((owner, record.lease_until))
+            assert record.lease_owner != owner or (owner, record.lease_until) in self.abandoned, (
+                "the lease outlived its holder's answer"
+            )
 
     def _check_vendable(self, token: CachedToken, min_ttl: int) -> None:
         remaining = math.floor(token.expires_at - self.clock.wall())
@@ -328,6 +249,7 @@ class VendingModel(RuleBasedStateMachine):
         request = self.request
         assert request is not None, "an exchange outside any request"
         request.exchanges += 1
+        self.exchanges += 1
         now = self.clock.wall()
         if self.faults.hit:
             # DynamoDB or KMS failed in this request: each environment answers on its own,

@@ -1,5 +1,5 @@
 """A hostile world for the vending core: an Igni that answers anything, and AWS calls that fail or
-hang, all on one injected clock.
+hang, all on one injected clock, and execution environments built of the real code around them.
 
 `HostileHttp` stands where urllib3's PoolManager stands, so the real IgniClient sends to it and
 parses what it answers (real `urllib3.HTTPResponse` objects built from raw bytes). The AWS
@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +22,34 @@ import urllib3
 from botocore.exceptions import ClientError, ReadTimeoutError
 from hypothesis import strategies as st
 
-from tests.fakes import Clock
+from tests.fakes import Clock, FakeTable
+from token_vendor.config import Config, Profile
 from token_vendor.errors import StoreUnavailable
+from token_vendor.exchange import Exchange
+from token_vendor.igni import IgniClient
+from token_vendor.lease import Lease
+from token_vendor.observability import Telemetry
+from token_vendor.secret_store import SecretStore
+from token_vendor.service import TokenService
+from token_vendor.token_cipher import TokenCipher
+from token_vendor.token_store import MemoryTier, cache_key
+from token_vendor.versions import SecretVersions
 
 TOKEN_URL = "https://acme.igni.co/api/v1/oauth2/token"
+PROFILE = Profile(name="default", secret_id="igni/model", token_url=TOKEN_URL)
+KEY = cache_key(PROFILE)
+CONFIG = Config(
+    profiles={"default": PROFILE},
+    table_name="tokens",
+    kms_key_id="model-key",
+    lease_seconds=15.0,
+    forced_refresh_interval_seconds=30,
+    refresh_backoff_base_seconds=2.0,
+    refresh_backoff_max_seconds=60.0,
+    auth_failure_cache_seconds=60,
+)
+# What the API handler gives the service: API Gateway's 28 s budget less the answer's reserve.
+BUDGET_SECONDS = 28.0 - 0.75
 KMS_ENCRYPT_LIMIT = 4096
 METHODS_POST_ONLY = (
     b'{"error": "invalid_client", "error_description": '
@@ -171,6 +197,108 @@ def table_fault(faults: Faults) -> Any:
             raise StoreUnavailable(f"DynamoDB {operation} failed ({type(exc).__name__})") from None
 
     return hook
+
+
+@dataclass
+class Environment:
+    """One execution environment: its service and the lease it holds through."""
+
+    service: TokenService
+    lease: Lease
+
+    def vend(self, clock: Clock, min_ttl: int = 0) -> Any:
+        return self.service.vend(PROFILE, deadline=clock.mono() + BUDGET_SECONDS, min_ttl=min_ttl)
+
+    def report(self, clock: Clock, token: str) -> Any:
+        return self.service.force_refresh(PROFILE, token, deadline=clock.mono() + BUDGET_SECONDS)
+
+
+class World:
+    """One clock, one table (sealed by the real cipher over HostileKms), a hostile Igni and
+    flaky AWS, and the environments that share them."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        lifetime: int = 3600,
+        config: Config = CONFIG,
+        on_exchange: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = Clock()
+        self.rng = random.Random(seed)
+        self.faults = Faults(self.clock, hang_seconds=config.aws_read_timeout)
+        self.http = HostileHttp(self.clock, lifetime=lifetime)
+        self.kms = HostileKms(self.faults)
+        self.table = FakeTable(TokenCipher(self.kms, config.kms_key_id))  # type: ignore[arg-type]
+        self.table.fault = table_fault(self.faults)
+        self.on_exchange = on_exchange
+
+    def environment(self, owner: str) -> Environment:
+        clock, config = self.clock, self.config
+        telemetry = Telemetry()
+        secrets = SecretStore(
+            HostileSecrets(self.faults),  # type: ignore[arg-type]
+            cache_seconds=config.secret_cache_seconds,
+            clock=clock.mono,
+        )
+        versions = SecretVersions(
+            secrets, telemetry, pause_seconds=config.recheck_pause_seconds, monotonic=clock.mono
+        )
+        igni = IgniClient(
+            self.http,  # type: ignore[arg-type]
+            max_attempts=config.igni_max_attempts,
+            retry_after_max=config.refresh_backoff_max_seconds,
+            clock=clock.mono,
+            wall=clock.wall,
+            sleep=clock.sleep,
+            jitter=self.rng.random,
+        )
+        exchange = Exchange(
+            versions,
+            _Counting(igni, self.on_exchange),  # type: ignore[arg-type]
+            telemetry,
+            config.freshness,
+            wall=clock.wall,
+            monotonic=clock.mono,
+        )
+        lease = Lease(
+            self.table,  # type: ignore[arg-type]
+            lease_seconds=config.lease_seconds,
+            owner_id=owner,
+            wall=clock.wall,
+            monotonic=clock.mono,
+            sleep=clock.sleep,
+            jitter=self.rng.random,
+        )
+        service = TokenService(
+            config,
+            versions=versions,
+            exchange=exchange,
+            table=self.table,  # type: ignore[arg-type]
+            lease=lease,
+            memory=MemoryTier(clock=clock.mono),
+            telemetry=telemetry,
+            wall=clock.wall,
+            monotonic=clock.mono,
+            jitter=self.rng.random,
+        )
+        return Environment(service, lease)
+
+
+class _Counting:
+    """The real IgniClient, with each exchange (one call of the fleet, its retries included)
+    announced before it starts."""
+
+    def __init__(self, igni: IgniClient, on_exchange: Callable[[], None] | None) -> None:
+        self._igni = igni
+        self._on_exchange = on_exchange
+
+    def exchange_for(self, *args: Any, **kwargs: Any) -> Any:
+        if self._on_exchange is not None:
+            self._on_exchange()
+        return self._igni.exchange_for(*args, **kwargs)
 
 
 # ------------------------------------------------------------------- what Igni may answer
