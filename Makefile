@@ -30,11 +30,12 @@ CLIENT_PROJECT := $(wildcard client/pyproject.toml)
 CLIENT_EDITABLE := $(if $(CLIENT_PROJECT),-e ./client,)
 LOCK_CONSTRAINT := $(if $(wildcard $(LOCK)),-c $(LOCK),)
 
-.PHONY: help venv lock lint scan test e2e local invoke build check-build deploy bench clean
+.PHONY: help venv lock lint scan test fuzz e2e local invoke build check-build deploy bench clean
 
 help:
 	@echo "make venv     dev venv in $(VENV) (pinned by $(LOCK))"
 	@echo "make test     lint, then pytest (starts its own moto server and Igni stub)"
+	@echo "make fuzz     the model-based invariants test with a large budget (FUZZ_PROFILE=fuzz)"
 	@echo "make e2e      the end-to-end suite against make local, or a deployed one: STACK=<name>"
 	@echo "make scan     cfn-lint, checkov (.venv-scan), bandit, pip-audit (scripts/scan.sh)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict, cfn-lint"
@@ -89,6 +90,12 @@ scan: venv
 PYTEST_WORKERS ?= 3
 test: lint scan $(SAM_STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS)
+
+# The vending core's promises (tests/invariants) searched far longer than make test's bounded,
+# derandomized budget: a new random seed each run, failures shrunk to a minimal example.
+FUZZ_PROFILE ?= fuzz
+fuzz: venv
+	HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) $(PY) -m pytest tests/invariants -q -p no:randomly
 
 # tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
 # make e2e STACK=<name> reads the stack's ApiUrl output (or set IGNI_E2E_BASE_URL) and signs

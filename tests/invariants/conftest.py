@@ -1,6 +1,7 @@
-"""Hypothesis profiles for the model-based tests: `ci` (the default) is bounded and repeatable,
-so that the whole of pytest stays within its time budget; `fuzz` (make fuzz) searches longer.
-HYPOTHESIS_PROFILE picks one."""
+"""Hypothesis profiles for the model-based test: `ci` (the default) is bounded and repeatable,
+so that the whole of pytest stays within its time budget; `fuzz` (make fuzz) searches longer
+and shrinks what it finds; `debug` does not shrink (HYPOTHESIS_MAX_EXAMPLES sets its budget).
+HYPOTHESIS_PROFILE picks one; it applies to the state machine only (test_vending_model.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ _COMMON = {
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
 }
 settings.register_profile(
-    "ci", max_examples=60, stateful_step_count=40, derandomize=True, database=None, **_COMMON
+    "ci", max_examples=400, stateful_step_count=40, derandomize=True, database=None, **_COMMON
 )
 settings.register_profile(
     "fuzz", max_examples=3000, stateful_step_count=80, derandomize=False, **_COMMON
@@ -27,4 +28,3 @@ settings.register_profile(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     **_COMMON,
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -30,6 +30,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -74,6 +75,8 @@ class VendingModel(RuleBasedStateMachine):
         self.held: dict[int, str] = {}
         self.crashed: set[str] = set()
         self.abandoned: set[tuple[str, float]] = set()
+        self.forced_alone: dict[int, float] = {}
+        self.shared: CachedToken | None = None
         self.vended: set[str] = set()
         self.request: Request | None = None
         self.last_forced_at: float | None = None
@@ -193,6 +196,8 @@ class VendingModel(RuleBasedStateMachine):
             assert reported in self.vended, "a refresh vended to a caller with an unknown token"
         self.vended.add(vended.token.access_token)
         self.held[request.env] = vended.token.access_token
+        if vended.tier == "upstream" and not self.faults.hit:
+            self.shared = vended.token
         if request.kind == "get":
             self.last_error = None
         self._trace(request, f"200 {vended.tier}")
@@ -251,21 +256,34 @@ class VendingModel(RuleBasedStateMachine):
         request.exchanges += 1
         self.exchanges += 1
         now = self.clock.wall()
+        interval = CONFIG.forced_refresh_interval_seconds
         if self.faults.hit:
-            # DynamoDB or KMS failed in this request: each environment answers on its own,
-            # one exchange per environment (its own forced limit is checked below).
+            # DynamoDB or KMS failed in this request: each environment answers on its own, and
+            # keeps the forced-refresh limit by itself.
+            if request.kind == "refresh":
+                last = self.forced_alone.get(request.env)
+                assert last is None or now - last >= interval, (
+                    f"two forced exchanges {now - last:.1f} s apart without the table"
+                )
+                self.forced_alone[request.env] = now
             return
         record = self.table.items.get(KEY)
-        if record is None:
-            return
-        if request.kind == "refresh" and record.forced_at > self._forced_at_before:
+        forced = request.kind == "refresh" and record is not None
+        if forced and record is not None and record.forced_at > self._forced_at_before:
             # A forced refresh: the fleet makes at most one per interval.
             if self.last_forced_at is not None:
                 gap = record.forced_at - self.last_forced_at
-                assert gap >= CONFIG.forced_refresh_interval_seconds, (
-                    f"two forced exchanges {gap:.1f} s apart"
-                )
+                assert gap >= interval, f"two forced exchanges {gap:.1f} s apart"
             self.last_forced_at = record.forced_at
+            return
+        # The last token an exchange made while the table answered is shared: while it is
+        # fresh (and can give what is asked), nobody in the fleet has a reason to call Igni.
+        shared = self.shared
+        assert shared is None or not (
+            is_fresh(shared, now, CONFIG.freshness)
+            and is_vendable(shared, now, CONFIG.freshness, request.min_ttl)
+        ), "Igni called while a token exchanged earlier was still fresh: it was not shared"
+        if record is None:
             return
         assert record.backoff_until <= now, (
             f"Igni called during the fleet's backoff ({record.backoff_until - now:.1f} s left)"
@@ -297,3 +315,4 @@ class VendingModel(RuleBasedStateMachine):
 
 
 TestVendingModel = VendingModel.TestCase
+TestVendingModel.settings = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
