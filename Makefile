@@ -95,7 +95,7 @@ test: lint scan $(SAM_STAMP)
 # derandomized budget: a new random seed each run, failures shrunk to a minimal example.
 FUZZ_PROFILE ?= fuzz
 fuzz: venv
-	HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) $(PY) -m pytest tests/invariants -q -p no:randomly
+	HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) $(PY) -m pytest tests/invariants -q
 
 # tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
 # make e2e STACK=<name> reads the stack's ApiUrl output (or set IGNI_E2E_BASE_URL) and signs
