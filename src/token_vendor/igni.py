@@ -176,7 +176,7 @@ class IgniClient:
                     preload_content=False,
                 )
                 try:
-                    payload = response.read(MAX_BODY_BYTES + 1, decode_content=True)
+                    payload = self._read_body(response, deadline, token_url)
                 finally:
                     response.release_conn()
             except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -223,6 +223,25 @@ class IgniClient:
         if last_error.retry_after is None:
             last_error.retry_after = max(1, _ceil(self._backoff_max) or 1)
         raise last_error
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float, url: str) -> bytes:
+        """At most MAX_BODY_BYTES + 1 bytes, and never past the deadline.
+
+        The read timeout bounds each socket read, not the body: a server dripping a byte now and
+        then would hold a plain read() for as long as it likes. read1() returns what one read
+        gives, so the deadline is checked between them.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BODY_BYTES:
+            if self._clock() >= deadline:
+                raise urllib3.exceptions.ReadTimeoutError(None, url, "body past the deadline")  # type: ignore[arg-type]
+            chunk = response.read1(MAX_BODY_BYTES + 1 - size, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         capped = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))

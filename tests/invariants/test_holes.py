@@ -312,3 +312,54 @@ def test_a_servers_text_is_printable_and_bounded_in_the_log_detail() -> None:
     assert error.detail is not None
     assert len(error.detail) <= 250
     assert all(" " <= char <= "~" for char in error.detail)
+
+
+# ------------------------------------------------------- a body dripped past the deadline
+
+
+class _Drip:
+    """A body that yields one byte per `pause` seconds of the world's clock."""
+
+    def __init__(self, world: World, pause: float) -> None:
+        self._world = world
+        self._pause = pause
+
+    def read1(self, amount: int = -1) -> bytes:
+        self._world.clock.sleep(self._pause)
+        return b"{"
+
+    def read(self, amount: int = -1) -> bytes:
+        return self.read1(amount)
+
+    def close(self) -> None:
+        pass
+
+
+class _DrippingHttp:
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        import urllib3
+
+        return urllib3.HTTPResponse(
+            body=_Drip(self.world, pause=5.0), status=200, preload_content=False
+        )
+
+
+def test_a_body_dripped_slower_than_the_deadline_is_cut_at_the_deadline() -> None:
+    # Given a server that answers 200 and then drips its body, a byte every 5 s (each socket
+    # read well within the read timeout)
+    world = World()
+    igni = IgniClient(
+        _DrippingHttp(world),  # type: ignore[arg-type]
+        max_attempts=1,
+        clock=world.clock.mono,
+        wall=world.clock.wall,
+        sleep=world.clock.sleep,
+    )
+    # When the exchange has 12 s
+    with pytest.raises(UpstreamUnavailable, match="timeout"):
+        igni.exchange(TOKEN_URL, "id", "secret", deadline=world.clock.mono() + 12)
+    # Then it gives up at the deadline, not when the body ends
+    assert world.clock.mono() <= 12 + 5
