@@ -7,6 +7,7 @@ library and the locking.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -238,6 +239,13 @@ def ca_bundle_for(session: botocore.session.Session) -> str | None:
     """``AWS_CA_BUNDLE`` or the AWS profile's ``ca_bundle``, as botocore reads them."""
     value = session.get_config_variable("ca_bundle")
     return value if isinstance(value, str) and value else None
+
+
+def skip_instance_metadata(session: botocore.session.Session) -> None:
+    """For a loopback endpoint: instance metadata cannot hold credentials for it, and skipping it
+    keeps a machine without credentials from probing the metadata address."""
+    with contextlib.suppress(Exception):  # AWS_PROFILE names no profile: signing will say so
+        session.get_component("credential_provider").remove("iam-role")
 
 
 def token_path(profile: str | None, *suffix: str) -> str:

@@ -40,6 +40,7 @@ from igni_token_client._core import (
     profile_from,
     proxy_for,
     resolve_region,
+    skip_instance_metadata,
     token_or_error,
     token_path,
 )
@@ -81,7 +82,7 @@ class AsyncTokenClient:
         loopback = is_loopback(self.endpoint)
         self._session = session if session is not None else botocore.session.Session()
         if session is None and loopback:
-            self._session.get_component("credential_provider").remove("iam-role")
+            skip_instance_metadata(self._session)
         self.region = resolve_region(region, self.endpoint, self._session)
         self._signer = Signer(self._session, self.region, self.endpoint, loopback)
         read = 30.0 if timeout is None else timeout
@@ -90,6 +91,7 @@ class AsyncTokenClient:
         self._own_http = http is None
         self._state = TokenState(clock, refresh_margin)
         self._done: anyio.Event | None = None
+        self._via = ""
 
     @property
     def using_local_test_credentials(self) -> bool:
@@ -129,6 +131,10 @@ class AsyncTokenClient:
         if self._http is not None and self._own_http:
             await self._http.aclose()
             self._http = None
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose`."""
+        await self.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -205,9 +211,11 @@ class AsyncTokenClient:
                 raise TokenVendorError(
                     0, "endpoint_unreachable", f"cannot read the CA bundle {ca_bundle}: {exc}"
                 ) from None
+            proxy = proxy_for(self.endpoint)
+            self._via = f" through the proxy {proxy}" if proxy else ""  # its password: redacted
             transport = httpx.AsyncHTTPTransport(
                 verify=verify,
-                proxy=proxy_for(self.endpoint),
+                proxy=proxy,
                 retries=_CONNECT_ATTEMPTS - 1,
                 trust_env=False,
             )
@@ -233,7 +241,7 @@ class AsyncTokenClient:
                 response = await http.request(method, url, content=body, headers=headers)
             except (httpx.HTTPError, OSError, ValueError) as exc:
                 raise TokenVendorError(
-                    0, "endpoint_unreachable", f"cannot reach {self.endpoint}: {exc}"
+                    0, "endpoint_unreachable", f"cannot reach {self.endpoint}{self._via}: {exc}"
                 ) from None
             if response.status_code != 504 or attempt:
                 break

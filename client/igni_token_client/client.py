@@ -36,6 +36,7 @@ from igni_token_client._core import (
     proxy_for,
     resolve_region,
     retry_after_seconds,
+    skip_instance_metadata,
     token_or_error,
     token_path,
 )
@@ -107,9 +108,7 @@ class TokenClient:
         self._own_session = session is None
         self._session = session if session is not None else botocore.session.Session()
         if self._own_session and self._loopback:
-            # Instance metadata cannot hold credentials for a local endpoint; skipping it also
-            # keeps a machine without credentials from probing the metadata address.
-            self._session.get_component("credential_provider").remove("iam-role")
+            skip_instance_metadata(self._session)
         self.region = resolve_region(region, self.endpoint, self._session)
         self._signer = Signer(self._session, self.region, self.endpoint, self._loopback)
         self._timeout = (
@@ -121,6 +120,7 @@ class TokenClient:
         )
         self._retries = retries if retries is not None else _default_retries()
         self._pool: urllib3.PoolManager | None = pool
+        self._via = ""  # " through the proxy ..." once the pool is made with one
         self._pool_lock = threading.Lock()
         self._cond = threading.Condition()
         self._state = TokenState(clock, refresh_margin)
@@ -257,6 +257,7 @@ class TokenClient:
                 if proxy is None:
                     self._pool = urllib3.PoolManager(maxsize=4, ca_certs=ca_bundle)
                 else:
+                    self._via = f" through the proxy {proxy}"  # its password: redacted
                     self._pool = urllib3.ProxyManager(
                         proxy,
                         maxsize=4,
@@ -291,7 +292,7 @@ class TokenClient:
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise TokenVendorError(
-                0, "endpoint_unreachable", f"cannot reach {self.endpoint}: {reason}"
+                0, "endpoint_unreachable", f"cannot reach {self.endpoint}{self._via}: {reason}"
             ) from None
         return token_or_error(response.status, response.headers, response.data), started
 

@@ -459,6 +459,18 @@ def test_no_credential_reaches_the_cli(
     _assert_clean(err, stub.seen[0])
 
 
+def test_no_proxy_password_in_an_unreachable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a proxy with a password in its URL, where nothing listens
+    monkeypatch.setenv("HTTP_PROXY", f"http://ops:proxy-pass-123@127.0.0.1:{_closed_port()}")
+    client = TokenClient(f"http://127.0.0.1:{_closed_port()}")
+    # When a token is asked for / Then endpoint_unreachable naming the proxy, without the password
+    with pytest.raises(TokenVendorError) as caught:
+        client.get_token()
+    assert caught.value.error == "endpoint_unreachable"
+    assert "through the proxy http://[redacted]@127.0.0.1:" in str(caught.value)
+    assert "proxy-pass-123" not in str(caught.value)
+
+
 def test_no_credential_in_an_aws_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a credential process that fails and prints the session token in its error
     config = Path(os.environ["AWS_CONFIG_FILE"])
@@ -754,6 +766,22 @@ def test_an_unknown_aws_profile_is_a_token_vendor_error() -> None:
         client.get_token()
     assert caught.value.error == "no_credentials"
     assert "nope" in caught.value.message
+
+
+def test_an_unknown_aws_profile_in_the_environment_is_a_token_vendor_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given AWS_PROFILE naming no profile
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    # When a client is made and asked / Then a TokenVendorError, not at construction
+    client = TokenClient(endpoint)
+    with pytest.raises(TokenVendorError) as caught:
+        client.get_token()
+    assert caught.value.error == "no_credentials"
+    # And the CLI says so in one line, with no_credentials' exit code
+    assert main(["get", "--endpoint", endpoint]) == EXIT_CODES["no_credentials"]
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_the_library_reads_the_cli_variables(

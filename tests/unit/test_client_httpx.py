@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
+import botocore.session
 import pytest
 from igni_token_client import TokenClient, TokenVendorError
 
 from tests.unit.test_client import (
+    ACCESS_KEY,
     LOOPBACK,
     FakeClock,
     Reply,
@@ -32,6 +35,7 @@ httpx = pytest.importorskip("httpx")
 from igni_token_client import AsyncTokenClient, IgniHttpxAuth  # noqa: E402 - needs httpx
 
 T = TypeVar("T")
+SESSION = "FwoGZXIvYXdzEB4aDHsUzQ2mB8xYtLb0pyKBAc7iUu1Xq9yS3n4k5Jm6Qw7Er8Ty9Ui0Op1As2Df3Gh4"
 
 
 def run(make: Callable[[], Awaitable[T]]) -> T:
@@ -158,6 +162,58 @@ def test_an_async_source_is_refused_by_the_sync_client(
         http.get(target_stub.url + "/api")
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_no_credential_reaches_the_httpx_log_line_or_error(
+    flavour: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a session token, a target that refuses every token, and a vendor whose refresh
+    # answer quotes the signed request (API Gateway's signature mismatch)
+    logic = Vendor()
+
+    def answer(seen: Seen) -> Reply:
+        if seen.method == "POST":
+            quoted = (
+                "The request signature we calculated does not match.\n\nThe Canonical String "
+                f"for this request should have been\n'x-amz-security-token:{SESSION}'\n"
+                f"{seen.headers['Authorization']}"
+            )
+            return 403, {}, {"message": quoted}
+        return logic(seen)
+
+    vendor_stub = Stub(answer).start()
+    target_stub = Stub(Target(logic, always_401=True)).start()
+    session = botocore.session.Session()
+    session.set_credentials(ACCESS_KEY, "client-test-secret-key-0123456789abcdef", SESSION)
+
+    async def scenario() -> None:
+        async with AsyncTokenClient(vendor_stub.url, session=session) as client:
+            auth = IgniHttpxAuth(client, hosts=LOOPBACK)
+            async with httpx.AsyncClient(auth=auth) as http:
+                await http.get(target_stub.url + "/api")
+            with pytest.raises(TokenVendorError) as caught:
+                await client.invalidate("tok-1")
+            assert SESSION not in str(caught.value)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="igni_token_client"):
+            # When the 401 is reported and the report fails
+            if flavour == "sync":
+                client = TokenClient(vendor_stub.url, session=session)
+                with httpx.Client(auth=IgniHttpxAuth(client, hosts=LOOPBACK)) as http:
+                    http.get(target_stub.url + "/api")
+            else:
+                run(scenario)
+    finally:
+        vendor_stub.stop()
+        target_stub.stop()
+    # Then the hook logged it, without the session token, the signature or the access key
+    signature = vendor_stub.seen[-1].headers["Authorization"].rsplit("Signature=", 1)[1]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "could not replace it" in logged
+    for secret in (SESSION, signature, ACCESS_KEY):
+        assert secret not in logged
+
+
 # ---------------------------------------------------------------------------- AsyncTokenClient
 
 
@@ -266,8 +322,6 @@ def test_async_client_honours_http_proxy(
 
 
 def test_async_client_errors_are_token_vendor_errors() -> None:
-    import botocore.session
-
     # Given an unknown AWS profile, and an endpoint where nothing listens
     session = botocore.session.Session(profile="nope")
     endpoint = f"http://127.0.0.1:{_closed_port()}"
