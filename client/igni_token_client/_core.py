@@ -52,9 +52,6 @@ LOCAL_TEST_ACCESS_KEY_ID: Final = "AKIAIGNILOCALTESTKEY"
 LOCAL_TEST_SECRET_ACCESS_KEY: Final = "IgniLocalTestSecretKeyNotAnAwsSecret0000"  # noqa: S105
 
 MAX_RETRY_AFTER: Final = 300
-# After a failed early refresh (no Retry-After), the next early attempt waits this long; the
-# cached token is served meanwhile. Envoy's credential injector retries every 2 s too.
-EARLY_RETRY_SECONDS: Final = 2.0
 # A public (regional or edge) or private API's default host name.
 _EXECUTE_API_HOST = re.compile(
     r"^[a-z0-9-]+\.execute-api\.([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:vpce\.)?amazonaws\.com(?:\.cn)?$"
@@ -432,8 +429,8 @@ class TokenState:
 
     - Before half its lifetime the cached token is served as it is.
     - From half its lifetime, one caller refreshes while the others are served the cached token;
-      if the refresh fails, the cached token is still served (the next early attempt waits
-      ``EARLY_RETRY_SECONDS`` or the ``Retry-After``).
+      if the refresh fails, the cached token is still served, and the next call tries again
+      (botocore's advisory refresh does the same), unless a ``Retry-After`` runs.
     - Inside the margin (``min(300 s, 10 %)`` or ``refresh_margin``, capped at half the lifetime)
       the token is not served: callers wait for the request and share its token or its error.
     - After a 429 or 503 with ``Retry-After``, a call that would need a request raises the same
@@ -448,7 +445,6 @@ class TokenState:
         self.generation = 0
         self.failure: TokenVendorError | None = None
         self.failure_generation = -1
-        self.early_not_before = -math.inf
         self.blocked: dict[str, tuple[float, TokenVendorError]] = {}
 
     def margin(self, expires_in: int) -> float:
@@ -480,12 +476,7 @@ class TokenState:
         cached = self.cached
         if token is not None and cached is not None:
             early = now >= cached.refresh_at
-            if (
-                not early
-                or self.in_flight
-                or now < self.early_not_before
-                or self.blocked_error(now, refresh=False) is not None
-            ):
+            if not early or self.in_flight or self.blocked_error(now, refresh=False) is not None:
                 return token
             self.in_flight = True
             return FETCH
@@ -523,7 +514,6 @@ class TokenState:
             started + token.expires_in / 2,
             self.margin(token.expires_in),
         )
-        self.early_not_before = -math.inf
         self._finish(None)
 
     def failed(self, exc: TokenVendorError, refresh: bool) -> None:
@@ -532,7 +522,6 @@ class TokenState:
         if exc.status in {429, 503} and wait > 0:
             scope = "refresh" if refresh and exc.error == "refresh_rate_limited" else "any"
             self.blocked[scope] = (now + wait, exc)
-        self.early_not_before = now + max(EARLY_RETRY_SECONDS, wait)
         self._finish(exc)
 
     def abandoned(self) -> None:

@@ -139,23 +139,53 @@ def test_refresh_margin_sets_the_mandatory_margin(outage: tuple[Stub, Vendor, Sw
         client.get_token()
 
 
-def test_a_failed_early_refresh_is_not_retried_on_every_call(
-    outage: tuple[Stub, Vendor, Switchable],
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda _: (502, {}, {"message": "Internal server error"}),
+        lambda _: (500, {}, b"<html>oops</html>"),
+        lambda _: (200, {}, {"access_token": "x"}),
+        lambda _: (403, {}, {"message": "Signature expired"}),
+        lambda _: (429, {}, {"message": "Too Many Requests"}),
+    ],
+    ids=["502", "500-html", "200-bad", "403", "429-no-retry-after"],
+)
+def test_every_call_from_half_life_tries_again_and_any_failure_serves_the_cache(
+    outage: tuple[Stub, Vendor, Switchable], failure: Callable[[Seen], Reply]
 ) -> None:
-    # Given a token past half its lifetime and a vendor answering 502 without Retry-After
-    stub, _, switch = outage
+    # Given a token past half its lifetime and a vendor failing without Retry-After
+    stub, logic, switch = outage
     clock = FakeClock()
     client = TokenClient(stub.url, clock=clock)
-    client.get_token()
-    switch.down = lambda _: (502, {}, {"message": "Internal server error"})
+    first = client.get_token()
+    switch.down = failure
     clock.now += 1800
-    # When callers ask again within 2 s / Then one attempt; after 2 s, the next
-    for _ in range(5):
+    # When callers ask three times / Then each tried the vendor and got the cached token
+    for _ in range(3):
+        assert client.get_token() is first
+    assert stub.count() == 4
+    # And once the vendor is back, the next call has the new token
+    switch.down = None
+    logic.current = None
+    assert client.get_token().access_token == "tok-2"
+
+
+def test_an_unreachable_vendor_serves_the_cache_until_the_margin() -> None:
+    # Given a cached token from a vendor that then goes away
+    logic = Vendor()
+    stub = Stub(logic).start()
+    clock = FakeClock()
+    client = TokenClient(stub.url, clock=clock, retries=urllib3.Retry(0))
+    first = client.get_token()
+    stub.stop()
+    # When half the lifetime has passed / Then the cached token
+    clock.now += 1800
+    assert client.get_token() is first
+    # And inside the margin / Then endpoint_unreachable
+    clock.now += 1501
+    with pytest.raises(TokenVendorError) as caught:
         client.get_token()
-    assert stub.count() == 2
-    clock.now += 2
-    client.get_token()
-    assert stub.count() == 3
+    assert caught.value.error == "endpoint_unreachable"
 
 
 def test_threads_are_served_the_cached_token_while_one_refreshes_early(
@@ -462,7 +492,7 @@ def test_no_credential_reaches_the_cli(
 def test_no_proxy_password_in_an_unreachable_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a proxy with a password in its URL, where nothing listens
     monkeypatch.setenv("HTTP_PROXY", f"http://ops:proxy-pass-123@127.0.0.1:{_closed_port()}")
-    client = TokenClient(f"http://127.0.0.1:{_closed_port()}")
+    client = TokenClient(f"http://127.0.0.1:{_closed_port()}", retries=urllib3.Retry(0))
     # When a token is asked for / Then endpoint_unreachable naming the proxy, without the password
     with pytest.raises(TokenVendorError) as caught:
         client.get_token()
