@@ -787,6 +787,28 @@ def test_aws_ca_bundle_is_honoured(
     assert TokenClient(url).get_token().access_token == "tok-1"
 
 
+def test_aws_ca_bundle_is_honoured_by_the_async_client(
+    tls_vendor: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("httpx")
+    import asyncio
+
+    from igni_token_client import AsyncTokenClient
+
+    url, cert = tls_vendor
+
+    async def ask() -> str:
+        async with AsyncTokenClient(url) as client:
+            return (await client.get_token()).access_token
+
+    # Given a self-signed vendor / Then TLS fails, until AWS_CA_BUNDLE names its certificate
+    with pytest.raises(TokenVendorError) as caught:
+        asyncio.run(ask())
+    assert caught.value.error == "endpoint_unreachable"
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    assert asyncio.run(ask()) == "tok-1"
+
+
 def test_an_unknown_aws_profile_is_a_token_vendor_error() -> None:
     # Given a session for an AWS profile that does not exist
     session = botocore.session.Session(profile="nope")
