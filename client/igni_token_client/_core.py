@@ -207,17 +207,10 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-def proxy_for(endpoint: str, environ: Mapping[str, str] | None = None) -> str | None:
+def proxy_for(endpoint: str) -> str | None:
     """The proxy botocore would use for this URL: ``HTTPS_PROXY`` / ``HTTP_PROXY`` (either case)
     by scheme, unless ``NO_PROXY`` names the host."""
-    if environ is None:
-        proxies = getproxies_environment()
-    else:
-        proxies = {
-            name.lower()[: -len("_proxy")]: value
-            for name, value in environ.items()
-            if name.lower().endswith("_proxy") and value
-        }
+    proxies = getproxies_environment()
     parts = urlsplit(endpoint)
     proxy = proxies.get(parts.scheme)
     if not proxy:

@@ -14,6 +14,7 @@ __all__ = ["MAX_MESSAGE_CHARS", "redact"]
 
 MAX_MESSAGE_CHARS: Final = 300
 REDACTED: Final = "[redacted]"
+SIGNING_DETAILS_REMOVED: Final = "[signing details removed]"  # matches no pattern: idempotent
 
 # Everything from these words on is the canonical request or the string to sign.
 _CANONICAL = re.compile(
@@ -46,7 +47,7 @@ def redact(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
     value = str(text)
     cut = _CANONICAL.search(value)
     if cut is not None:
-        value = value[: cut.start()].rstrip() + " [canonical request removed]"
+        value = value[: cut.start()].rstrip() + " " + SIGNING_DETAILS_REMOVED
     value = "".join(c if c.isprintable() else " " for c in value)
     for pattern, replacement in _PATTERNS:
         value = pattern.sub(replacement, value)

@@ -428,13 +428,34 @@ def test_no_credential_reaches_the_exception(
         for text in (str(caught.value), caught.value.message, repr(caught.value)):
             _assert_clean(text, seen)
         assert caught.value.message  # and something is still said
-        # And the remembered (Retry-After) copy is as clean
+        # And the remembered (Retry-After) copy is the same error
         if shape == "vendor":
             with pytest.raises(TokenVendorError) as again:
                 client.get_token()
-            _assert_clean(str(again.value), seen)
+            assert again.value.message == caught.value.message
     finally:
         stub.stop()
+
+
+def test_redaction_is_idempotent_and_keeps_plain_words() -> None:
+    from igni_token_client._redact import redact
+
+    # Given API Gateway's mismatch message and an IAM denial
+    mismatch = (
+        "The request signature we calculated does not match the signature you provided.\n\n"
+        "The Canonical String for this request should have been\n"
+        f"'x-amz-security-token:{SESSION_TOKEN}'"
+    )
+    denial = (
+        "User: arn:aws:sts::123456789012:assumed-role/igni-caller/botocore-session-1 is not "
+        "authorized to perform: execute-api:Invoke on resource: "
+        "arn:aws:execute-api:eu-west-1:********9012:abc123/v1/GET/token"
+    )
+    # When redacted once and again / Then the same text, the denial untouched
+    once = redact(mismatch)
+    assert once == redact(once)
+    assert once.endswith("you provided. [signing details removed]")
+    assert redact(denial) == denial
 
 
 def test_no_credential_reaches_the_log_lines(
