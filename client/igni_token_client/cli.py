@@ -82,6 +82,8 @@ def _epilog() -> str:
         "  AWS_REGION, AWS_DEFAULT_REGION   the signing region (else taken from an",
         "                       execute-api host name, else us-east-1)",
         "  AWS credentials come from botocore's chain (AWS_PROFILE, environment, SSO, ...).",
+        "  HTTPS_PROXY, HTTP_PROXY, NO_PROXY, AWS_CA_BUNDLE   as botocore reads them",
+        "  The endpoint must be https, except for a loopback host (make local).",
         "",
         "exit codes:",
         f"  {EXIT_OK:>2}  success",

@@ -238,6 +238,28 @@ def test_async_client_caches_and_makes_one_request_for_many_tasks(
     assert seen.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
 
 
+def test_async_tasks_are_served_the_cached_token_while_one_refreshes_early(
+    igni: tuple[Stub, Stub, Vendor, Target],
+) -> None:
+    # Given a cached tok-1 past half its lifetime, and a vendor that now has tok-2
+    vendor_stub, _, logic, _ = igni
+    clock = FakeClock()
+
+    async def scenario() -> list[str]:
+        async with AsyncTokenClient(vendor_stub.url, clock=clock) as client:
+            await client.get_token()
+            logic.current = None
+            clock.now += 1800
+            # When 16 tasks ask at once
+            tokens = await asyncio.gather(*(client.get_token() for _ in range(16)))
+            return [t.access_token for t in tokens]
+
+    tokens = run(scenario)
+    # Then the first refreshed (tok-2), the others did not wait: tok-1; one request in all
+    assert tokens == ["tok-2"] + ["tok-1"] * 15
+    assert vendor_stub.count() == 2
+
+
 def test_async_client_survives_an_outage_and_remembers_retry_after() -> None:
     # Given a cached 3600 s token, then a vendor answering 503 Retry-After: 30
     logic = Vendor()
