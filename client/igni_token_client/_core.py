@@ -501,11 +501,14 @@ class TokenState:
         return None
 
     def succeeded(self, token: Token, started: float) -> None:
+        margin = self.margin(token.expires_in)
+        previous = self.cached
+        if previous is not None and previous.token.access_token == token.access_token:
+            # The same token again, with less time left: its margin is still that of the
+            # lifetime it was first received with, not 10 % of what is left.
+            margin = max(margin, previous.margin)
         self.cached = Cached(
-            token,
-            started + token.expires_in,
-            started + token.expires_in / 2,
-            self.margin(token.expires_in),
+            token, started + token.expires_in, started + token.expires_in / 2, margin
         )
         self._finish(None)
 

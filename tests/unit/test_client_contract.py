@@ -124,6 +124,34 @@ def test_an_early_refresh_that_succeeds_replaces_the_token(
     assert stub.count() == 2
 
 
+def test_the_same_token_again_keeps_its_margin(outage: tuple[Stub, Vendor, Switchable]) -> None:
+    # Given a vendor that vends one token, with what is left of its 3600 s
+    stub, _, switch = outage
+    clock = FakeClock()
+    expiry = clock.now + 3600
+
+    def same_token(seen: Seen) -> Reply:
+        left = int(expiry - clock.now)
+        return (
+            200,
+            {},
+            {"access_token": "tok-1", "token_type": "Bearer", "expires_in": left, "expires_at": 0},
+        )
+
+    switch.down = same_token
+    client = TokenClient(stub.url, clock=clock)
+    first = client.get_token()
+    # When it is refreshed early (1800 s left) and the vendor then fails
+    clock.now += 1800
+    assert client.get_token().expires_in == 1800
+    switch.down = lambda _: unavailable()
+    # Then the margin is still 300 s (10 % of what was left would be 180 s): 299 s left raises
+    clock.now += 1501
+    with pytest.raises(TokenVendorError):
+        client.get_token()
+    assert first.access_token == "tok-1"
+
+
 def test_refresh_margin_sets_the_mandatory_margin(outage: tuple[Stub, Vendor, Switchable]) -> None:
     # Given refresh_margin=60 and a vendor down after the first token
     stub, _, switch = outage
