@@ -183,15 +183,16 @@ def request_with_token(
     """
     allowed = _allow_list(hosts)
     headers = dict(kw.pop("headers", None) or {})
-    if not _url_allowed(allowed, url):
+    target = _absolute(url, _pool_origin(pool) or url)
+    if not _url_allowed(allowed, target):
         return pool.request(method, url, headers=headers, **kw)
     token = client.get_token(min_ttl)
     headers["Authorization"] = _bearer(token)
     response = pool.request(method, url, headers=headers, **kw)
     if response.status != 401:
         return response
-    final_url = getattr(response, "url", None) or url
-    if not _url_allowed(allowed, _absolute(final_url, url)):
+    final_url = getattr(response, "url", None) or target
+    if not _url_allowed(allowed, _absolute(final_url, target)):
         return response
     body = kw.get("body")
     if body is not None and not isinstance(body, str | bytes):
@@ -205,9 +206,17 @@ def request_with_token(
     return pool.request(method, url, headers=headers, **kw)
 
 
-def _absolute(final_url: str, requested: str) -> str:
-    """urllib3 may give the final URL as a path only (a pool for one host): resolve it."""
-    if "://" in final_url:
-        return final_url
-    parts = urlsplit(requested)
-    return f"{parts.scheme}://{parts.netloc}{final_url}"
+def _pool_origin(pool: urllib3.PoolManager | urllib3.HTTPConnectionPool) -> str | None:
+    """``scheme://host:port`` of a connection pool for one host, None for a PoolManager."""
+    if not isinstance(pool, urllib3.HTTPConnectionPool) or not pool.host:
+        return None
+    host = f"[{pool.host}]" if ":" in pool.host else pool.host
+    return f"{pool.scheme}://{host}:{pool.port}" if pool.port else f"{pool.scheme}://{host}"
+
+
+def _absolute(url: str, base: str) -> str:
+    """A path (what a pool for one host is given, or answers) resolved against ``base``."""
+    if "://" in url:
+        return url
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}{url}"

@@ -626,6 +626,19 @@ def test_urllib3_helper_keeps_the_token_from_other_hosts(
     assert vendor_stub.count() == 0
 
 
+def test_urllib3_helper_with_a_pool_for_one_host(igni_pair: tuple[Stub, Stub, Vendor]) -> None:
+    # Given a connection pool for the target's host, and request paths relative to it
+    vendor_stub, target, _ = igni_pair
+    client = TokenClient(vendor_stub.url)
+    port = int(target.url.rsplit(":", 1)[1])
+    with urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
+        # When the host is allowed / Then the token goes; when it is not / Then it does not
+        request_with_token(pool, client, "GET", "/a", hosts=LOOPBACK, retries=False)
+        request_with_token(pool, client, "GET", "/b", retries=False)
+    assert [s.headers.get("Authorization") for s in target.seen[:1]] == ["Bearer tok-1"]
+    assert target.seen[-1].headers.get("Authorization") is None
+
+
 def test_urllib3_helper_does_not_report_a_401_from_a_redirect_elsewhere(
     igni_pair: tuple[Stub, Stub, Vendor],
 ) -> None:
