@@ -5,6 +5,7 @@ Needs the ``httpx`` extra: ``pip install 'igni-token-client[httpx]'``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import ssl
@@ -92,6 +93,7 @@ class AsyncTokenClient:
         self._state = TokenState(clock, refresh_margin)
         self._done: anyio.Event | None = None
         self._via = ""
+        self._http_loop: object | None = None
 
     @property
     def using_local_test_credentials(self) -> bool:
@@ -200,7 +202,13 @@ class AsyncTokenClient:
         return await self._call("GET", token_path(self.profile))
 
     def _transport(self) -> httpx.AsyncClient:
+        loop = _running_loop()
+        if self._own_http and self._http is not None and loop is not self._http_loop:
+            # A new event loop (asyncio.run again): the old loop's connections cannot serve it,
+            # and that loop is usually closed, so the client is left for the collector.
+            self._http = None
         if self._http is None:
+            self._http_loop = loop
             try:
                 ca_bundle = ca_bundle_for(self._session)
             except Exception as exc:  # botocore's configuration errors
@@ -239,10 +247,20 @@ class AsyncTokenClient:
         for attempt in range(2):  # API Gateway's 504, once, as the sync client
             try:
                 response = await http.request(method, url, content=body, headers=headers)
-            except (httpx.HTTPError, OSError, ValueError) as exc:
+            except Exception as exc:  # httpx's, and anything else: always a TokenVendorError
                 raise TokenVendorError(
-                    0, "endpoint_unreachable", f"cannot reach {self.endpoint}{self._via}: {exc}"
+                    0,
+                    "endpoint_unreachable",
+                    f"cannot reach {self.endpoint}{self._via}: {type(exc).__name__}: {exc}",
                 ) from None
             if response.status_code != 504 or attempt:
                 break
         return token_or_error(response.status_code, response.headers, response.content), started
+
+
+def _running_loop() -> object | None:
+    """The running asyncio loop; None under trio (one httpx client serves the whole run)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

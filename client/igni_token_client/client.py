@@ -289,7 +289,7 @@ class TokenClient:
                 retries=self._retries,
                 redirect=False,
             )
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except Exception as exc:  # urllib3's, and anything else: always a TokenVendorError
             reason = getattr(exc, "reason", None) or exc
             raise TokenVendorError(
                 0, "endpoint_unreachable", f"cannot reach {self.endpoint}{self._via}: {reason}"

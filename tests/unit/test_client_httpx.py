@@ -260,6 +260,25 @@ def test_async_tasks_are_served_the_cached_token_while_one_refreshes_early(
     assert vendor_stub.count() == 2
 
 
+def test_async_client_serves_one_event_loop_after_another() -> None:
+    # Given a vendor that keeps connections alive, and one client used from two asyncio.run calls
+    logic = Vendor()
+    stub = Stub(logic).start()
+    assert stub.server is not None
+    stub.server.RequestHandlerClass.protocol_version = "HTTP/1.1"  # type: ignore[attr-defined]
+    clock = FakeClock()
+    client = AsyncTokenClient(stub.url, clock=clock)
+    try:
+        first = asyncio.run(client.get_token())
+        # When the token has expired and a new loop asks / Then a new token, not a closed loop
+        clock.now += 4000
+        logic.current = None
+        second = asyncio.run(client.get_token())
+    finally:
+        stub.stop()
+    assert (first.access_token, second.access_token) == ("tok-1", "tok-2")
+
+
 def test_async_client_survives_an_outage_and_remembers_retry_after() -> None:
     # Given a cached 3600 s token, then a vendor answering 503 Retry-After: 30
     logic = Vendor()
