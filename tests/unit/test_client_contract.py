@@ -6,6 +6,7 @@ The vendor is the loopback stub of test_client (a real HTTP server); time is a f
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import ssl
@@ -463,6 +464,52 @@ def test_no_credential_reaches_the_exception(
             assert again.value.message == caught.value.message
     finally:
         stub.stop()
+
+
+def test_make_locals_signature_mismatch_leaks_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given make local's SigV4 verifier, which answers a wrong secret as API Gateway does (the
+    # canonical request quoted, session token included), and a caller with the wrong secret
+    sigv4 = pytest.importorskip("local.gateway.sigv4")
+    auth = pytest.importorskip("local.gateway.auth")
+    access_key = "ASIACLIENTSESSION777"
+    verifier = auth.LocalSigV4Verifier(
+        {access_key: sigv4.LocalCredential("the-right-secret", session_token=SESSION_TOKEN)},
+        region="us-east-1",
+    )
+
+    answered: list[object] = []
+
+    def verify(seen: Seen) -> Reply:
+        query = "&".join(f"{k}={v[0]}" for k, v in seen.query.items())
+        result = verifier.check(seen.method, seen.path, query, seen.headers, seen.body)
+        assert isinstance(result, sigv4.AuthError)
+        answered.append(result.body)
+        return result.status, {}, result.body
+
+    stub = Stub(verify).start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-wrong-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
+    try:
+        # When the library asks, and the CLI
+        with pytest.raises(TokenVendorError) as caught:
+            TokenClient(stub.url).get_token()
+        code = main(["get", "--endpoint", stub.url])
+    finally:
+        stub.stop()
+    # Then the gateway's answers did quote the session token
+    assert all(SESSION_TOKEN in json.dumps(body) for body in answered)
+    # And its first sentence is kept and nothing after it
+    message = caught.value.message
+    assert message.startswith("The request signature we calculated does not match")
+    err = capsys.readouterr().err
+    assert code == EXIT_CODES["gateway_forbidden"]
+    for text in (str(caught.value), repr(caught.value), err):
+        assert SESSION_TOKEN not in text
+        assert SESSION_TOKEN[:20] not in text
+        assert "x-amz-date:" not in text
 
 
 def test_redaction_is_idempotent_and_keeps_plain_words() -> None:
