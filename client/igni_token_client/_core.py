@@ -34,7 +34,7 @@ from urllib3.util import parse_url
 from igni_token_client._hosts import is_loopback_host
 from igni_token_client._redact import redact
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logger = logging.getLogger("igni_token_client.client")
 
