@@ -25,23 +25,22 @@ from igni_token_client.client import (
 )
 
 if TYPE_CHECKING:
-    from igni_token_client.aio import AsyncTokenClient
+    # The httpx names stay out of __all__, so that ``import *`` works without the extra.
+    from igni_token_client.aio import AsyncTokenClient as AsyncTokenClient
     from igni_token_client.auth import (
         HostAllowList,
         IgniBearerAuth,
         TokenSource,
         request_with_token,
     )
-    from igni_token_client.httpx_auth import AsyncTokenSource, IgniHttpxAuth
+    from igni_token_client.httpx_auth import AsyncTokenSource as AsyncTokenSource
+    from igni_token_client.httpx_auth import IgniHttpxAuth as IgniHttpxAuth
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_REGION",
-    "AsyncTokenClient",
-    "AsyncTokenSource",
     "HostAllowList",
     "IgniBearerAuth",
-    "IgniHttpxAuth",
     "Token",
     "TokenClient",
     "TokenSource",

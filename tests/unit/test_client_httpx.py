@@ -394,6 +394,7 @@ def test_importing_the_package_imports_neither_requests_nor_httpx() -> None:
         "print(sorted(m for m in ('requests', 'httpx', 'anyio') if m in sys.modules))\n"
         # And without httpx installed, the httpx names say which extra to install
         "sys.modules['httpx'] = None\n"
+        "from igni_token_client import *\n"
         "try:\n"
         "    igni_token_client.IgniHttpxAuth\n"
         "except ImportError as exc:\n"
