@@ -52,6 +52,8 @@ LOCAL_TEST_ACCESS_KEY_ID: Final = "AKIAIGNILOCALTESTKEY"
 LOCAL_TEST_SECRET_ACCESS_KEY: Final = "IgniLocalTestSecretKeyNotAnAwsSecret0000"  # noqa: S105
 
 MAX_RETRY_AFTER: Final = 300
+# Longer socket timeouts overflow the platform's time_t in the middle of a request.
+MAX_TIMEOUT: Final = 3600.0
 # A public (regional or edge) or private API's default host name.
 _EXECUTE_API_HOST = re.compile(
     r"^[a-z0-9-]+\.execute-api\.([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:vpce\.)?amazonaws\.com(?:\.cn)?$"
@@ -236,6 +238,15 @@ def skip_instance_metadata(session: botocore.session.Session) -> None:
     keeps a machine without credentials from probing the metadata address."""
     with contextlib.suppress(Exception):  # AWS_PROFILE names no profile: signing will say so
         session.get_component("credential_provider").remove("iam-role")
+
+
+def check_timeout(timeout: float | None) -> None:
+    """ValueError unless ``timeout`` is None or a finite number of seconds in (0, 3600]."""
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise ValueError(
+            f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}, "
+            f"got {timeout!r}"
+        )
 
 
 def token_path(profile: str | None, *suffix: str) -> str:

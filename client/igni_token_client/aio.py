@@ -35,6 +35,7 @@ from igni_token_client._core import (
     TokenVendorError,
     ca_bundle_for,
     check_endpoint,
+    check_timeout,
     endpoint_from,
     is_loopback,
     is_unknown_token,
@@ -76,8 +77,7 @@ class AsyncTokenClient:
             refresh_margin >= 0 and math.isfinite(refresh_margin)
         ):
             raise ValueError("refresh_margin must be a finite number >= 0")
-        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        check_timeout(timeout)
         self.endpoint = check_endpoint(endpoint_from(endpoint))
         self.profile = profile_from(profile)
         loopback = is_loopback(self.endpoint)

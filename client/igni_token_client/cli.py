@@ -18,6 +18,7 @@ from typing import Final, NoReturn, TextIO
 import botocore.session
 from botocore.exceptions import BotoCoreError
 
+from igni_token_client._core import MAX_TIMEOUT
 from igni_token_client._redact import redact
 from igni_token_client.client import (
     DEFAULT_ENDPOINT,
@@ -110,8 +111,10 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0: {text!r}")
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}: {text!r}"
+        )
     return value
 
 
@@ -147,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive_seconds,
         default=30.0,
-        help="read timeout in seconds (default 30)",
+        help=f"read timeout in seconds, above 0 and at most {MAX_TIMEOUT:.0f} (default 30)",
     )
     output = common.add_mutually_exclusive_group()
     output.add_argument("--header", action="store_true", help="print 'Authorization: Bearer TOKEN'")

@@ -29,6 +29,7 @@ from igni_token_client._core import (
     __version__,
     ca_bundle_for,
     check_endpoint,
+    check_timeout,
     endpoint_from,
     is_loopback,
     is_unknown_token,
@@ -98,10 +99,8 @@ class TokenClient:
             refresh_margin >= 0 and math.isfinite(refresh_margin)
         ):
             raise ValueError("refresh_margin must be a finite number >= 0")
-        if not isinstance(timeout, urllib3.Timeout | None) and not (
-            math.isfinite(timeout) and timeout > 0
-        ):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        if not isinstance(timeout, urllib3.Timeout):
+            check_timeout(timeout)
         self.endpoint = check_endpoint(endpoint_from(endpoint))
         self.profile = profile_from(profile)
         self._loopback = is_loopback(self.endpoint)

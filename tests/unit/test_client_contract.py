@@ -987,7 +987,7 @@ def test_region_from_public_and_private_api_hosts(host: str, region: str) -> Non
 # ---------------------------------------------------------------------------- 8. CLI
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "abc"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "abc", "1e308", "3601"])
 def test_cli_timeout_must_be_finite_and_positive(
     value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -998,6 +998,13 @@ def test_cli_timeout_must_be_finite_and_positive(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "--timeout" in err
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -1.0, 1e308])
+def test_the_library_refuses_a_timeout_it_cannot_use(timeout: float) -> None:
+    # Given a timeout that is not a usable number of seconds / Then ValueError, before any request
+    with pytest.raises(ValueError, match="timeout"):
+        TokenClient("http://127.0.0.1:1", timeout=timeout)
 
 
 def test_cli_exits_quietly_when_the_pipe_is_closed(vendor: tuple[Stub, Vendor]) -> None:
