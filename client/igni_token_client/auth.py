@@ -1,16 +1,21 @@
 """Bearer auth for calls to Igni: add the token, and on a 401 report it and retry once.
 
 ``IgniBearerAuth`` plugs into ``requests`` (an optional dependency: install
-``igni-token-client[requests]``); ``request_with_token`` does the same for urllib3.
+``igni-token-client[requests]``); ``request_with_token`` does the same for urllib3. Both add the
+token only to requests for the ``hosts`` allow-list (default ``*.igni.co``), over https (or http to
+a loopback host), and report a 401 only when it came from such a host.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import urllib3
 
+from igni_token_client._hosts import DEFAULT_HOSTS, HostAllowList
 from igni_token_client.client import Token, TokenVendorError
 
 if TYPE_CHECKING:
@@ -25,7 +30,7 @@ else:
             pass
 
 
-__all__ = ["IgniBearerAuth", "TokenSource", "request_with_token"]
+__all__ = ["DEFAULT_HOSTS", "HostAllowList", "IgniBearerAuth", "TokenSource", "request_with_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,24 @@ def _token_of(authorization: str | bytes | None) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+def _allow_list(hosts: Iterable[str] | str | HostAllowList) -> HostAllowList:
+    return hosts if isinstance(hosts, HostAllowList) else HostAllowList(hosts)
+
+
+def _url_allowed(allowed: HostAllowList, url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        parts = urlsplit(url)
+        parsed = urllib3.util.parse_url(url)
+    except ValueError:
+        return False
+    # Both parsers must agree on the host: urllib3's is the one that sends.
+    if (parsed.host or "").strip("[]").lower() != (parts.hostname or "") or "\\" in url:
+        return False
+    return allowed.allows(parts.scheme, parts.hostname)
+
+
 def _replacement(source: TokenSource, rejected: str | None) -> Token | None:
     """The token to retry with after a 401, or None when there is no point in retrying."""
     if rejected is None:
@@ -71,18 +94,31 @@ class IgniBearerAuth(AuthBase):
     vendor cannot replace it (or gives the same token back), the 401 is returned as it came. A
     request whose body is a one-shot stream is not retried.
 
+    Only requests to ``hosts`` (exact names or ``*.``-prefixed suffixes; default ``*.igni.co``),
+    over https or to a loopback host, get the token; others are sent as they are, and a 401 from
+    any other host (after a redirect, say) is never reported.
+
         session.get("https://acme.igni.co/api/v1/things", auth=IgniBearerAuth(client))
     """
 
-    def __init__(self, client: TokenSource, min_ttl: int | None = None) -> None:
+    def __init__(
+        self,
+        client: TokenSource,
+        min_ttl: int | None = None,
+        *,
+        hosts: Iterable[str] | str | HostAllowList = DEFAULT_HOSTS,
+    ) -> None:
         if AuthBase.__module__ != "requests.auth":
             raise ImportError(
                 "IgniBearerAuth needs requests: pip install 'igni-token-client[requests]'"
             )
         self.client = client
         self.min_ttl = min_ttl
+        self.hosts = _allow_list(hosts)
 
     def __call__(self, r: PreparedRequest) -> PreparedRequest:
+        if not _url_allowed(self.hosts, r.url):
+            return r
         r.headers["Authorization"] = _bearer(self.client.get_token(self.min_ttl))
         body_position: int | None = None
         if r.body is not None and hasattr(r.body, "tell"):
@@ -100,7 +136,7 @@ class IgniBearerAuth(AuthBase):
         return handle_401
 
     def _handle_401(self, response: Response, body_position: int | None, **kwargs: Any) -> Response:
-        if response.status_code != 401:
+        if response.status_code != 401 or not _url_allowed(self.hosts, response.request.url):
             return response
         request = response.request
         body = request.body
@@ -133,19 +169,30 @@ def request_with_token(
     url: str,
     *,
     min_ttl: int | None = None,
+    hosts: Iterable[str] | str | HostAllowList = DEFAULT_HOSTS,
     **kw: Any,
 ) -> urllib3.BaseHTTPResponse:
     """``pool.request(method, url, **kw)`` with ``Authorization: Bearer``; on 401, report the token
     and retry once with its replacement (as :class:`IgniBearerAuth` does for ``requests``).
 
-    Keep ``preload_content`` at its default (True) if you want the 401 drained before the retry;
-    a file-like ``body`` is not sent twice.
+    The token is added only when ``url``'s host is in ``hosts`` (default ``*.igni.co``) and it is
+    https or loopback; otherwise the request is sent without it. A 401 is reported only when the
+    answer came from such a URL (not after a redirect elsewhere). Keep ``preload_content`` at its
+    default (True) if you want the 401 drained before the retry; a file-like ``body`` is not sent
+    twice.
     """
+    allowed = _allow_list(hosts)
     headers = dict(kw.pop("headers", None) or {})
+    target = _absolute(url, _pool_origin(pool) or url)
+    if not _url_allowed(allowed, target):
+        return pool.request(method, url, headers=headers, **kw)
     token = client.get_token(min_ttl)
     headers["Authorization"] = _bearer(token)
     response = pool.request(method, url, headers=headers, **kw)
     if response.status != 401:
+        return response
+    final_url = getattr(response, "url", None) or target
+    if not _url_allowed(allowed, _absolute(final_url, target)):
         return response
     body = kw.get("body")
     if body is not None and not isinstance(body, str | bytes):
@@ -157,3 +204,19 @@ def request_with_token(
     response.release_conn()
     headers["Authorization"] = _bearer(fresh)
     return pool.request(method, url, headers=headers, **kw)
+
+
+def _pool_origin(pool: urllib3.PoolManager | urllib3.HTTPConnectionPool) -> str | None:
+    """``scheme://host:port`` of a connection pool for one host, None for a PoolManager."""
+    if not isinstance(pool, urllib3.HTTPConnectionPool) or not pool.host:
+        return None
+    host = f"[{pool.host}]" if ":" in pool.host else pool.host
+    return f"{pool.scheme}://{host}:{pool.port}" if pool.port else f"{pool.scheme}://{host}"
+
+
+def _absolute(url: str, base: str) -> str:
+    """A path (what a pool for one host is given, or answers) resolved against ``base``."""
+    if "://" in url:
+        return url
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}{url}"

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Final, TextIO
+from typing import Final, NoReturn, TextIO
 
 import botocore.session
 from botocore.exceptions import BotoCoreError
 
+from igni_token_client._core import MAX_TIMEOUT
+from igni_token_client._redact import redact
 from igni_token_client.client import (
     DEFAULT_ENDPOINT,
     Token,
@@ -80,6 +83,8 @@ def _epilog() -> str:
         "  AWS_REGION, AWS_DEFAULT_REGION   the signing region (else taken from an",
         "                       execute-api host name, else us-east-1)",
         "  AWS credentials come from botocore's chain (AWS_PROFILE, environment, SSO, ...).",
+        "  HTTPS_PROXY, HTTP_PROXY, NO_PROXY, AWS_CA_BUNDLE   as botocore reads them",
+        "  The endpoint must be https, except for a loopback host (make local).",
         "",
         "exit codes:",
         f"  {EXIT_OK:>2}  success",
@@ -101,8 +106,27 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}: {text!r}"
+        )
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``igni-token: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"igni-token: error: {redact(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--endpoint",
         default=os.environ.get("IGNI_TOKEN_ENDPOINT") or DEFAULT_ENDPOINT,
@@ -123,13 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--aws-profile", default=None, help="AWS profile to sign with")
     common.add_argument(
-        "--timeout", type=float, default=30.0, help="read timeout in seconds (default 30)"
+        "--timeout",
+        type=_positive_seconds,
+        default=30.0,
+        help=f"read timeout in seconds, above 0 and at most {MAX_TIMEOUT:.0f} (default 30)",
     )
     output = common.add_mutually_exclusive_group()
     output.add_argument("--header", action="store_true", help="print 'Authorization: Bearer TOKEN'")
     output.add_argument("--json", action="store_true", help="print the whole answer as JSON")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="igni-token",
         description="Get an Igni access token from the token vendor, signed with your AWS "
         "credentials.",
@@ -137,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     get = commands.add_parser(
         "get",
         parents=[common],
@@ -180,19 +209,52 @@ def _print_token(token: Token, args: argparse.Namespace, out: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; every failure is one line on stderr and its documented exit code."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (igni-token get | head -c0): nothing left to say to anyone.
+        _silence_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as exc:  # a bug: still one line, and no credentials in it
+        _say(f"unexpected failure: {type(exc).__name__}: {exc}")
+        return EXIT_UNEXPECTED
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(f"igni-token: {redact(text, limit=1000)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    err = sys.stderr
     try:
         session = botocore.session.Session(profile=args.aws_profile) if args.aws_profile else None
         client = TokenClient(
             args.endpoint,
             region=args.region,
-            profile=args.profile,
+            profile=args.profile or "",
             session=session,
             timeout=args.timeout,
         )
     except (ValueError, BotoCoreError) as exc:
-        err.write(f"igni-token: {exc}\n")
+        _say(str(exc))
         return EXIT_USAGE
     try:
         with client:
@@ -201,21 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 rejected = sys.stdin.readline().strip() if args.rejected == "-" else args.rejected
                 if not rejected:
-                    err.write("igni-token: --rejected needs a token\n")
+                    _say("--rejected needs a token")
                     return EXIT_USAGE
                 token = client.invalidate(rejected)
     except TokenVendorError as exc:
-        err.write(f"igni-token: {_describe(exc, client)}\n")
+        _say(_describe(exc, client))
         return EXIT_CODES.get(exc.error, EXIT_OTHER_VENDOR_ERROR)
     except BotoCoreError as exc:  # e.g. an AWS profile that does not exist, an expired SSO login
-        err.write(f"igni-token: AWS credentials: {exc}\n")
+        _say(f"AWS credentials: {exc}")
         return EXIT_CODES["no_credentials"]
     if client.using_local_test_credentials:
-        err.write(
-            "igni-token: no AWS credentials found; signed with make local's documented test "
-            "credentials\n"
-        )
+        _say("no AWS credentials found; signed with make local's documented test credentials")
     _print_token(token, args, sys.stdout)
+    sys.stdout.flush()
     return EXIT_OK
 
 

@@ -2,180 +2,89 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import logging
-import os
-import re
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Self
-from urllib.parse import quote, urlencode, urlsplit
+from typing import Final, Self
+from urllib.parse import unquote, urlencode
 
 import botocore.session
 import urllib3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials
+
+from igni_token_client._core import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_REGION,
+    FETCH,
+    LOCAL_TEST_ACCESS_KEY_ID,
+    LOCAL_TEST_SECRET_ACCESS_KEY,
+    MAX_RETRY_AFTER,
+    Signer,
+    Step,
+    Token,
+    TokenState,
+    TokenVendorError,
+    __version__,
+    ca_bundle_for,
+    check_endpoint,
+    check_timeout,
+    endpoint_from,
+    is_loopback,
+    is_unknown_token,
+    profile_from,
+    proxy_for,
+    resolve_region,
+    retry_after_seconds,
+    skip_instance_metadata,
+    token_or_error,
+    token_path,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_REGION",
     "LOCAL_TEST_ACCESS_KEY_ID",
     "LOCAL_TEST_SECRET_ACCESS_KEY",
+    "MAX_RETRY_AFTER",
     "Token",
     "TokenClient",
     "TokenVendorError",
+    "__version__",
+    "is_loopback",
     "resolve_region",
+    "retry_after_seconds",
 ]
 
-__version__ = "0.1.0"
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_ENDPOINT: Final = "http://127.0.0.1:3000"
-DEFAULT_REGION: Final = "us-east-1"
-SERVICE: Final = "execute-api"
-
-# `make local` accepts these when its own environment has no AWS credentials
-# (local/gateway/sigv4.py holds the same values). The client signs with them only for a loopback
-# endpoint and only when the credential chain finds nothing, so that `make local` +
-# `igni-token get` works on a fresh machine.
-LOCAL_TEST_ACCESS_KEY_ID: Final = "AKIAIGNILOCALTESTKEY"
-LOCAL_TEST_SECRET_ACCESS_KEY: Final = "IgniLocalTestSecretKeyNotAnAwsSecret0000"  # noqa: S105
-
 _DEFAULT_TIMEOUT: Final = urllib3.Timeout(connect=3.0, read=30.0)
-_EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
-
-
-class TokenVendorError(Exception):
-    """The vendor (or API Gateway in front of it, or the network) did not give a token.
-
-    ``status`` is the HTTP status (0 when no HTTP answer was had). ``error`` is the contract's code
-    (``invalid_request``, ``access_denied``, ``not_found``, ``unknown_profile``,
-    ``method_not_allowed``, ``refresh_rate_limited``, ``configuration_error``,
-    ``upstream_auth_failed``, ``upstream_bad_response``, ``upstream_unavailable``) or one of the
-    client's own: ``gateway_forbidden`` (API Gateway refused the signature or IAM denied the call),
-    ``gateway_throttled``, ``gateway_error`` (any other answer without a contract code),
-    ``bad_response`` (a 200 that is not a token), ``endpoint_unreachable`` and ``no_credentials``.
-    ``retry_after`` is the ``Retry-After`` header in seconds, if any.
-    """
-
-    def __init__(self, status: int, error: str, message: str, retry_after: int | None = None):
-        super().__init__(f"{error} ({status}): {message}" if status else f"{error}: {message}")
-        self.status = status
-        self.error = error
-        self.message = message
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Token:
-    """The vendor's answer. ``expires_in`` is as answered; ``expires_at`` is epoch seconds."""
-
-    access_token: str = field(repr=False)
-    token_type: str
-    expires_at: int
-    expires_in: int
-
-    @classmethod
-    def from_json(cls, data: object) -> Token:
-        if not isinstance(data, Mapping):
-            raise TokenVendorError(200, "bad_response", "the answer is not a JSON object")
-        access_token = data.get("access_token")
-        token_type = data.get("token_type")
-        if not isinstance(access_token, str) or not access_token:
-            raise TokenVendorError(200, "bad_response", "the answer has no access_token")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise TokenVendorError(200, "bad_response", "the answer's token_type is not Bearer")
-        return cls(
-            access_token,
-            token_type,
-            expires_at=_non_negative_int(data, "expires_at"),
-            expires_in=_non_negative_int(data, "expires_in"),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "access_token": self.access_token,
-            "token_type": self.token_type,
-            "expires_in": self.expires_in,
-            "expires_at": self.expires_at,
-        }
-
-    @property
-    def authorization(self) -> str:
-        """The ``Authorization`` header value: ``Bearer <token>``."""
-        return f"Bearer {self.access_token}"
-
-    def seconds_left(self, now: float | None = None) -> int:
-        """Seconds until ``expires_at`` by this machine's wall clock."""
-        return max(0, self.expires_at - int(time.time() if now is None else now))
-
-
-@dataclass(frozen=True)
-class _Cached:
-    token: Token
-    deadline: float  # on the client's monotonic clock: request start + expires_in
-    margin: float
-
-
-def resolve_region(
-    region: str | None = None,
-    endpoint: str | None = None,
-    session: botocore.session.Session | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> str:
-    """The region to sign for: explicit, else the one in an ``execute-api`` endpoint's host name,
-    else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the AWS profile's region, and ``us-east-1``."""
-    if region:
-        return region
-    if endpoint:
-        match = _EXECUTE_API_HOST.match((urlsplit(endpoint).hostname or "").lower())
-        if match:
-            return match.group(1)
-    env = os.environ if environ is None else environ
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        if env.get(name):
-            return env[name]
-    if session is not None:
-        configured = session.get_config_variable("region")
-        if isinstance(configured, str) and configured:
-            return configured
-    return DEFAULT_REGION
-
-
-def is_loopback(endpoint: str) -> bool:
-    host = urlsplit(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class TokenClient:
-    """Fetches tokens from the vendor and keeps one in process until it nears expiry.
+    """Fetches tokens from the vendor and keeps one in process, refreshing it early.
 
     Requests are signed (SigV4, service ``execute-api``) with the credentials botocore's chain
     finds (environment, shared files, SSO, container or instance role), or the given ``session``'s.
-    ``profile`` is the vendor's credential profile (``GET /token/{profile}``), not an AWS profile:
-    for that, pass ``session=botocore.session.Session(profile="...")``.
+    ``endpoint`` defaults to ``$IGNI_TOKEN_ENDPOINT``, else ``make local``'s address; it must be
+    https unless its host is loopback. ``profile`` is the vendor's credential profile
+    (``GET /token/{profile}``; default ``$IGNI_TOKEN_PROFILE``, ``""`` for the default profile), not
+    an AWS profile: for that, pass ``session=botocore.session.Session(profile="...")``.
 
-    The cached token is reused until ``refresh_margin`` seconds before it expires, by default
-    ``min(300, 10% of its lifetime)``; a given margin is capped at half the token's lifetime, so a
-    short-lived token is still cached. Thread-safe: at most one request to the vendor is in flight;
-    concurrent callers wait for it and share its token (or its error).
+    From half of the token's lifetime (as received) ``get_token()`` refreshes it, and if that
+    fails it keeps serving the cached token; it raises only once the token is inside the margin
+    (``refresh_margin``, by default ``min(300, 10% of its lifetime)``, capped at half the lifetime)
+    and the vendor still fails. After a 429 or 503 with ``Retry-After`` (at most 300 s), calls
+    that need the vendor raise that error again, without a request, until the time has passed.
+    Thread-safe: at most one request to the vendor is in flight.
+
+    Like botocore, it honours ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` and ``AWS_CA_BUNDLE``
+    (or the AWS profile's ``ca_bundle``), unless a ``pool`` is given. Every failure is a
+    :class:`TokenVendorError`; all timing goes through ``clock``.
     """
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         region: str | None = None,
         profile: str | None = None,
         session: botocore.session.Session | None = None,
@@ -186,22 +95,21 @@ class TokenClient:
         pool: urllib3.PoolManager | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if refresh_margin is not None and refresh_margin < 0:
-            raise ValueError("refresh_margin must be >= 0")
-        parts = urlsplit(endpoint)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
-        self.endpoint = endpoint.rstrip("/")
-        self.profile = profile
-        self._loopback = is_loopback(endpoint)
+        if refresh_margin is not None and not (
+            refresh_margin >= 0 and math.isfinite(refresh_margin)
+        ):
+            raise ValueError("refresh_margin must be a finite number >= 0")
+        if not isinstance(timeout, urllib3.Timeout):
+            check_timeout(timeout)
+        self.endpoint = check_endpoint(endpoint_from(endpoint))
+        self.profile = profile_from(profile)
+        self._loopback = is_loopback(self.endpoint)
         self._own_session = session is None
         self._session = session if session is not None else botocore.session.Session()
         if self._own_session and self._loopback:
-            # Instance metadata cannot hold credentials for a local endpoint; skipping it also
-            # keeps a machine without credentials from probing the metadata address.
-            self._session.get_component("credential_provider").remove("iam-role")
-        self.region = resolve_region(region, endpoint, self._session)
-        self._refresh_margin = refresh_margin
+            skip_instance_metadata(self._session)
+        self.region = resolve_region(region, self.endpoint, self._session)
+        self._signer = Signer(self._session, self.region, self.endpoint, self._loopback)
         self._timeout = (
             timeout
             if isinstance(timeout, urllib3.Timeout)
@@ -210,63 +118,60 @@ class TokenClient:
             else urllib3.Timeout(connect=min(3.0, timeout), read=timeout)
         )
         self._retries = retries if retries is not None else _default_retries()
-        self._pool = pool if pool is not None else urllib3.PoolManager(maxsize=4)
-        self._clock = clock
-
+        self._pool: urllib3.PoolManager | None = pool
+        self._via = ""  # " through the proxy ..." once the pool is made with one
+        self._pool_lock = threading.Lock()
         self._cond = threading.Condition()
-        self._cached: _Cached | None = None
-        self._in_flight = False
-        self._generation = 0
-        self._failure: Exception | None = None
-        self._failure_generation = -1
+        self._state = TokenState(clock, refresh_margin)
 
-        self._credentials_lock = threading.Lock()
-        self._credentials: Credentials | None = None
-        self.using_local_test_credentials = False
+    @property
+    def using_local_test_credentials(self) -> bool:
+        """Whether requests were signed with make local's documented test credentials."""
+        return self._signer.using_local_test_credentials
 
     # ---------------------------------------------------------------------------- public API
 
     def get_token(self, min_ttl: int | None = None) -> Token:
         """A token with more than the refresh margin (and at least ``min_ttl`` s) left."""
-        if min_ttl is not None and (isinstance(min_ttl, bool) or min_ttl < 0):
+        if min_ttl is not None and (
+            isinstance(min_ttl, bool) or not isinstance(min_ttl, int) or min_ttl < 0
+        ):
             raise ValueError("min_ttl must be a non-negative integer")
-
-        def satisfied() -> Token | None:
-            return self._usable(min_ttl)
-
         query = {"min_ttl": str(min_ttl)} if min_ttl is not None else None
-        return self._single_flight(satisfied, lambda: self._call("GET", self._path(), query=query))
+        return self._single_flight(
+            lambda: self._state.plan_get(min_ttl),
+            lambda: self._call("GET", token_path(self.profile), query=query),
+            min_ttl,
+            refresh=False,
+        )
 
     def invalidate(self, rejected_token: str) -> Token:
         """Report a token the target refused and get its replacement.
 
         If the cached token is already a different one, it is returned without a call. Otherwise
         the rejected token is dropped from the cache and ``POST /token/refresh`` asks the vendor to
-        replace it (the vendor answers with a newer token at once if it has one). Concurrent
-        reports of the same token cause one call.
+        replace it (the vendor answers with a newer token at once if it has one); if the vendor
+        answers 409 ``unknown_token``, an ordinary ``GET /token`` follows. Concurrent reports of
+        the same token cause one call.
         """
         if not rejected_token:
             raise ValueError("rejected_token must be a non-empty string")
-
-        def satisfied() -> Token | None:
-            cached = self._cached
-            if cached is not None and cached.token.access_token == rejected_token:
-                self._cached = None
-                return None
-            return self._usable(None)
-
-        body = json.dumps({"rejected_token": rejected_token}).encode()
         return self._single_flight(
-            satisfied, lambda: self._call("POST", self._path("refresh"), body=body)
+            lambda: self._state.plan_invalidate(rejected_token),
+            lambda: self._refresh(rejected_token),
+            None,
+            refresh=True,
         )
 
     def clear(self) -> None:
         """Forget the cached token."""
         with self._cond:
-            self._cached = None
+            self._state.cached = None
 
     def close(self) -> None:
-        self._pool.clear()
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -281,69 +186,84 @@ class TokenClient:
 
     # ---------------------------------------------------------------------------- caching
 
-    def _margin(self, expires_in: int) -> float:
-        if self._refresh_margin is None:
-            return min(300.0, 0.1 * expires_in)
-        return min(self._refresh_margin, 0.5 * expires_in)
-
-    def _usable(self, min_ttl: int | None) -> Token | None:
-        """The cached token if it has enough time left. Call with the condition held."""
-        cached = self._cached
-        if cached is None:
-            return None
-        left = cached.deadline - self._clock()
-        if left <= cached.margin or (min_ttl is not None and left < min_ttl):
-            return None
-        return cached.token
-
     def _single_flight(
-        self, satisfied: Callable[[], Token | None], fetch: Callable[[], tuple[Token, float]]
+        self,
+        plan: Callable[[], Step],
+        fetch: Callable[[], tuple[Token, float]],
+        min_ttl: int | None,
+        *,
+        refresh: bool,
     ) -> Token:
+        state = self._state
         with self._cond:
             while True:
-                token = satisfied()
-                if token is not None:
-                    return token
-                if not self._in_flight:
-                    self._in_flight = True
+                step = plan()  # raises a remembered Retry-After error
+                if isinstance(step, Token):
+                    return step
+                if step is FETCH:
                     break
-                seen = self._generation
-                while self._generation == seen:
+                seen = state.generation
+                while state.generation == seen:
                     self._cond.wait()
-                if self._failure is not None and self._failure_generation == seen + 1:
-                    raise self._failure  # the fetch we waited for failed: share its error
+                failure = state.shared_failure(seen)
+                if failure is not None:
+                    token = state.usable(state.clock(), min_ttl)
+                    if token is not None:
+                        return token
+                    raise failure  # the fetch we waited for failed: share its error
         try:
             token, started = fetch()
-        except Exception as exc:
+        except TokenVendorError as exc:
             with self._cond:
-                self._finish(failure=exc)
+                state.failed(exc, refresh)
+                fallback = state.fallback(exc, min_ttl)
+                self._cond.notify_all()
+            if fallback is not None:
+                return fallback
             raise
         except BaseException:
             with self._cond:
-                self._finish(failure=None)
+                state.abandoned()
+                self._cond.notify_all()
             raise
         with self._cond:
-            self._cached = _Cached(
-                token, started + token.expires_in, self._margin(token.expires_in)
-            )
-            self._finish(failure=None)
+            state.succeeded(token, started)
+            self._cond.notify_all()
         return token
-
-    def _finish(self, failure: Exception | None) -> None:
-        self._in_flight = False
-        self._generation += 1
-        self._failure = failure
-        self._failure_generation = self._generation
-        self._cond.notify_all()
 
     # ---------------------------------------------------------------------------- HTTP
 
-    def _path(self, *suffix: str) -> str:
-        parts = ["token"]
-        if self.profile:
-            parts.append(quote(self.profile, safe=""))
-        parts.extend(suffix)
-        return "/" + "/".join(parts)
+    def _refresh(self, rejected_token: str) -> tuple[Token, float]:
+        body = json.dumps({"rejected_token": rejected_token}).encode()
+        try:
+            return self._call("POST", token_path(self.profile, "refresh"), body=body)
+        except TokenVendorError as exc:
+            if not is_unknown_token(exc):
+                raise
+        return self._call("GET", token_path(self.profile))
+
+    def _transport(self) -> urllib3.PoolManager:
+        """The given pool, else one that follows the proxy variables and the CA bundle."""
+        with self._pool_lock:
+            if self._pool is None:
+                try:
+                    ca_bundle = ca_bundle_for(self._session)
+                except Exception as exc:  # botocore's configuration errors
+                    raise TokenVendorError(
+                        0, "no_credentials", f"AWS configuration: {exc}"
+                    ) from None
+                proxy = proxy_for(self.endpoint)
+                if proxy is None:
+                    self._pool = urllib3.PoolManager(maxsize=4, ca_certs=ca_bundle)
+                else:
+                    self._via = f" through the proxy {proxy}"  # its password: redacted
+                    self._pool = urllib3.ProxyManager(
+                        proxy,
+                        maxsize=4,
+                        ca_certs=ca_bundle,
+                        proxy_headers=_proxy_headers(proxy),
+                    )
+            return self._pool
 
     def _call(
         self,
@@ -353,64 +273,36 @@ class TokenClient:
         query: Mapping[str, str] | None = None,
         body: bytes | None = None,
     ) -> tuple[Token, float]:
-        """One signed request; the token and the monotonic time the request started."""
+        """One signed request; the token and the time (on ``clock``) the request started."""
         url = self.endpoint + path + (f"?{urlencode(query)}" if query else "")
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
-        SigV4Auth(self._frozen_credentials(), SERVICE, self.region).add_auth(request)
-        prepared = request.prepare()
-        send_headers = dict(prepared.headers.items())
-        send_headers["User-Agent"] = f"igni-token-client/{__version__}"
-        started = self._clock()
+        headers = self._signer.headers(method, url, body)
+        pool = self._transport()
+        started = self._state.clock()
         try:
-            response = self._pool.request(
+            response = pool.request(
                 method,
                 url,
                 body=body,
-                headers=send_headers,
+                headers=headers,
                 timeout=self._timeout,
                 retries=self._retries,
                 redirect=False,
             )
-        except urllib3.exceptions.HTTPError as exc:
+        except Exception as exc:  # urllib3's, and anything else: always a TokenVendorError
             reason = getattr(exc, "reason", None) or exc
             raise TokenVendorError(
-                0, "endpoint_unreachable", f"cannot reach {self.endpoint}: {reason}"
-            ) from exc
-        payload = _json_or_none(response.data)
-        if response.status == 200:
-            return Token.from_json(payload), started
-        raise _error_from(response.status, payload, response.data, response.headers)
+                0, "endpoint_unreachable", f"cannot reach {self.endpoint}{self._via}: {reason}"
+            ) from None
+        return token_or_error(response.status, response.headers, response.data), started
 
-    def _frozen_credentials(self) -> ReadOnlyCredentials:
-        with self._credentials_lock:
-            if self._credentials is None:
-                found = self._session.get_credentials()
-                if found is None and self._loopback:
-                    logger.info(
-                        "No AWS credentials found; signing for %s with the documented local test "
-                        "credentials %s",
-                        self.endpoint,
-                        LOCAL_TEST_ACCESS_KEY_ID,
-                    )
-                    found = Credentials(
-                        LOCAL_TEST_ACCESS_KEY_ID,
-                        LOCAL_TEST_SECRET_ACCESS_KEY,
-                        method="igni-local-test",
-                    )
-                    self.using_local_test_credentials = True
-                if found is None:
-                    raise TokenVendorError(
-                        0,
-                        "no_credentials",
-                        "no AWS credentials found (environment, shared files, SSO, container or "
-                        "instance role); the vendor needs SigV4-signed requests",
-                    )
-                self._credentials = found
-            credentials = self._credentials
-        return credentials.get_frozen_credentials()
+
+def _proxy_headers(proxy: str) -> dict[str, str] | None:
+    """Proxy-Authorization from the proxy URL's user and password, as botocore sends it."""
+    parts = urllib3.util.parse_url(proxy)
+    if not parts.auth:
+        return None
+    user, _, password = parts.auth.partition(":")
+    return urllib3.util.make_headers(proxy_basic_auth=f"{unquote(user)}:{unquote(password)}")
 
 
 def _default_retries() -> urllib3.Retry:
@@ -434,56 +326,3 @@ def _default_retries() -> urllib3.Retry:
         raise_on_status=False,
         raise_on_redirect=False,
     )
-
-
-def _non_negative_int(data: Mapping[Any, Any], name: str) -> int:
-    value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise TokenVendorError(200, "bad_response", f"the answer's {name} is not a whole number")
-    return value
-
-
-def _json_or_none(data: bytes) -> object:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> int | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return int(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0, int(when.timestamp() - time.time()))
-
-
-def _error_from(
-    status: int, payload: object, raw: bytes, headers: Mapping[str, str]
-) -> TokenVendorError:
-    retry_after = _retry_after(headers)
-    if isinstance(payload, Mapping):
-        error = payload.get("error")
-        message = payload.get("message")
-        if isinstance(error, str) and error:
-            text = message if isinstance(message, str) else ""
-            return TokenVendorError(status, error, text, retry_after)
-        gateway_message = message if isinstance(message, str) else payload.get("Message")
-        if isinstance(gateway_message, str):
-            return TokenVendorError(status, _gateway_code(status), gateway_message, retry_after)
-    text = raw.decode("utf-8", "replace").strip()[:200] or f"HTTP {status} with no body"
-    return TokenVendorError(status, _gateway_code(status), text, retry_after)
-
-
-def _gateway_code(status: int) -> str:
-    if status == 403:
-        return "gateway_forbidden"
-    if status == 429:
-        return "gateway_throttled"
-    return "gateway_error"

@@ -732,12 +732,15 @@ def test_the_auth_hook_retries_once_after_a_401(
 
         # When a request goes through the auth hook to an API that accepts only the newer token
         if hook == "urllib3":
-            status = request_with_token(HTTP, client, "GET", resource_server.url).status
+            status = request_with_token(
+                HTTP, client, "GET", resource_server.url, hosts=["127.0.0.1"]
+            ).status
         else:
             import requests
 
             with requests.Session() as session:
-                response = session.get(resource_server.url, auth=IgniBearerAuth(client), timeout=30)
+                auth = IgniBearerAuth(client, hosts=["127.0.0.1"])
+                response = session.get(resource_server.url, auth=auth, timeout=30)
                 status = response.status_code
                 assert [r.status_code for r in response.history] == [401]
 

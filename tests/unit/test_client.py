@@ -31,6 +31,7 @@ ACCESS_KEY = "AKIACLIENTTESTKEY000"
 SECRET_KEY = "client-test-secret-key-0123456789abcdef"
 
 Reply = tuple[int, dict[str, str], object]
+LOOPBACK = ["127.0.0.1"]  # the auth hooks' hosts for the loopback stubs
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Seen:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    target: str = ""  # the request line's target as sent: absolute-form through a proxy
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Stub:
                     parse_qs(parts.query),
                     dict(self.headers.items()),
                     self.rfile.read(length) if length else b"",
+                    self.path,
                 )
                 with stub.lock:
                     stub.seen.append(seen)
@@ -99,6 +102,9 @@ class Stub:
                 self._handle()
 
             def do_PUT(self) -> None:
+                self._handle()
+
+            def do_CONNECT(self) -> None:
                 self._handle()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -170,6 +176,11 @@ def _aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
+    for name in ("AWS_CA_BUNDLE", "AWS_DEFAULT_REGION", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 @pytest.fixture
@@ -223,18 +234,19 @@ def test_profile_paths(vendor: tuple[Stub, Vendor]) -> None:
 
 
 def test_near_expiry_refetches(vendor: tuple[Stub, Vendor]) -> None:
-    # Given tokens living 100 s (margin min(300, 10%) = 10 s) and a clock under test control
+    # Given tokens living 100 s (refreshed early from 50 s) and a clock under test control
     stub, logic = vendor
     logic.expires_in = 100
     clock = FakeClock()
     client = make_client(stub.url, clock=clock)
     client.get_token()
-    # When 89 s pass, the token (11 s left) is still served from memory
-    clock.now += 89
+    # When 49 s pass, the token is still served from memory
+    clock.now += 49
     client.get_token()
     assert stub.count() == 1
-    # Then past the margin (9.5 s left) it is fetched again
-    clock.now += 1.5
+    # Then from half its lifetime it is fetched again, once
+    clock.now += 1
+    client.get_token()
     client.get_token()
     assert stub.count() == 2
 
@@ -261,11 +273,11 @@ def test_short_lived_token_is_cached(vendor: tuple[Stub, Vendor]) -> None:
     logic.expires_in = 10
     clock = FakeClock()
     client = make_client(stub.url, clock=clock)
-    # When asked repeatedly for 8 s / Then one fetch
+    # When asked every second for 8 s / Then one fetch, and one early refresh at 5 s
     for _ in range(9):
         client.get_token()
         clock.now += 1
-    assert stub.count() == 1
+    assert stub.count() == 2
 
 
 def test_min_ttl_beyond_the_cached_token_asks_the_vendor(vendor: tuple[Stub, Vendor]) -> None:
@@ -329,7 +341,8 @@ def test_sixteen_threads_share_one_failure() -> None:
         delay=0.3,
     ).start()
     try:
-        client = make_client(stub.url)
+        clock = FakeClock()
+        client = make_client(stub.url, clock=clock)
         # When 16 threads ask at once
         results = _in_threads(16, client.get_token)
         # Then one request was made and every thread got its error
@@ -337,7 +350,14 @@ def test_sixteen_threads_share_one_failure() -> None:
         for r in results:
             assert isinstance(r, TokenVendorError)
             assert (r.status, r.error, r.retry_after) == (503, "upstream_unavailable", 7)
-        # And a later call tries again
+        # And a call within the Retry-After gets the same error without a request
+        clock.now += 6
+        with pytest.raises(TokenVendorError) as caught:
+            client.get_token()
+        assert (caught.value.error, caught.value.retry_after) == ("upstream_unavailable", 1)
+        assert stub.count() == 1
+        # And a call after it tries again
+        clock.now += 1
         with pytest.raises(TokenVendorError):
             client.get_token()
         assert stub.count() == 2
@@ -562,7 +582,9 @@ def test_requests_hook_retries_once_after_401(
     # When a POST with a body goes through the auth hook
     with requests.Session() as session:
         response = session.post(
-            target_stub.url + "/api/v1/things", data=b"payload", auth=IgniBearerAuth(client)
+            target_stub.url + "/api/v1/things",
+            data=b"payload",
+            auth=IgniBearerAuth(client, hosts=LOOPBACK),
         )
     # Then the 401 was reported, the request resent once with the new token, and it succeeded
     assert response.status_code == 200
@@ -580,7 +602,9 @@ def test_requests_hook_gives_up_after_one_retry(igni: tuple[Stub, Stub, Vendor, 
     target.always_401 = True
     client = make_client(vendor_stub.url)
     # When a GET goes through the hook
-    response = requests.get(target_stub.url + "/api/v1/things", auth=IgniBearerAuth(client))
+    response = requests.get(
+        target_stub.url + "/api/v1/things", auth=IgniBearerAuth(client, hosts=LOOPBACK)
+    )
     # Then the second 401 is returned: one retry, one refresh
     assert response.status_code == 401
     assert target_stub.count() == 2
@@ -593,7 +617,7 @@ def test_requests_hook_leaves_other_answers_alone(igni: tuple[Stub, Stub, Vendor
     # Given a client whose token the target accepts
     client = make_client(vendor_stub.url)
     # When a GET goes through the hook / Then one request, no refresh
-    response = requests.get(target_stub.url + "/api", auth=IgniBearerAuth(client))
+    response = requests.get(target_stub.url + "/api", auth=IgniBearerAuth(client, hosts=LOOPBACK))
     assert response.status_code == 200
     assert response.history == []
     assert target_stub.count() == 1
@@ -610,7 +634,7 @@ def test_urllib3_helper_retries_once_after_401(igni: tuple[Stub, Stub, Vendor, T
     # When a request goes through request_with_token
     with urllib3.PoolManager() as pool:
         response = request_with_token(
-            pool, client, "PUT", target_stub.url + "/api/v1/things/1", body=b"{}"
+            pool, client, "PUT", target_stub.url + "/api/v1/things/1", body=b"{}", hosts=LOOPBACK
         )
     # Then it succeeded after one refresh and one resend
     assert response.status == 200
