@@ -192,7 +192,8 @@ class StubApp:
             fault = self.faults.popleft() if self.faults else {}
             config, gen = dict(self.config), self.generation
         body = request.get_data().decode("utf-8", "replace")
-        form = {name: values[0] for name, values in urllib.parse.parse_qs(body, True).items()}
+        fields = urllib.parse.parse_qs(body, True)
+        form = {name: values[0] for name, values in fields.items()}
         authorization = request.headers.get("Authorization")
         basic = basic_credentials(authorization)
         # What the call record says of the request: field names and the scheme, never a value
@@ -204,6 +205,8 @@ class StubApp:
             "client_id": form.get("client_id", basic[0] if basic else None),
             "scope": form.get("scope"),
             "audience": form.get("audience"),
+            # RFC 8707: each resource indicator is a field of its own.
+            "resource": fields.get("resource", []),
             "form_fields": sorted(form),
             "auth_scheme": None if authorization is None else scheme,
         }

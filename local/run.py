@@ -110,6 +110,7 @@ class RealIgni:
 UPSTREAM_PARAMETERS = {
     "IGNI_TOKEN_ENDPOINT_AUTH_METHOD": "IgniTokenEndpointAuthMethod",
     "IGNI_AUDIENCE": "IgniAudience",
+    "IGNI_RESOURCE": "IgniResource",
     "IGNI_DEFAULT_EXPIRES_IN": "IgniDefaultExpiresIn",
 }
 

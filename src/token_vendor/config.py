@@ -23,7 +23,10 @@ _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _N = TypeVar("_N", int, float)
 _PROFILE_FIELDS = frozenset({"secret_id", "workspace", "token_url", "scope", "audience"})
-_PROFILE_KEYS = _PROFILE_FIELDS | {"token_endpoint_auth_method", "default_expires_in"}
+_PROFILE_KEYS = _PROFILE_FIELDS | {"token_endpoint_auth_method", "default_expires_in", "resource"}
+# RFC 8707 resource indicators a profile may ask for (each sent as a `resource` form field).
+MAX_RESOURCES = 10
+MAX_RESOURCE_LENGTH = 2048
 # How the client authenticates at the token endpoint (RFC 6749 section 2.3.1): in the form body,
 # as Igni's document shows, or with HTTP Basic, which every RFC 6749 server must accept.
 CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105  # nosec B105 - a method name
@@ -53,6 +56,8 @@ class Profile:
     audience: str | None = None
     token_endpoint_auth_method: str = CLIENT_SECRET_POST
     default_expires_in: int = DEFAULT_EXPIRES_IN
+    # RFC 8707 resource indicators: absolute URIs, in the order given.
+    resource: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -253,7 +258,20 @@ def _default_profile(secret_id: str, env: Mapping[str, str]) -> Profile:
     entry["default_expires_in"] = _int(
         env, "IGNI_DEFAULT_EXPIRES_IN", DEFAULT_EXPIRES_IN, MIN_DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN
     )
+    resource = env.get("IGNI_RESOURCE", "").strip()
+    if resource:
+        entry["resource"] = _resource_setting(resource)
     return _profile(DEFAULT_PROFILE, entry)
+
+
+def _resource_setting(raw: str) -> object:
+    """IGNI_RESOURCE: one absolute URI, several separated by spaces, or a JSON array."""
+    if raw.startswith("["):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigurationError("IGNI_RESOURCE is not a valid JSON array") from None
+    return raw.split()
 
 
 def _load_profiles(env: Mapping[str, str]) -> dict[str, Profile]:
@@ -317,7 +335,38 @@ def _profile(name: str, entry: object) -> Profile:
         audience=values["audience"],
         token_endpoint_auth_method=_profile_auth_method(name, entry),
         default_expires_in=_profile_default_expires_in(name, entry),
+        resource=_profile_resource(name, entry.get("resource")),
     )
+
+
+def _profile_resource(name: str, value: object) -> tuple[str, ...]:
+    """RFC 8707 section 2: each resource an absolute URI without a fragment."""
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_RESOURCES:
+        raise ConfigurationError(
+            f"profile '{name}': field 'resource' must be an absolute URI or a list of 1 to "
+            f"{MAX_RESOURCES} of them"
+        )
+    resources: list[str] = []
+    for item in values:
+        if not isinstance(item, str) or not _is_resource_uri(item):
+            raise ConfigurationError(
+                f"profile '{name}': field 'resource' must hold absolute URIs (scheme://..., "
+                f"printable ASCII, no fragment, at most {MAX_RESOURCE_LENGTH} characters)"
+            )
+        resources.append(item)
+    return tuple(resources)
+
+
+def _is_resource_uri(value: str) -> bool:
+    if not value or len(value) > MAX_RESOURCE_LENGTH or "#" in value:
+        return False
+    if any(not "!" <= char <= "~" for char in value):
+        return False
+    scheme, sep, rest = value.partition(":")
+    return bool(sep and rest and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme))
 
 
 def _profile_auth_method(name: str, entry: Mapping[str, object]) -> str:

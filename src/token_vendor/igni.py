@@ -126,6 +126,7 @@ class IgniClient:
             deadline=deadline,
             scope=profile.scope,
             audience=profile.audience,
+            resource=profile.resource,
             auth_method=profile.token_endpoint_auth_method,
             on_attempt=on_attempt,
         )
@@ -139,6 +140,7 @@ class IgniClient:
         deadline: float,
         scope: str | None = None,
         audience: str | None = None,
+        resource: tuple[str, ...] = (),
         auth_method: str = CLIENT_SECRET_POST,
         on_attempt: AttemptObserver | None = None,
     ) -> IssuedToken:
@@ -153,7 +155,14 @@ class IgniClient:
         if problem is not None:
             raise ConfigurationError(f"the Igni token URL {problem}; nothing was sent")
         observe = on_attempt or self._on_attempt
-        body, headers = _token_request(client_id, client_secret, scope, audience, auth_method)
+        body, headers = _token_request(
+            client_id,
+            client_secret,
+            scope=scope,
+            audience=audience,
+            resource=resource,
+            auth_method=auth_method,
+        )
         last_error = UpstreamUnavailable("Igni could not be reached before the deadline")
         for attempt in range(1, self._max_attempts + 1):
             remaining = deadline - self._clock()
@@ -292,22 +301,25 @@ def _parse_token(payload: bytes) -> IssuedToken:
 def _token_request(
     client_id: str,
     client_secret: str,
+    *,
     scope: str | None,
     audience: str | None,
+    resource: tuple[str, ...],
     auth_method: str,
 ) -> tuple[str, dict[str, str]]:
-    """The form body and headers of a client-credentials request."""
-    form = {"grant_type": "client_credentials"}
+    """The form body and headers of a client-credentials request; each RFC 8707 resource is a
+    `resource` field of its own."""
+    form: list[tuple[str, str]] = [("grant_type", "client_credentials")]
     headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
     if auth_method == CLIENT_SECRET_BASIC:
         headers["Authorization"] = basic_authorization(client_id, client_secret)
     else:
-        form["client_id"] = client_id
-        form["client_secret"] = client_secret
+        form += [("client_id", client_id), ("client_secret", client_secret)]
     if scope:
-        form["scope"] = scope
+        form.append(("scope", scope))
     if audience:
-        form["audience"] = audience
+        form.append(("audience", audience))
+    form += [("resource", uri) for uri in resource]
     return urlencode(form), headers
 
 

@@ -44,10 +44,12 @@ def cache_key(profile: Profile) -> str:
         profile.scope or "",
     ]
     material = "\n".join(fields)
-    if profile.audience:
-        # A newer field joins the material only when set, so that the items of profiles without
-        # it keep their key across a deploy. JSON, so that no scope text can imitate it (a
-        # secret id never starts with '[').
+    if profile.resource:
+        # Newer fields join the material only when set, so that the items of profiles without
+        # them keep their key across a deploy. JSON, so that no scope text can imitate it (a
+        # secret id never starts with '['); each form has its own length.
+        material = json.dumps([*fields, profile.audience or "", ["resource", *profile.resource]])
+    elif profile.audience:
         material = json.dumps([*fields, profile.audience])
     return "token#" + hashlib.sha256(material.encode()).hexdigest()[:32]
 

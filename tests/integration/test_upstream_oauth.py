@@ -377,3 +377,55 @@ def test_the_template_defaults_keep_igni_s_documented_behaviour(
     [call] = igni_stub.calls()
     assert call["auth_scheme"] is None
     assert call["form_fields"] == ["client_id", "client_secret", "grant_type"]
+
+
+# ------------------------------------------------------------ RFC 8707 resource indicators
+
+
+def test_igni_resource_is_sent_as_resource_fields_and_keys_the_token(
+    stack: LocalStack, igni_stub: StubProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the default profile asks for two resources (IGNI_RESOURCE), and a profile for one
+    set_env(
+        monkeypatch,
+        IGNI_RESOURCE="https://api.example/ https://reports.example/",
+        IGNI_PROFILES=json.dumps(
+            {
+                "reports": {
+                    "secret_id": stack.secret_arn,
+                    "token_url": igni_stub.token_url,
+                    "resource": "https://reports.example/",
+                }
+            }
+        ),
+    )
+    # When each is asked for a token
+    default = invoke(load_event("get_token"))
+    reports = invoke(profile_event("reports"))
+    # Then each resource went as a form field of its own, in order
+    assert default["statusCode"] == reports["statusCode"] == 200, (default, reports)
+    assert [c["resource"] for c in igni_stub.calls()] == [
+        ["https://api.example/", "https://reports.example/"],
+        ["https://reports.example/"],
+    ]
+    # And the resources are part of the cache key: one item per profile
+    items = stack.dynamodb().scan(TableName=stack.table_name, ConsistentRead=True)["Items"]
+    assert len({item["pk"]["S"] for item in items}) == 2
+
+
+def test_rotation_tests_a_staged_key_with_the_profiles_resources(
+    stack: LocalStack,
+    igni_stub: StubProcess,
+    rotation: Rotation,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the default profile asks for a resource
+    monkeypatch.setenv("IGNI_RESOURCE", '["https://api.example/"]')
+    rotation.enable()
+    staged = rotation.stage(
+        {"client_id": igni_stub.client_id, "client_secret": igni_stub.client_secret}
+    )
+    # When the rotation runs, the test exchange asks for the same resource
+    assert rotation.run(staged) == ["staged", "nothing_to_set", "tested", "finished"]
+    [call] = igni_stub.calls()
+    assert call["resource"] == ["https://api.example/"]

@@ -359,3 +359,50 @@ def test_an_audience_changes_the_cache_key_and_no_audience_keeps_the_old_one() -
     assert len({old_key, one, cache_key(replace(plain, audience="two"))}) == 3
     assert cache_key(replace(plain, scope='r\n["x"]', audience=None)) != one
     assert cache_key(replace(plain, scope="r\none")) != one
+
+
+# ---------------------------------------------------------- RFC 8707 resource indicators
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://api.example/", ("https://api.example/",)),
+        ("https://a.example/ urn:igni:reports", ("https://a.example/", "urn:igni:reports")),
+        (
+            '["https://a.example/", "https://b.example/x?y=1"]',
+            ("https://a.example/", "https://b.example/x?y=1"),
+        ),
+    ],
+)
+def test_igni_resource_takes_one_uri_several_or_a_json_array(
+    raw: str, expected: tuple[str, ...]
+) -> None:
+    config = load_config({"TOKEN_TABLE_NAME": "t", "IGNI_SECRET_ID": "s", "IGNI_RESOURCE": raw})
+    assert config.profiles["default"].resource == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["relative/path", "https://a.example/#frag", "", 5, [], ["https://a", 7], ["x y"], ["é:x"]],
+)
+def test_a_resource_that_is_not_an_absolute_uri_is_refused(value: object) -> None:
+    env = {
+        "TOKEN_TABLE_NAME": "t",
+        "IGNI_PROFILES": json.dumps({"p": {"secret_id": "s", "resource": value}}),
+    }
+    with pytest.raises(ConfigurationError, match="'resource'"):
+        load_config(env)
+
+
+def test_resources_join_the_cache_key_only_when_set() -> None:
+    plain = Profile(name="a", secret_id="igni/a", audience="aud")
+    with_resource = replace(plain, resource=("https://api.example/",))
+    assert cache_key(replace(with_resource, resource=())) == cache_key(plain)
+    keys = {
+        cache_key(plain),
+        cache_key(with_resource),
+        cache_key(replace(with_resource, resource=("https://other.example/",))),
+        cache_key(replace(with_resource, audience=None)),
+    }
+    assert len(keys) == 4
