@@ -1,15 +1,18 @@
 """Encrypts tokens with KMS before they reach DynamoDB, bound to their cache key.
 
-Envelope encryption: KMS `GenerateDataKey` gives a fresh AES-256 key per token, the token is
-sealed locally with AES-GCM (the `cryptography` library), and the blob stored in the item is
-the encrypted data key beside the ciphertext. KMS `Encrypt` takes at most 4,096 bytes, which
-large JWTs exceed; a data key has no such limit. The cache key is the KMS encryption context
-of the data key and the AES-GCM associated data of the token, so an item copied under another
-cache key cannot be decrypted. Items written as a plain KMS ciphertext (scheme "kms") are still
-read.
+A token of up to 4,096 bytes (KMS `Encrypt`'s limit, and most JWTs) is encrypted by KMS itself
+(scheme "kms"). A larger one is envelope-encrypted (scheme "kms-gcm"): KMS `GenerateDataKey`
+gives a fresh AES-256 key, the token is sealed locally with AES-GCM from the `cryptography`
+library, and the blob is the encrypted data key beside the ciphertext. Either way the cache key
+is the KMS encryption context (and the AES-GCM associated data), so an item copied under
+another cache key cannot be decrypted.
 
-Blob framing (scheme "kms-gcm"): version byte 1, the encrypted data key's length (2 bytes,
-big-endian), the encrypted data key, a 12-byte nonce, then the AES-GCM ciphertext and tag.
+`cryptography` is imported only when an envelope is sealed or opened: the usual cold start
+never pays for it, and its compiled core is the runtime's architecture (arm64), which the
+build's import check on another machine could not load.
+
+Envelope framing: version byte 1, the encrypted data key's length (2 bytes, big-endian), the
+encrypted data key, a 12-byte nonce, then the AES-GCM ciphertext and tag.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ import os
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from token_vendor.errors import StoreUnavailable
 
@@ -30,6 +31,8 @@ KMS = "kms"
 ENVELOPE = "kms-gcm"
 # Only when no key is configured (local experiments); the template always sets one.
 PLAIN = "none"
+# KMS Encrypt takes at most this much plaintext; larger tokens are envelope-encrypted.
+KMS_MAX_PLAINTEXT = 4096
 FRAME_VERSION = 1
 NONCE_BYTES = 12
 # The encrypted data key's length field; KMS ciphertexts are a few hundred bytes.
@@ -58,9 +61,27 @@ class TokenCipher:
     def encrypt(self, token: str, cache_key: str) -> tuple[bytes, str]:
         if self._kms is None or not self._key_id:
             return token.encode(), PLAIN
+        plain = token.encode()
+        if len(plain) > KMS_MAX_PLAINTEXT:
+            return self._seal(self._kms, self._key_id, plain, cache_key), ENVELOPE
         try:
-            answer = self._kms.generate_data_key(
+            answer = self._kms.encrypt(
                 KeyId=self._key_id,
+                Plaintext=plain,
+                EncryptionContext={"cache_key": cache_key},
+            )
+        except ClientError as exc:
+            raise StoreUnavailable(f"KMS refused to encrypt ({_code(exc)})") from None
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"KMS unreachable ({type(exc).__name__})") from None
+        return answer["CiphertextBlob"], KMS
+
+    def _seal(self, kms: KMSClient, key_id: str, plain: bytes, cache_key: str) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415 - see top
+
+        try:
+            answer = kms.generate_data_key(
+                KeyId=key_id,
                 KeySpec="AES_256",
                 EncryptionContext={"cache_key": cache_key},
             )
@@ -70,9 +91,9 @@ class TokenCipher:
             raise StoreUnavailable(f"KMS unreachable ({type(exc).__name__})") from None
         wrapped = answer["CiphertextBlob"]
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(answer["Plaintext"]).encrypt(nonce, token.encode(), cache_key.encode())
+        sealed = AESGCM(answer["Plaintext"]).encrypt(nonce, plain, cache_key.encode())
         header = bytes([FRAME_VERSION]) + len(wrapped).to_bytes(_LENGTH_BYTES, "big")
-        return header + wrapped + nonce + sealed, ENVELOPE
+        return header + wrapped + nonce + sealed
 
     def decrypt(self, blob: bytes, scheme: str, cache_key: str, *, quick: bool = False) -> str:
         if scheme == PLAIN:
@@ -82,6 +103,9 @@ class TokenCipher:
             raise UndecryptableToken(f"no key to decrypt a token stored as '{scheme}'")
         if scheme == KMS:
             return self._kms_decrypt(kms, blob, cache_key).decode()
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415 - see the module's top
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
         wrapped, nonce, sealed = unframe(blob)
         data_key = self._kms_decrypt(kms, wrapped, cache_key)
         try:

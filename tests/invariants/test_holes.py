@@ -6,6 +6,8 @@ and Igni client; an injected clock; a hostile Igni and flaky AWS.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -363,3 +365,21 @@ def test_a_body_dripped_slower_than_the_deadline_is_cut_at_the_deadline() -> Non
         igni.exchange(TOKEN_URL, "id", "secret", deadline=world.clock.mono() + 12)
     # Then it gives up at the deadline, not when the body ends
     assert world.clock.mono() <= 12 + 5
+
+
+def test_the_cold_path_never_imports_cryptography() -> None:
+    # Given a fresh interpreter
+    # When the API function's handler is imported and a small token sealed and opened
+    code = (
+        "import sys; import token_vendor.handler; "
+        "from tests.invariants.world import HostileKms, Faults; from tests.fakes import Clock; "
+        "from token_vendor.token_cipher import TokenCipher; "
+        "c = TokenCipher(HostileKms(Faults(Clock(), 1.0)), 'k'); "
+        "blob, scheme = c.encrypt('t' * 4096, 'key'); assert c.decrypt(blob, scheme, 'key'); "
+        "print(scheme, 'cryptography' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    # Then KMS encrypted it itself, and cryptography (arm64-only in the artifact) was not loaded
+    assert done.stdout.split() == ["kms", "False"]

@@ -230,7 +230,9 @@ def test_each_role_allows_exactly_what_its_function_calls(template: dict[str, An
         "secretsmanager:GetSecretValue",
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
-        # Envelope encryption: a data key per token, and Decrypt of it (token_cipher.py).
+        # Encrypt for tokens up to 4 KB, a data key for larger ones (envelope), Decrypt of
+        # either (token_cipher.py).
+        "kms:Encrypt",
         "kms:GenerateDataKey",
         "kms:Decrypt",
     }
@@ -427,7 +429,11 @@ def test_only_the_vending_roles_may_use_the_key_directly_and_only_for_tokens(
         direct.append(statement)
     assert len(direct) == 1
     (statement,) = direct
-    assert set(as_list(statement["Action"])) == {"kms:GenerateDataKey", "kms:Decrypt"}
+    assert set(as_list(statement["Action"])) == {
+        "kms:Encrypt",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+    }
     assert statement["Condition"]["ArnEquals"]["aws:PrincipalArn"] == vending_roles
     assert statement["Condition"]["Null"] == {"kms:EncryptionContext:cache_key": "false"}
 
