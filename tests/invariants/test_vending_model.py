@@ -75,7 +75,7 @@ class VendingModel(RuleBasedStateMachine):
         self.held: dict[int, str] = {}
         self.crashed: set[str] = set()
         self.abandoned: set[tuple[str, float]] = set()
-        self.forced_alone: dict[int, float] = {}
+        self.forced_alone: dict[str, float] = {}
         self.shared: CachedToken | None = None
         self.vended: set[str] = set()
         self.request: Request | None = None
@@ -261,11 +261,13 @@ class VendingModel(RuleBasedStateMachine):
             # DynamoDB or KMS failed in this request: each environment answers on its own, and
             # keeps the forced-refresh limit by itself.
             if request.kind == "refresh":
-                last = self.forced_alone.get(request.env)
+                # Per environment (a replaced one, with its new owner id, starts afresh).
+                owner = self.environments[request.env].lease.owner
+                last = self.forced_alone.get(owner)
                 assert last is None or now - last >= interval, (
                     f"two forced exchanges {now - last:.1f} s apart without the table"
                 )
-                self.forced_alone[request.env] = now
+                self.forced_alone[owner] = now
             return
         record = self.table.items.get(KEY)
         forced = request.kind == "refresh" and record is not None
