@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
@@ -188,30 +189,47 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         table_name=table_name,
         kms_key_id=env.get("TOKEN_KMS_KEY_ID", "").strip() or None,
         freshness=freshness,
-        # The secret is never cached for longer than 5 minutes, whatever is configured.
-        secret_cache_seconds=_float(env, "SECRET_CACHE_SECONDS", 30.0, 0.0, 300.0),
-        # Rotation must reach every environment within 60 s: memory is re-checked more often.
-        memory_revalidate_seconds=_float(env, "MEMORY_REVALIDATE_SECONDS", 30.0, 0.0, 60.0),
-        auth_failure_cache_seconds=_int(env, "AUTH_FAILURE_CACHE_SECONDS", 60, 0, 3600),
-        forced_refresh_interval_seconds=_int(env, "FORCED_REFRESH_INTERVAL_SECONDS", 30, 0, 3600),
-        refresh_backoff_base_seconds=_float(env, "REFRESH_BACKOFF_BASE_SECONDS", 2.0, 0.1, 60.0),
-        refresh_backoff_max_seconds=_float(
-            env,
-            "REFRESH_BACKOFF_MAX_SECONDS",
-            DEFAULT_REFRESH_BACKOFF_MAX_SECONDS,
-            1.0,
-            3600.0,
-        ),
-        lease_seconds=_float(env, "LEASE_SECONDS", 15.0, 1.0, 28.0),
-        igni_connect_timeout=_float(env, "IGNI_CONNECT_TIMEOUT", 3.0, 0.1, 3.0),
-        igni_read_timeout=_float(env, "IGNI_READ_TIMEOUT", 10.0, 0.1, 10.0),
-        igni_max_attempts=_int(env, "IGNI_MAX_ATTEMPTS", 3, 1, 5),
-        aws_connect_timeout=_float(env, "AWS_CONNECT_TIMEOUT", 1.0, 0.1, 5.0),
-        aws_read_timeout=_float(env, "AWS_READ_TIMEOUT", 2.0, 0.1, 10.0),
-        aws_max_attempts=_int(env, "AWS_MAX_ATTEMPTS", 3, 1, 5),
-        recheck_timeout_seconds=_float(env, "RECHECK_TIMEOUT_SECONDS", 1.0, 0.1, 5.0),
-        recheck_pause_seconds=_float(env, "RECHECK_PAUSE_SECONDS", 10.0, 0.0, 300.0),
+        **_settings(env),
     )
+
+
+# The numeric settings: Config field -> (environment variable, lowest, highest). Defaults are
+# the fields' own; an int default makes a whole-number setting.
+_SETTINGS: dict[str, tuple[str, float, float]] = {
+    # The secret is never cached for longer than 5 minutes, whatever is configured.
+    "secret_cache_seconds": ("SECRET_CACHE_SECONDS", 0.0, 300.0),
+    # Rotation must reach every environment within 60 s: memory is re-checked more often.
+    "memory_revalidate_seconds": ("MEMORY_REVALIDATE_SECONDS", 0.0, 60.0),
+    "auth_failure_cache_seconds": ("AUTH_FAILURE_CACHE_SECONDS", 0, 3600),
+    "forced_refresh_interval_seconds": ("FORCED_REFRESH_INTERVAL_SECONDS", 0, 3600),
+    "refresh_backoff_base_seconds": ("REFRESH_BACKOFF_BASE_SECONDS", 0.1, 60.0),
+    "refresh_backoff_max_seconds": ("REFRESH_BACKOFF_MAX_SECONDS", 1.0, 3600.0),
+    # Within API Gateway's 29 s.
+    "lease_seconds": ("LEASE_SECONDS", 1.0, 28.0),
+    "igni_connect_timeout": ("IGNI_CONNECT_TIMEOUT", 0.1, 3.0),
+    "igni_read_timeout": ("IGNI_READ_TIMEOUT", 0.1, 10.0),
+    "igni_max_attempts": ("IGNI_MAX_ATTEMPTS", 1, 5),
+    "aws_connect_timeout": ("AWS_CONNECT_TIMEOUT", 0.1, 5.0),
+    "aws_read_timeout": ("AWS_READ_TIMEOUT", 0.1, 10.0),
+    "aws_max_attempts": ("AWS_MAX_ATTEMPTS", 1, 5),
+    "recheck_timeout_seconds": ("RECHECK_TIMEOUT_SECONDS", 0.1, 5.0),
+    "recheck_pause_seconds": ("RECHECK_PAUSE_SECONDS", 0.0, 300.0),
+}
+_FIELD_DEFAULTS: dict[str, object] = {
+    field.name: field.default for field in dataclasses.fields(Config) if field.name in _SETTINGS
+}
+
+
+def _settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The _SETTINGS fields as `env` sets them, else as the Config fields default them."""
+    values: dict[str, Any] = {}
+    for name, (variable, low, high) in _SETTINGS.items():
+        default = _FIELD_DEFAULTS[name]
+        if isinstance(default, int):
+            values[name] = _int(env, variable, default, int(low), int(high))
+        elif isinstance(default, float):
+            values[name] = _float(env, variable, default, low, high)
+    return values
 
 
 def same_secret(configured: str, other: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import replace
@@ -10,6 +11,7 @@ import pytest
 
 from token_vendor.config import (
     DEFAULT_PROFILE,
+    Config,
     Profile,
     load_config,
     profile_for_secret,
@@ -406,3 +408,19 @@ def test_resources_join_the_cache_key_only_when_set() -> None:
         cache_key(replace(with_resource, audience=None)),
     }
     assert len(keys) == 4
+
+
+def test_every_numeric_setting_defaults_to_the_config_field_it_sets() -> None:
+    # Given no numeric variable set
+    config = load_config({"TOKEN_TABLE_NAME": "t", "IGNI_SECRET_ID": "s"})
+    # Then each setting is its Config field's default (defined once, on the dataclass)
+    for field in dataclasses.fields(Config):
+        if field.default is not dataclasses.MISSING:
+            assert getattr(config, field.name) == field.default, field.name
+    # And a variable sets its field
+    assert (
+        load_config(
+            {"TOKEN_TABLE_NAME": "t", "IGNI_SECRET_ID": "s", "LEASE_SECONDS": "7"}
+        ).lease_seconds
+        == 7.0
+    )
