@@ -149,27 +149,6 @@ class Lease:
             recent=replaced.succession() if replaced is not None else (),
         )
 
-    def fail(
-        self,
-        key: str,
-        *,
-        backoff_until: float,
-        failures: int,
-        failure_code: str,
-        auth_failed_until: float | None = None,
-        auth_failed_version: str | None = None,
-    ) -> None:
-        """Share the failure (the fleet's backoff) and free the lease."""
-        self._table.record_failure(
-            key,
-            owner=self._owner,
-            backoff_until=backoff_until,
-            failures=failures,
-            failure_code=failure_code,
-            auth_failed_until=auth_failed_until,
-            auth_failed_version=auth_failed_version,
-        )
-
     def release_quietly(self, key: str) -> None:
         # If the table is unreachable the lease simply expires by itself.
         with contextlib.suppress(StoreUnavailable):

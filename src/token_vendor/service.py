@@ -137,9 +137,7 @@ class TokenService:
             self._table_recheck.start()
             self._telemetry.store_unavailable(profile.name, str(exc))
             return self._from_memory(profile, key, token, deadline=deadline, min_ttl=min_ttl)
-        return self._vend_shared(
-            profile, key, deadline=deadline, min_ttl=min_ttl, record=record, have_record=True
-        )
+        return self._settle_shared(profile, key, record, deadline=deadline, min_ttl=min_ttl)
 
     def _from_memory(
         self, profile: Profile, key: str, token: CachedToken, *, deadline: float, min_ttl: int
@@ -213,23 +211,52 @@ class TokenService:
         *,
         deadline: float,
         min_ttl: int,
-        record: Record | None = None,
-        have_record: bool = False,
         rejected: str | None = None,
     ) -> Vended:
-        """Settle on the shared item (read now unless `have_record`)."""
+        """Read the shared item now, then settle on it."""
         try:
-            if not have_record:
-                record = self._table.get(key)
+            record = self._table.get(key)
+        except StoreUnavailable as exc:
+            return self._without_table(
+                profile, key, exc, deadline=deadline, min_ttl=min_ttl, rejected=rejected
+            )
+        return self._settle_shared(
+            profile, key, record, deadline=deadline, min_ttl=min_ttl, rejected=rejected
+        )
+
+    def _settle_shared(
+        self,
+        profile: Profile,
+        key: str,
+        record: Record | None,
+        *,
+        deadline: float,
+        min_ttl: int,
+        rejected: str | None = None,
+    ) -> Vended:
+        """Settle on this view of the shared item (the lease re-reads it as it needs)."""
+        try:
             return self._settle(
                 profile, key, record, deadline=deadline, min_ttl=min_ttl, rejected=rejected
             )
         except StoreUnavailable as exc:
-            # The shared tier is down: this environment answers on its own until it is back.
-            self._telemetry.store_unavailable(profile.name, str(exc))
-            return self._vend_direct(
-                profile, key, deadline=deadline, min_ttl=min_ttl, reject=rejected
+            return self._without_table(
+                profile, key, exc, deadline=deadline, min_ttl=min_ttl, rejected=rejected
             )
+
+    def _without_table(
+        self,
+        profile: Profile,
+        key: str,
+        exc: StoreUnavailable,
+        *,
+        deadline: float,
+        min_ttl: int,
+        rejected: str | None,
+    ) -> Vended:
+        # The shared tier is down: this environment answers on its own until it is back.
+        self._telemetry.store_unavailable(profile.name, str(exc))
+        return self._vend_direct(profile, key, deadline=deadline, min_ttl=min_ttl, reject=rejected)
 
     def _settle(
         self,
@@ -415,8 +442,9 @@ class TokenService:
         backoff = min(backoff, self._config.refresh_backoff_max_seconds)
         self._telemetry.refresh_failed(profile.name, exc.kind, exc.message, still_vending)
         try:
-            self._lease.fail(
+            self._table.record_failure(
                 key,
+                owner=self._lease.owner,
                 backoff_until=now + backoff,
                 failures=failures,
                 failure_code=exc.code,
