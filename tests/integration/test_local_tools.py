@@ -27,7 +27,6 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from local.atomic_moto import LazyPrivateKey
 from local.cfn_template import (
     api_routes,
     load_template,
@@ -35,12 +34,14 @@ from local.cfn_template import (
     resolve,
     resource_properties,
 )
+from local.dynamodb_local import DynamoDBLocal
 from local.events import EVENTS_DIR, PLACEHOLDER_SECRET_ARN, PLACEHOLDER_SECRET_NAME
 from local.gateway.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.igni_stub import StubProcess, decode_jwt_segment, parse_clients, token_fingerprint
 from local.invoke import handler_for, invoke_event
 from local.lambda_context import FakeLambdaContext
-from local.moto_server import MotoServer
+from local.moto_server import LazyPrivateKey, MotoServer
+from local.process import temp_log
 from local.run import LocalEnvironment, RealIgni
 from local.stack import LocalStack
 from tests.integration import fake_handlers
@@ -397,7 +398,7 @@ def test_stack_is_created_from_template_yaml(stack: LocalStack, moto_server: str
 
 
 def test_stack_function_env_is_the_templates_environment(
-    stack: LocalStack, moto_server: str, igni_stub: StubProcess
+    stack: LocalStack, moto_server: str, dynamodb_endpoint: str, igni_stub: StubProcess
 ) -> None:
     # When the stack fixture applied the function environment
     env = stack.function_env()
@@ -408,6 +409,7 @@ def test_stack_function_env_is_the_templates_environment(
     assert env["TOKEN_KMS_KEY_ID"] == stack.kms_key_arn
     assert env["IGNI_TOKEN_URL"] == igni_stub.token_url
     assert env["AWS_ENDPOINT_URL"] == moto_server
+    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == dynamodb_endpoint
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"
     assert env["POWERTOOLS_SERVICE_NAME"] == "igni-token-vendor"
     # and the template's empty defaults are left unset unless asked for
@@ -431,7 +433,7 @@ def test_two_stacks_do_not_share_names(make_stack: Any) -> None:
 
 
 def test_moto_makes_a_symmetric_keys_rsa_pair_only_when_something_uses_it() -> None:
-    # Given moto's key maker, deferred as local.atomic_moto defers it for symmetric KMS keys
+    # Given moto's key maker, deferred as local.moto_server defers it for symmetric KMS keys
     made: list[str] = []
 
     def make(spec: str) -> Any:
@@ -447,28 +449,57 @@ def test_moto_makes_a_symmetric_keys_rsa_pair_only_when_something_uses_it() -> N
     assert made == ["SYMMETRIC_DEFAULT"]
 
 
-def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None:
-    # Given a separate moto server (the session one must keep its state) with a table
-    server = MotoServer(log_path=tmp_path / "moto.log")
+def _client(service: str, endpoint: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+    )
+
+
+def test_moto_restart_keeps_the_port_and_loses_the_state() -> None:
+    # Given a separate moto server (the session one must keep its state) with a secret
+    server = MotoServer()
+    endpoint = server.start()
+    log = temp_log("moto-server")  # /tmp/moto-server-<pid>.log
+    assert log.exists()
+    try:
+        sm = _client("secretsmanager", endpoint)
+        sm.create_secret(Name="s", SecretString="v")
+
+        # When it is restarted
+        again = server.restart()
+
+        # Then it answers on the same endpoint, empty
+        assert again == endpoint
+        assert sm.list_secrets()["SecretList"] == []
+    finally:
+        server.stop()
+    # And its temporary log is gone with it
+    assert not log.exists()
+
+
+def test_dynamodb_local_restart_keeps_the_port_and_loses_the_tables() -> None:
+    # Given a separate DynamoDB Local (the session one must keep its tables) with a table
+    server = DynamoDBLocal()
     endpoint = server.start()
     try:
-        import boto3
-        from botocore.config import Config
-
-        ddb = boto3.client(
-            "dynamodb",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
-        )
+        ddb = _client("dynamodb", endpoint)
         ddb.create_table(
-            TableName="t",
+            TableName="restart-test",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
+        log = server._log
+        assert log is not None
+        assert log.exists()
 
         # When it is restarted
         again = server.restart()
@@ -478,6 +509,8 @@ def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None
         assert ddb.list_tables()["TableNames"] == []
     finally:
         server.stop()
+    # And its temporary log is gone with it
+    assert not log.exists()
     assert not server.running
 
 
