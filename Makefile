@@ -47,7 +47,7 @@ help:
 	@echo "make invoke EVENT=events/get_token.json   run the handler once on an event"
 	@echo "make build    sam build (aws-sam-cli $(SAM_VERSION) in $(SAM_VENV)): precompiled artifacts"
 	@echo "make check-build  make build, then check the artifacts' bytecode (scripts/check_artifact.py)"
-	@echo "make deploy   sam deploy --guided"
+	@echo "make deploy   make check-build, then sam deploy with samconfig.toml (AWS credentials)"
 	@echo "make bench    make build, then python -m bench.run (cold start: python -m bench.coldstart)"
 	@echo "make lock     regenerate $(LOCK) from a clean install of the dev extra"
 	@echo "make clean    remove venvs, build output and caches"
@@ -182,10 +182,23 @@ $(addprefix build-,$(LAMBDA_FUNCTIONS)): build-%:
 	$(LAMBDA_PYTHON) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
 		"$(ARTIFACTS_DIR)"
 
-# The roles are named (the key policy names the token and maintenance functions' roles), hence
-# NAMED_IAM.
-deploy: $(SAM_STAMP)
-	$(SAM) deploy --guided --capabilities CAPABILITY_NAMED_IAM
+# make deploy: nothing is deployed that check-build has not built and checked. samconfig.toml
+# holds the stack name, CAPABILITY_NAMED_IAM (the roles are named: the key policy names them),
+# the changeset confirmation, resolve_s3 and the first deploy's parameters, so no deploy is
+# guided (DEPLOY_ARGS passes more: --guided, --parameter-overrides ..., --stack-name ...).
+# Without AWS credentials it stops at once, before building, with one line (a dry run,
+# make -n deploy, skips that check).
+ifneq ($(filter deploy,$(MAKECMDGOALS)),)
+ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
+DEPLOY_CREDENTIALS := $(shell $(if $(wildcard $(PY)),$(PY),python3) scripts/aws_credentials.py)
+ifneq ($(DEPLOY_CREDENTIALS),)
+$(error $(DEPLOY_CREDENTIALS))
+endif
+endif
+endif
+
+deploy: check-build
+	$(SAM) deploy $(DEPLOY_ARGS)
 
 # The cold-start section measures the built artifacts.
 bench: venv build $(DDB_STAMP)
