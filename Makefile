@@ -43,8 +43,9 @@ help:
 	@echo "make e2e      the end-to-end suite against make local, or a deployed one: STACK=<name>"
 	@echo "make scan     cfn-lint, checkov (.venv-scan), bandit, pip-audit (scripts/scan.sh)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict, cfn-lint"
-	@echo "make local    the service on http://127.0.0.1:3000 (moto + Igni stub; Ctrl-C stops)"
-	@echo "make invoke EVENT=events/get_token.json   run the handler once on an event"
+	@echo "make local    the service on http://127.0.0.1:3000 (DynamoDB Local, moto, Igni stub;"
+	@echo "              Ctrl-C stops; PORT=, MOTO_PORT=, STUB_PORT=, DDB_PORT= move them)"
+	@echo "make invoke EVENT=<file.json>   the function that receives the event, once, on it"
 	@echo "make build    sam build (aws-sam-cli $(SAM_VERSION) in $(SAM_VENV)): precompiled artifacts"
 	@echo "make check-build  make build, then check the artifacts' bytecode (scripts/check_artifact.py)"
 	@echo "make deploy   make check-build, then sam deploy with samconfig.toml (AWS credentials)"
@@ -68,6 +69,8 @@ $(STAMP): pyproject.toml $(wildcard $(LOCK)) $(CLIENT_PROJECT)
 		echo "creating $(VENV) with $(PYTHON_BOOT)"; \
 		$(PYTHON_BOOT) -m venv $(VENV); \
 	fi
+	@echo "installing the dev dependencies into $(VENV) ($(LOCK); about 1-2 minutes the first" \
+		"time, once per change of pyproject.toml or the lock)"
 	$(PY) -m pip install --quiet $(LOCK_CONSTRAINT) -e '.[dev]' $(CLIENT_EDITABLE)
 	@touch $@
 
@@ -110,15 +113,22 @@ test: lint scan $(SAM_STAMP) $(DDB_STAMP)
 e2e: venv $(DDB_STAMP)
 	$(if $(STACK),IGNI_E2E_STACK='$(STACK)' ,)$(PY) -m pytest tests/e2e -q $(E2E_ARGS)
 
+# The ports: make local PORT=3001 MOTO_PORT=5006 STUB_PORT=8090 DDB_PORT=8001 (0: a free one).
+PORT ?= 3000
+MOTO_PORT ?= 5005
+STUB_PORT ?= 8089
+DDB_PORT ?= 8000
 local: venv $(DDB_STAMP)
-	$(PY) -m local.run
+	$(PY) -m local.run --port $(PORT) --moto-port $(MOTO_PORT) --stub-port $(STUB_PORT) \
+		--ddb-port $(DDB_PORT)
 
 invoke: venv $(DDB_STAMP)
-	@if [ -z "$(EVENT)" ]; then echo "usage: make invoke EVENT=events/get_token.json"; exit 2; fi
+	@if [ -z "$(EVENT)" ]; then echo "usage: make invoke EVENT=<a JSON event file, e.g. events/get_token.json>"; exit 2; fi
 	$(PY) -m local.invoke "$(EVENT)"
 
 $(SAM_STAMP):
 	@if [ ! -x $(SAM_VENV)/bin/python ]; then $(PYTHON_BOOT) -m venv $(SAM_VENV); fi
+	@echo "installing aws-sam-cli $(SAM_VERSION) into $(SAM_VENV) (first time only: about a minute)"
 	$(SAM_VENV)/bin/python -m pip install --quiet 'aws-sam-cli==$(SAM_VERSION)'
 	@touch $@
 

@@ -150,6 +150,8 @@ class LocalEnvironment:
         self.stub: StubProcess | None = None
         self.stack: LocalStack | None = None
         self.function_env: dict[str, str] = {}  # Taken at start, before it reaches os.environ.
+        # Every function's (TokenFunction's is function_env), by the template's logical id.
+        self.function_envs: dict[str, dict[str, str]] = {}
         self.mode = "stub" if self.real_igni is None else "igni"
 
     def start(self) -> LocalStack:
@@ -183,6 +185,9 @@ class LocalEnvironment:
                 profiles[name] = {"secret_id": created["ARN"], "token_url": token_url}
             # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
             self.function_env["IGNI_PROFILES"] = json.dumps(profiles) if profiles else ""
+            extra = {"IGNI_PROFILES": self.function_env["IGNI_PROFILES"]}
+            self.function_envs = {f: stack.function_env(f) | extra for f in stack.other_envs}
+            self.function_envs[api_function(load_template())] = self.function_env
         except BaseException:
             self.stop()
             raise
@@ -218,6 +223,7 @@ class LocalEnvironment:
             "profiles": ["default", *self.profiles],
             "stack": self.stack.names(),
             "function_env": self.function_env,
+            "function_envs": self.function_envs,
             "function_timeout_s": self.stack.function_timeout_s,
             "auth": None if auth is None else auth.state(),
         }
