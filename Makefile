@@ -34,8 +34,7 @@ CLIENT_PROJECT := $(wildcard client/pyproject.toml)
 CLIENT_EDITABLE := $(if $(CLIENT_PROJECT),-e ./client,)
 LOCK_CONSTRAINT := $(if $(wildcard $(LOCK)),-c $(LOCK),)
 
-.PHONY: help venv dynamodb-local lock lint scan test e2e local invoke build check-build deploy \
-	bench clean
+.PHONY: help venv lock lint scan test e2e local invoke build check-build deploy bench clean
 
 help:
 	@echo "make venv     dev venv in $(VENV) (pinned by $(LOCK))"
@@ -55,6 +54,7 @@ help:
 
 venv: $(STAMP)
 
+.PHONY: dynamodb-local
 dynamodb-local: $(DDB_STAMP)
 
 $(DDB_STAMP): package.json package-lock.json
