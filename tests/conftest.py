@@ -1,10 +1,13 @@
-"""Shared fixtures: a moto server and an Igni stub as real processes, a fresh stack per test.
+"""Shared fixtures: DynamoDB Local, a moto server and an Igni stub as real processes, a fresh
+stack per test.
 
 Session fixtures
     ``moto_process`` -> :class:`local.moto_server.MotoServer` (for tests that restart it; moto
-    loses every resource when restarted), ``moto_server`` -> its endpoint URL. While the
-    session lasts, AWS_ENDPOINT_URL points at it, the region is us-east-1 and the credentials
-    are fake, so no test can reach a real AWS account.
+    loses every resource when restarted), ``moto_server`` -> its endpoint URL (KMS, Secrets
+    Manager). ``dynamodb_process`` -> :class:`local.dynamodb_local.DynamoDBLocal`, each xdist
+    worker's own, in memory, ``dynamodb_endpoint`` -> its URL. While the session lasts,
+    AWS_ENDPOINT_URL points at moto and AWS_ENDPOINT_URL_DYNAMODB at DynamoDB Local, the region
+    is us-east-1 and the credentials are fake, so no test can reach a real AWS account.
     ``igni_stub`` -> :class:`local.igni_stub.StubProcess`: ``.base_url``, ``.token_url``,
     ``.client_id`` / ``.client_secret`` (``test-client``), ``.clients`` (also ``other-client``),
     ``.configure(**kw)``, ``.reset()``, ``.calls()``. It is reset (calls, faults and config back
@@ -36,6 +39,7 @@ import botocore.loaders
 import botocore.session
 import pytest
 
+from local.dynamodb_local import DynamoDBLocal
 from local.events import load_event as _load_event
 from local.igni_stub import StubProcess
 from local.lambda_context import FakeLambdaContext
@@ -71,11 +75,26 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def moto_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+def _dynamodb_launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DynamoDBLocal]:
+    """DynamoDB Local's JVM, started but not waited for: moto starts meanwhile."""
+    server = DynamoDBLocal(log_path=tmp_path_factory.mktemp("dynamodb") / "dynamodb-local.log")
+    server.launch()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_process(
+    tmp_path_factory: pytest.TempPathFactory, _dynamodb_launched: DynamoDBLocal
+) -> Iterator[MotoServer]:
     server = MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto-server.log")
     endpoint = server.start()
+    dynamodb = _dynamodb_launched.wait()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        mp.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb)
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         mp.setenv("AWS_REGION", "us-east-1")
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -94,6 +113,17 @@ def moto_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServe
 @pytest.fixture(scope="session")
 def moto_server(moto_process: MotoServer) -> str:
     return moto_process.endpoint_url
+
+
+@pytest.fixture(scope="session")
+def dynamodb_process(moto_process: MotoServer, _dynamodb_launched: DynamoDBLocal) -> DynamoDBLocal:
+    """DynamoDB Local, serving (moto_process waited for it)."""
+    return _dynamodb_launched
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint(dynamodb_process: DynamoDBLocal) -> str:
+    return dynamodb_process.endpoint_url
 
 
 @pytest.fixture(scope="session")
@@ -137,12 +167,14 @@ MakeStack = Callable[..., LocalStack]
 def make_stack(
     request: pytest.FixtureRequest,
     moto_server: str,
+    dynamodb_endpoint: str,
     igni_stub: StubProcess,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[MakeStack]:
     def make(*, apply_env: bool = True, name: str | None = None, **overrides: Any) -> LocalStack:
         kwargs: dict[str, Any] = {
             "endpoint_url": moto_server,
+            "dynamodb_endpoint_url": dynamodb_endpoint,
             "secret_value": {
                 "client_id": igni_stub.client_id,
                 "client_secret": igni_stub.client_secret,

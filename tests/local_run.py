@@ -28,6 +28,8 @@ def start_local_run(
             "0",
             "--stub-port",
             "0",
+            "--ddb-port",
+            "0",
             "--state-file",
             str(state_file),
             *extra_args,

@@ -5,11 +5,11 @@ is played twice where it matters: with nothing cached (the caller gets a clear J
 the contract, quickly, after a bounded number of attempts) and with a valid token cached past
 its refresh point (the caller keeps getting that token).
 
-Outages of AWS services are real outages: a moto server process of this module's own (never
-the session's) is stopped under the service, so sockets are refused. moto forgets everything
-when it stops, so what must survive lives on the session server, and what the test takes away
-lives on the spare one, reached through boto3's per-service endpoint variables
-(``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_ENDPOINT_URL_SECRETS_MANAGER``).
+Outages of AWS services are real outages: a DynamoDB Local or moto server process of this
+module's own (never the session's) is stopped under the service, so sockets are refused. Both
+forget everything when they stop, so what must survive lives on the session servers, and what
+the test takes away lives on the spare ones, reached through boto3's per-service endpoint
+variables (``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_ENDPOINT_URL_SECRETS_MANAGER``).
 
 Every log line the module produces (Powertools lines in this process, EMF lines on stdout, the
 log files of execution environments run as processes) is kept, and the module's last test fails
@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import urllib3
 
+from local.dynamodb_local import DynamoDBLocal
 from local.environment import EnvironmentProcess
 from local.events import load_event
 from local.igni_stub import StubProcess, token_fingerprint
@@ -279,11 +280,33 @@ def spare_moto(_spare_moto_process: MotoServer) -> MotoServer:
     return _spare_moto_process
 
 
-def stack_on(server: MotoServer, like: LocalStack, stub: StubProcess) -> LocalStack:
-    """``like``'s resources, with the same names, on another moto server (local.stack)."""
+@pytest.fixture(scope="module")
+def _spare_dynamodb_process(
+    dynamodb_process: DynamoDBLocal, tmp_path_factory: pytest.TempPathFactory, leaks: LeakWatch
+) -> Iterator[DynamoDBLocal]:
+    log = tmp_path_factory.mktemp("spare-dynamodb") / "dynamodb-local.log"
+    leaks.files.append(log)
+    server = DynamoDBLocal(log_path=log)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def spare_dynamodb(_spare_dynamodb_process: DynamoDBLocal) -> DynamoDBLocal:
+    """A DynamoDB Local this module may stop and restart; running on entry."""
+    _spare_dynamodb_process.start()
+    return _spare_dynamodb_process
+
+
+def stack_on(
+    server: MotoServer, dynamodb: DynamoDBLocal, like: LocalStack, stub: StubProcess
+) -> LocalStack:
+    """``like``'s resources, with the same names, on other servers (local.stack)."""
     return create_stack(
         like.name,
         endpoint_url=server.endpoint_url,
+        dynamodb_endpoint_url=dynamodb.endpoint_url,
         secret_value={
             "client_id": stub.client_id,
             "client_secret": stub.client_secret,
@@ -383,17 +406,18 @@ def test_dynamodb_unreachable_mid_run_then_back(
     stack: LocalStack,
     igni_stub: StubProcess,
     spare_moto: MotoServer,
+    spare_dynamodb: DynamoDBLocal,
     vend: Callable[..., Answer],
     leaks: LeakWatch,
     fleet: Fleet,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given the table on a moto server of its own (Secrets Manager and KMS stay up), every
+    # Given the table on a DynamoDB Local of its own (Secrets Manager and KMS stay up), every
     # request consulting the table (no memory shortcut), and AWS calls failing fast
-    stack_on(spare_moto, stack, igni_stub)
+    stack_on(spare_moto, spare_dynamodb, stack, igni_stub)
     env = {
         **stack.function_env(),
-        "AWS_ENDPOINT_URL_DYNAMODB": spare_moto.endpoint_url,
+        "AWS_ENDPOINT_URL_DYNAMODB": spare_dynamodb.endpoint_url,
         "MEMORY_REVALIDATE_SECONDS": "0",
         "AWS_MAX_ATTEMPTS": "1",
         # Re-check the table at once when it is back (the pause after a failed re-check is
@@ -406,12 +430,12 @@ def test_dynamodb_unreachable_mid_run_then_back(
     second, third = fleet(deployed_retries, env)
     # And a warm environment holding a token it committed to the table
     first_token = assert_token(vend(), "upstream")
-    table_home = dataclasses.replace(stack, endpoint_url=spare_moto.endpoint_url)
+    table_home = dataclasses.replace(stack, dynamodb_endpoint_url=spare_dynamodb.endpoint_url)
     assert "tok" in the_item(table_home)
     calls = len(igni_stub.calls())
 
     # When DynamoDB goes away
-    spare_moto.stop()
+    spare_dynamodb.stop()
     mark = leaks.mark()
     # Then the warm environment keeps vending its token from memory, and logs the outage
     assert assert_token(vend(), "memory") == first_token
@@ -428,9 +452,11 @@ def test_dynamodb_unreachable_mid_run_then_back(
     assert replaced not in (first_token, direct)
     assert len(igni_stub.calls()) == calls + 2
 
-    # When DynamoDB comes back (moto forgets everything: the table is created again, empty)
-    spare_moto.start()
-    stack_on(spare_moto, stack, igni_stub)
+    # When DynamoDB comes back (in memory, it forgets everything: the table is created again,
+    # empty; the spare moto server too, which holds the copies stack_on makes of the rest)
+    spare_dynamodb.start()
+    spare_moto.restart()
+    stack_on(spare_moto, spare_dynamodb, stack, igni_stub)
     # Then the next request commits a token to the table again
     committed = assert_token(vend(), "upstream")
     item = the_item(table_home)
@@ -450,12 +476,15 @@ def test_dynamodb_and_secrets_manager_unreachable_together(
     make_stack: MakeStack,
     igni_stub: StubProcess,
     spare_moto: MotoServer,
+    spare_dynamodb: DynamoDBLocal,
     vend: Callable[..., Answer],
     leaks: LeakWatch,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given the whole stack on a moto server that will go away, and AWS calls failing fast
-    stack = make_stack(endpoint_url=spare_moto.endpoint_url)
+    # Given the whole stack on servers that will go away, and AWS calls failing fast
+    stack = make_stack(
+        endpoint_url=spare_moto.endpoint_url, dynamodb_endpoint_url=spare_dynamodb.endpoint_url
+    )
     cold_environment(
         monkeypatch, MEMORY_REVALIDATE_SECONDS="0", AWS_MAX_ATTEMPTS="1", RECHECK_PAUSE_SECONDS="0"
     )
@@ -464,8 +493,9 @@ def test_dynamodb_and_secrets_manager_unreachable_together(
     assert "tok" in the_item(stack)
     calls = len(igni_stub.calls())
 
-    # When the server stops: no table, no secret
+    # When the servers stop: no table, no secret
     spare_moto.stop()
+    spare_dynamodb.stop()
     mark = leaks.mark()
     # Then the warm environment still vends its token from memory, and logs the outage
     assert assert_token(vend(), "memory") == token
@@ -493,13 +523,14 @@ def test_secrets_manager_unreachable_keeps_vending_a_valid_cached_token(
     stack: LocalStack,
     igni_stub: StubProcess,
     spare_moto: MotoServer,
+    spare_dynamodb: DynamoDBLocal,
     vend: Callable[..., Answer],
     leaks: LeakWatch,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given the secret alone on a moto server that will go away (table and key stay up), the
     # secret re-read on every use (no secret cache), and AWS calls failing fast
-    secret_home = stack_on(spare_moto, stack, igni_stub)
+    secret_home = stack_on(spare_moto, spare_dynamodb, stack, igni_stub)
     cold_environment(
         monkeypatch,
         AWS_ENDPOINT_URL_SECRETS_MANAGER=spare_moto.endpoint_url,
@@ -626,12 +657,17 @@ def test_aws_hanging_costs_a_token_in_memory_little_time(
     make_stack: MakeStack,
     igni_stub: StubProcess,
     spare_moto: MotoServer,
+    spare_dynamodb: DynamoDBLocal,
     fleet: Fleet,
     leaks: LeakWatch,
 ) -> None:
-    # Given the whole stack (table, secret, key) on a moto server that will hang, every request
+    # Given the whole stack (table, secret, key) on servers that will hang, every request
     # re-checking the secret and the table (the worst case), and the deployed AWS timeouts
-    stack = make_stack(endpoint_url=spare_moto.endpoint_url, apply_env=False)
+    stack = make_stack(
+        endpoint_url=spare_moto.endpoint_url,
+        dynamodb_endpoint_url=spare_dynamodb.endpoint_url,
+        apply_env=False,
+    )
     env = {**stack.function_env(), "SECRET_CACHE_SECONDS": "0", "MEMORY_REVALIDATE_SECONDS": "0"}
     (environment,) = fleet(env)
     # And an execution environment holding a vendable token in memory (and in the table)
@@ -640,10 +676,12 @@ def test_aws_hanging_costs_a_token_in_memory_little_time(
     # When DynamoDB, Secrets Manager and KMS all stop answering (the process is frozen: its
     # socket still accepts connections, nothing ever answers)
     spare_moto.freeze()
+    spare_dynamodb.freeze()
     try:
         answers = [invoke_in(environment, leaks, load_event("get_token")) for _ in range(8)]
     finally:
         spare_moto.thaw()
+        spare_dynamodb.thaw()
 
     # Then every request is served the token at hand
     assert [assert_token(a, "memory") for a in answers] == [token] * len(answers)

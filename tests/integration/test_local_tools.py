@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -27,7 +29,6 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from local.atomic_moto import LazyPrivateKey
 from local.cfn_template import (
     api_routes,
     load_template,
@@ -35,15 +36,18 @@ from local.cfn_template import (
     resolve,
     resource_properties,
 )
+from local.dynamodb_local import DynamoDBLocal
 from local.events import EVENTS_DIR, PLACEHOLDER_SECRET_ARN, PLACEHOLDER_SECRET_NAME
 from local.gateway.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCESS_KEY
 from local.igni_stub import StubProcess, decode_jwt_segment, parse_clients, token_fingerprint
-from local.invoke import handler_for, invoke_event
+from local.invoke import UnknownEvent, handler_for, invoke_event
 from local.lambda_context import FakeLambdaContext
-from local.moto_server import MotoServer
+from local.moto_server import LazyPrivateKey, MotoServer
+from local.process import temp_log
 from local.run import LocalEnvironment, RealIgni
 from local.stack import LocalStack
 from tests.integration import fake_handlers
+from tests.integration.conftest import Rotation
 from tests.local_run import start_local_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -397,7 +401,7 @@ def test_stack_is_created_from_template_yaml(stack: LocalStack, moto_server: str
 
 
 def test_stack_function_env_is_the_templates_environment(
-    stack: LocalStack, moto_server: str, igni_stub: StubProcess
+    stack: LocalStack, moto_server: str, dynamodb_endpoint: str, igni_stub: StubProcess
 ) -> None:
     # When the stack fixture applied the function environment
     env = stack.function_env()
@@ -408,6 +412,7 @@ def test_stack_function_env_is_the_templates_environment(
     assert env["TOKEN_KMS_KEY_ID"] == stack.kms_key_arn
     assert env["IGNI_TOKEN_URL"] == igni_stub.token_url
     assert env["AWS_ENDPOINT_URL"] == moto_server
+    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == dynamodb_endpoint
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"
     assert env["POWERTOOLS_SERVICE_NAME"] == "igni-token-vendor"
     # and the template's empty defaults are left unset unless asked for
@@ -431,7 +436,7 @@ def test_two_stacks_do_not_share_names(make_stack: Any) -> None:
 
 
 def test_moto_makes_a_symmetric_keys_rsa_pair_only_when_something_uses_it() -> None:
-    # Given moto's key maker, deferred as local.atomic_moto defers it for symmetric KMS keys
+    # Given moto's key maker, deferred as local.moto_server defers it for symmetric KMS keys
     made: list[str] = []
 
     def make(spec: str) -> Any:
@@ -447,28 +452,57 @@ def test_moto_makes_a_symmetric_keys_rsa_pair_only_when_something_uses_it() -> N
     assert made == ["SYMMETRIC_DEFAULT"]
 
 
-def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None:
-    # Given a separate moto server (the session one must keep its state) with a table
-    server = MotoServer(log_path=tmp_path / "moto.log")
+def _client(service: str, endpoint: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+    )
+
+
+def test_moto_restart_keeps_the_port_and_loses_the_state() -> None:
+    # Given a separate moto server (the session one must keep its state) with a secret
+    server = MotoServer()
+    endpoint = server.start()
+    log = temp_log("moto-server")  # /tmp/moto-server-<pid>.log
+    assert log.exists()
+    try:
+        sm = _client("secretsmanager", endpoint)
+        sm.create_secret(Name="s", SecretString="v")
+
+        # When it is restarted
+        again = server.restart()
+
+        # Then it answers on the same endpoint, empty
+        assert again == endpoint
+        assert sm.list_secrets()["SecretList"] == []
+    finally:
+        server.stop()
+    # And its temporary log is gone with it
+    assert not log.exists()
+
+
+def test_dynamodb_local_restart_keeps_the_port_and_loses_the_tables() -> None:
+    # Given a separate DynamoDB Local (the session one must keep its tables) with a table
+    server = DynamoDBLocal()
     endpoint = server.start()
     try:
-        import boto3
-        from botocore.config import Config
-
-        ddb = boto3.client(
-            "dynamodb",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
-        )
+        ddb = _client("dynamodb", endpoint)
         ddb.create_table(
-            TableName="t",
+            TableName="restart-test",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
+        log = server._log
+        assert log is not None
+        assert log.exists()
 
         # When it is restarted
         again = server.restart()
@@ -478,6 +512,8 @@ def test_moto_restart_keeps_the_port_and_loses_the_state(tmp_path: Path) -> None
         assert ddb.list_tables()["TableNames"] == []
     finally:
         server.stop()
+    # And its temporary log is gone with it
+    assert not log.exists()
     assert not server.running
 
 
@@ -614,6 +650,8 @@ def running_state(tmp_path: Path, stack: LocalStack, moto_server: str) -> Path:
     state_file = tmp_path / "env.json"
     state = {"moto_endpoint": moto_server, "stack": stack.names(), "function_timeout_s": 25.0}
     state["function_env"] = stack.function_env()
+    state["function_envs"] = {f: stack.function_env(f) for f in stack.other_envs}
+    state["function_envs"]["TokenFunction"] = stack.function_env()
     state_file.write_text(json.dumps(state), encoding="utf-8")
     return state_file
 
@@ -637,6 +675,7 @@ def test_invoke_uses_the_running_local_stack(running_state: Path, stack: LocalSt
         ("post_refresh_bad_body", "TokenFunction"),
         ("prewarm", "MaintenanceFunction"),
         ("secret_label_updated", "MaintenanceFunction"),
+        ("rotation_create_secret", "RotationFunction"),
     ],
 )
 def test_invoke_runs_the_handler_of_the_function_that_receives_the_event(
@@ -646,6 +685,116 @@ def test_invoke_runs_the_handler_of_the_function_that_receives_the_event(
     expected = resource_properties(load_template(), function)["Handler"]
     # Then make invoke runs that function's handler
     assert handler_for(load_event(name)) == expected
+
+
+@pytest.mark.parametrize(
+    "event",
+    [{"hello": "world"}, {"SecretId": "s", "Step": "createSecret"}, ["a", "list"]],
+    ids=["unknown keys", "half a rotation step", "not an object"],
+)
+def test_invoke_refuses_an_event_no_function_receives(event: Any) -> None:
+    with pytest.raises(UnknownEvent, match="no function receives this event"):
+        handler_for(event)
+
+
+@pytest.mark.parametrize(
+    ("name", "function"),
+    [
+        ("get_token", "TokenFunction"),
+        ("prewarm", "MaintenanceFunction"),
+        ("secret_label_updated", "MaintenanceFunction"),
+        ("rotation_create_secret", "RotationFunction"),
+    ],
+)
+def test_invoke_names_the_function_that_ran_in_its_context_and_environment(
+    name: str, function: str, running_state: Path, stack: LocalStack
+) -> None:
+    # When an event is invoked (a fake handler that echoes its context)
+    result = invoke_event(name, handler=fake_handlers.echo, state_file=running_state)
+    # Then the context (what the Powertools log lines carry) names the function that
+    # receives it
+    assert result.ok, result.error
+    body = json.loads(result.response["body"])
+    assert body["context"]["function_name"] == f"{stack.name}-{function}"
+
+
+def test_invoke_runs_a_rotation_step_from_any_file_through_the_rotation_function(
+    running_state: Path, stack: LocalStack, rotation: Rotation, tmp_path: Path
+) -> None:
+    # Given a secret enabled for rotation with new credentials staged as AWSPENDING
+    rotation.enable()
+    staged = rotation.stage({"client_id": "test-client", "client_secret": "test-secret-0123456789"})
+    # And the step as Secrets Manager sends it, in a file outside events/ (any name)
+    step = {"SecretId": stack.secret_arn, "ClientRequestToken": staged, "Step": "createSecret"}
+    event_file = tmp_path / "step.txt"
+    event_file.write_text(json.dumps(step), encoding="utf-8")
+    # When make invoke runs it, with no handler named
+    result = invoke_event(str(event_file), state_file=running_state)
+    # Then the rotation function ran the step (the maintenance function would not know it)
+    assert result.ok, result.error
+    assert result.response == {"step": "createSecret", "outcome": "staged"}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such event file"),
+        ("{not json", "is not JSON: Expecting property name"),
+        ("# a README\n", "is not JSON: Expecting value at line 1 column 1"),
+        ("[1, 2]", "is not a JSON object"),
+        ('{"hello": "world"}', "no function receives this event"),
+    ],
+    ids=["missing", "malformed", "markdown", "a list", "unknown shape"],
+)
+def test_invoke_cli_says_what_is_wrong_with_the_event_in_one_line(
+    content: str | None, expected: str, tmp_path: Path
+) -> None:
+    # Given an event file that is missing, not JSON or not an event
+    path = tmp_path / "event.md"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    # When make invoke is given it
+    done = _python("-m", "local.invoke", str(path), "--ephemeral")
+    # Then it exits 2 with one line saying so, no traceback, nothing on stdout
+    assert done.returncode == 2
+    assert done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("make invoke: ")
+    assert expected in line
+
+
+@pytest.mark.parametrize("option", ["--port", "--moto-port", "--stub-port", "--ddb-port"])
+def test_make_local_names_a_busy_port_in_one_line(option: str) -> None:
+    # Given a port something already listens on
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        others = {"--port": "0", "--moto-port": "0", "--stub-port": "0", "--ddb-port": "0"}
+        args = [a for name, value in {**others, option: str(port)}.items() for a in (name, value)]
+        # When make local is told to use it
+        done = _python("-m", "local.run", *args, "--state-file", os.devnull)
+    # Then it exits at once with one line: the port, the Make variable to set, and why
+    variable = option.removeprefix("--").replace("-", "_").upper()
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert f"port {port} ({variable}) is in use" in line
+    assert "another `make local` may be running" in line
+    assert f"make local {variable}=<port>" in line
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_make_local_passes_its_port_variables_to_local_run() -> None:
+    shown = subprocess.run(
+        ["make", "-n", "local", "PORT=3101", "MOTO_PORT=5106", "STUB_PORT=8190", "DDB_PORT=8101"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.replace("\\\n", " ")
+    assert "--port 3101 --moto-port 5106 --stub-port 8190" in shown
+    assert "--ddb-port 8101" in shown
 
 
 def test_invoke_leaves_the_environment_as_it_was_when_the_handler_cannot_be_imported(
@@ -782,6 +931,10 @@ def test_make_local_serves_and_cleans_up(tmp_path: Path) -> None:
     assert "awscurl --service execute-api" in output
     assert "Mode: STUB" in output
     assert not state_file.exists()
+    # And the logs of its servers (moto's, DynamoDB Local's) with it
+    assert state["pid"] == proc.pid
+    left = [p.name for p in Path(tempfile.gettempdir()).glob(f"*-{proc.pid}.log")]
+    assert left == []
 
 
 def test_real_igni_mode_puts_the_credentials_in_the_secret_and_starts_no_stub() -> None:
