@@ -194,8 +194,9 @@ $(addprefix build-,$(LAMBDA_FUNCTIONS)): build-%:
 		--constraint requirements.txt $($*_PACKAGES)
 	rm -rf "$(ARTIFACTS_DIR)/bin" $(foreach p,$($*_PRUNE),"$(ARTIFACTS_DIR)/$(p)")
 	$(LAMBDA_PYTHON) $(PROJECT_ROOT)scripts/prune_botocore.py "$(ARTIFACTS_DIR)" $($*_SERVICES)
-	mkdir -p "$(ARTIFACTS_DIR)/token_vendor"
-	cp token_vendor/*.py "$(ARTIFACTS_DIR)/token_vendor/"
+	rm -rf "$(ARTIFACTS_DIR)/token_vendor"
+	cp -R token_vendor "$(ARTIFACTS_DIR)/token_vendor"
+	find "$(ARTIFACTS_DIR)/token_vendor" -name __pycache__ -type d -prune -exec rm -rf {} +
 	$(LAMBDA_PYTHON) -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
 		"$(ARTIFACTS_DIR)"
 

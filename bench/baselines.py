@@ -1,9 +1,9 @@
 """The two baselines the benchmark runs beside the vendor, as Lambda handlers.
 
 Both answer the same API Gateway proxy events with the same body and `X-Token-Cache` header as
-`token_vendor.handler`, read the Igni credentials from Secrets Manager (cached per environment
+`token_vendor.functions.api`, read the Igni credentials from Secrets Manager (cached per environment
 for `SECRET_CACHE_SECONDS`, as the vendor does) and exchange them with
-`token_vendor.igni.IgniClient`. Neither touches DynamoDB.
+`token_vendor.igni.client.IgniClient`. Neither touches DynamoDB.
 
 `naive_handler`
     Exchanges on every request: what a function without any token cache does.
@@ -36,11 +36,12 @@ import boto3
 import urllib3
 from botocore.config import Config as BotoConfig
 
+from token_vendor.aws.secret_store import SecretStore
 from token_vendor.config import DEFAULT_PROFILE, Config, load_config, token_url_for
 from token_vendor.errors import VendorError
-from token_vendor.freshness import CachedToken, effective_expiry, is_fresh, is_vendable
-from token_vendor.igni import IgniClient
-from token_vendor.secret_store import SecretStore
+from token_vendor.igni.client import IgniClient
+from token_vendor.models import CachedToken
+from token_vendor.vending.freshness import effective_expiry, is_fresh, is_vendable
 
 MEMORY = "memory"
 UPSTREAM = "upstream"

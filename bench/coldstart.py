@@ -4,8 +4,8 @@ Each sample is a fresh Python 3.13 interpreter (``-I -S -B``: no site-packages, 
 environment, no bytecode written) whose ``sys.path`` starts at a read-only copy of an artifact,
 as ``/var/task`` is on Lambda. It times, from its first line:
 
-- ``import token_vendor.handler``, with the artifact's bytecode and without it (without: what a
-  pip-based ``sam build`` packaged, so every cold start compiled every module again);
+- ``import token_vendor.functions.api``, with the artifact's bytecode and without it (without:
+  what a pip-based ``sam build`` packaged, so every cold start compiled every module again);
 - the cold start to the first token served from the DynamoDB tier: the import, building the
   clients, the secret read, the strongly consistent ``GetItem`` and the KMS ``Decrypt`` (a
   token is put in the table before the first recorded sample);
@@ -46,7 +46,7 @@ from local.igni_stub import StubProcess
 from local.moto_server import MotoServer
 from local.stack import LocalStack, create_stack
 from token_vendor.config import load_config
-from token_vendor.token_store import cache_key
+from token_vendor.models import cache_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = ROOT / ".aws-sam" / "build"
@@ -61,7 +61,7 @@ kind, path, what = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, path)
 result = {}
 if kind == "vendor":
-    import token_vendor.handler as handler
+    import token_vendor.functions.api as handler
     result["import_ms"] = (time.perf_counter() - started) * 1000.0
     result["import_cpu_ms"] = (time.process_time() - cpu) * 1000.0
     if what == "token":
@@ -281,8 +281,8 @@ def render_markdown(cold: Mapping[str, Any]) -> list[str]:
     if "skipped" in cold:
         return ["", f"Cold start: skipped ({cold['skipped']})."]
     rows = (
-        ("import_as_built", "`import token_vendor.handler`, artifact without bytecode"),
-        ("import_precompiled", "`import token_vendor.handler`, artifact as built (bytecode)"),
+        ("import_as_built", "`import token_vendor.functions.api`, artifact without bytecode"),
+        ("import_precompiled", "`import token_vendor.functions.api`, artifact as built (bytecode)"),
         ("import_boto3", "`import boto3` (bytecode compiled)"),
         ("token_as_built", "cold start to the first DynamoDB-tier token, without bytecode"),
         ("token_precompiled", "**cold start to the first DynamoDB-tier token, as built**"),

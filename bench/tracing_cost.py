@@ -12,7 +12,7 @@ cold start since /var/task is read-only). The function's own package is copied i
 Then, in fresh interpreters (``-S``: the package directory and the standard library only, as in
 Lambda), each variant ``--repeats`` times after one unrecorded round, interleaved:
 
-- ``none``: ``import token_vendor.handler``, what the function does at init today;
+- ``none``: ``import token_vendor.functions.api``, what the function does at init today;
 - ``tracer``: the same, then ``Tracer(service=...)``: Powertools' default, which loads the
   X-Ray SDK and patches every library it supports;
 - ``tracer-botocore``: the same with ``patch_modules=("botocore",)``, the cheapest useful Tracer.
@@ -58,7 +58,7 @@ CODE = (
     "def clocks():\n"
     "    return time.process_time() * 1000.0, time.perf_counter() * 1000.0\n"
     "cpu0, wall0 = clocks()\n"
-    "import token_vendor.handler\n"
+    "import token_vendor.functions.api\n"
     "cpu1, wall1 = clocks()\n"
     "modules = len(sys.modules)\n"
     "{extra}"
@@ -156,7 +156,7 @@ def render(results: Mapping[str, Mapping[str, Mapping[str, Any]]], repeats: int)
         f"Medians of {repeats} fresh interpreters (Python {sys.version.split()[0]}, "
         f"{os.cpu_count()} cores), ms: CPU time (wall clock in brackets).",
         "",
-        "| dependencies | variant | import token_vendor.handler | then Tracer() "
+        "| dependencies | variant | import token_vendor.functions.api | then Tracer() "
         "| modules the Tracer adds |",
         "|---|---|---:|---:|---:|",
     ]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 HANDLER_VAR = "LOCAL_HANDLER"
-DEFAULT_HANDLER = "token_vendor.handler:lambda_handler"
+DEFAULT_HANDLER = "token_vendor.functions.api:lambda_handler"
 # What the forked children find imported already: third-party code only, so that the function's
 # own modules (and the Powertools objects they make from the environment) are the child's.
 PRELOAD = ["botocore.session", "botocore.client", "urllib3", "aws_lambda_powertools.logging"]
@@ -44,9 +44,11 @@ def serve(conn: Connection, env: Mapping[str, str], log_path: str | None) -> Non
     started = time.perf_counter()
     module = importlib.import_module(module_name)
     lambda_handler: Callable[[Any, Any], dict[str, Any]] = getattr(module, function_name)
-    reset_runtime: Callable[[], None] = getattr(module, "reset_runtime", lambda: None)
-
     from local.lambda_context import FakeLambdaContext
+    from token_vendor.functions.runtime import reset_runtime as vendor_reset
+
+    # The vendor's functions share one runtime module; a baseline (bench) brings its own reset.
+    reset_runtime: Callable[[], None] = getattr(module, "reset_runtime", None) or vendor_reset
 
     conn.send({"import_ms": (time.perf_counter() - started) * 1000.0})
     while True:

@@ -28,6 +28,7 @@ from local.events import event_path, load_event, substitute_secret
 from local.gateway.server import Handler
 from local.lambda_context import FakeLambdaContext
 from local.run import STATE_FILE, LocalEnvironment, load_handler
+from token_vendor.functions.runtime import reset_runtime
 
 
 class BadEventFile(ValueError):
@@ -119,7 +120,7 @@ def invoke_event(
             # A cold start, as with `sam local invoke`: nothing cached by an earlier in-process
             # invoke (against another stack) may answer this one.
             module = sys.modules.get(getattr(fn, "__module__", "") or "")
-            reset = getattr(module, "reset_runtime", None) or (lambda: None)
+            reset = getattr(module, "reset_runtime", None) or reset_runtime
             try:
                 reset()
                 return InvokeResult(json.loads(json.dumps(fn(payload, context))), None, target)

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from local.lambda_context import FakeLambdaContext
-from token_vendor import handler
+from token_vendor.functions import api as handler
 
 
 def invoke(event: Any, timeout_s: float = 25.0) -> dict[str, Any]:

@@ -16,7 +16,7 @@ Session fixtures
 Function fixtures
     ``stack`` -> :class:`local.stack.LocalStack` built from template.yaml with a unique name, its
     secret holding the stub's client, its function environment applied with monkeypatch, and
-    ``token_vendor.handler.reset_runtime()`` called before and after the test.
+    ``token_vendor.functions.runtime.reset_runtime()`` called before and after the test.
     ``make_stack(**kw)`` -> the same, with create_stack's keyword arguments overridden (e.g.
     ``secret_value=...``) and ``apply_env=False`` to leave os.environ alone.
     ``lambda_context`` -> a fresh :class:`local.lambda_context.FakeLambdaContext` (25 s).
@@ -27,7 +27,6 @@ Function fixtures
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import re
 import uuid
@@ -144,14 +143,10 @@ def _reset_igni_stub(request: pytest.FixtureRequest) -> None:
 
 
 def _reset_runtime() -> None:
-    """Drop the handler's cached config and clients, if the handler module exists yet."""
-    try:
-        module = importlib.import_module("token_vendor.handler")
-    except ImportError:
-        return
-    reset = getattr(module, "reset_runtime", None)
-    if callable(reset):
-        reset()
+    """Drop the functions' cached configuration and clients (a new execution environment)."""
+    from token_vendor.functions.runtime import reset_runtime
+
+    reset_runtime()
 
 
 def unique_stack_name(request: pytest.FixtureRequest) -> str:

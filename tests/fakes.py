@@ -14,10 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from token_vendor.aws.token_cipher import UndecryptableToken
 from token_vendor.errors import StoreUnavailable
-from token_vendor.freshness import CachedToken
-from token_vendor.token_cipher import UndecryptableToken
-from token_vendor.token_store import RECENT_TOKENS, Record
+from token_vendor.models import RECENT_TOKENS, CachedToken, Record
 
 EPOCH = 1_800_000_000.0
 

@@ -2,8 +2,8 @@
 
 ``rotation`` -> :class:`Rotation` for the test's ``stack``: it enables rotation on the secret
 (moto's way, see :meth:`Rotation.enable`), stages versions as AWSPENDING as an operator would,
-and runs the real rotation function (``token_vendor.rotation.lambda_handler``) one step at a
-time, as Secrets Manager would invoke it. moto cannot invoke a rotation Lambda itself (its
+and runs the real rotation function (``token_vendor.functions.rotation.lambda_handler``) one step
+at a time, as Secrets Manager would invoke it. moto cannot invoke a rotation Lambda itself (its
 ``rotate_secret`` with a Lambda ARN needs a Lambda backend running the code in Docker), so the
 steps are called directly.
 """
@@ -19,7 +19,7 @@ import pytest
 
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import rotation as rotation_module
+from token_vendor.functions import rotation as rotation_module
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 

@@ -26,7 +26,7 @@ from local.gateway.sigv4 import LOCAL_TEST_ACCESS_KEY_ID, LOCAL_TEST_SECRET_ACCE
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
 from tests.api_calls import invoke
-from token_vendor import maintenance
+from token_vendor.functions import maintenance
 from token_vendor.observability import logger as powertools_logger
 
 

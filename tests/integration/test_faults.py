@@ -43,10 +43,11 @@ from local.moto_server import MotoServer, free_port
 from local.stack import LocalStack, create_stack
 from tests.aws_errors import AwsErrorEndpoint
 from tests.conftest import STUB_WORKSPACE, MakeStack
-from token_vendor import handler
 from token_vendor.config import Config
+from token_vendor.functions import api as handler
+from token_vendor.functions.runtime import get_runtime, reset_runtime
+from token_vendor.models import cache_key
 from token_vendor.observability import logger as powertools_logger
-from token_vendor.token_store import cache_key
 
 # Low enough that a "slow Igni" fault costs the suite little; the contract's 10 s is the cap.
 READ_TIMEOUT_S = 0.5
@@ -230,7 +231,7 @@ def cold_environment(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
     """Apply ``env`` and start a brand-new execution environment in this process."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    handler.reset_runtime()
+    reset_runtime()
 
 
 def logged(records: list[dict[str, Any]], message: str, level: str | None = None) -> bool:
@@ -332,7 +333,7 @@ IGNI_FAULTS: dict[str, tuple[dict[str, Any], int, str, int]] = {
 @pytest.fixture
 def slow_igni_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IGNI_READ_TIMEOUT", str(READ_TIMEOUT_S))
-    handler.reset_runtime()
+    reset_runtime()
 
 
 @pytest.mark.usefixtures("slow_igni_times_out")
@@ -735,7 +736,7 @@ def test_kms_refusing_an_item_moved_to_another_cache_key_is_a_miss(
     item = the_item(stack)
     # And the item copied to the cache key of another credential set (here: another scope)
     cold_environment(monkeypatch, IGNI_SCOPE="fault-injection")
-    runtime = handler.get_runtime()
+    runtime = get_runtime()
     other_key = cache_key(runtime.config.profiles["default"])
     assert other_key != item["pk"]["S"]
     stack.dynamodb().put_item(TableName=stack.table_name, Item={**item, "pk": {"S": other_key}})

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import handler
+from token_vendor.functions import api as handler
 
 FUZZ = settings(
     max_examples=200,

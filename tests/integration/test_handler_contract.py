@@ -18,9 +18,10 @@ import pytest
 from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import handler, maintenance
+from token_vendor.functions import api as handler
+from token_vendor.functions import maintenance
+from token_vendor.functions.runtime import current_runtime, reset_runtime
 from token_vendor.observability import logger as powertools_logger
-from token_vendor.runtime import current_runtime
 
 STUB_CLIENT_SECRET = "test-secret-0123456789"
 
@@ -114,7 +115,7 @@ def test_a_cold_environment_is_answered_from_dynamodb(stack: LocalStack, igni_st
     # Given a token minted by one execution environment
     first = body_of(invoke(load_event("get_token")))
     # When a new environment (fresh memory) asks
-    handler.reset_runtime()
+    reset_runtime()
     second = body_of(invoke(load_event("get_token")))
     # Then it gets the same token from the shared tier, with no upstream call
     assert second["access_token"] == first["access_token"]
@@ -129,7 +130,7 @@ def test_expires_in_is_the_remaining_lifetime_not_the_original(
     igni_stub.configure(lifetime=60)
     first = body_of(invoke(load_event("get_token")))
     time.sleep(1.1)
-    handler.reset_runtime()
+    reset_runtime()
     second = body_of(invoke(load_event("get_token")))
     # Then the second answer counts down from the same expiry
     assert second["expires_at"] == first["expires_at"]
@@ -153,7 +154,7 @@ def test_an_expired_item_is_never_served_even_before_ttl_deletion(
         },
     )
     # When a cold environment asks
-    handler.reset_runtime()
+    reset_runtime()
     second = body_of(invoke(load_event("get_token")))
     # Then a new token is exchanged instead
     assert second["access_token"] != first["access_token"]
@@ -204,7 +205,7 @@ def test_a_missing_secret_is_500_configuration_error(
     stack: LocalStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IGNI_SECRET_ID", "igni/does-not-exist")
-    handler.reset_runtime()
+    reset_runtime()
     body = assert_error(invoke(load_event("get_token")), 500, "configuration_error")
     # The message says what is wrong; the secret's name goes to the log line only (issue 10)
     assert "could not be read (ResourceNotFoundException)" in body["message"]
@@ -220,7 +221,7 @@ def test_no_workspace_and_no_token_url_is_500_configuration_error(
     )
     monkeypatch.delenv("IGNI_TOKEN_URL", raising=False)
     monkeypatch.delenv("IGNI_WORKSPACE", raising=False)
-    handler.reset_runtime()
+    reset_runtime()
     body = assert_error(invoke(load_event("get_token")), 500, "configuration_error")
     assert "workspace" in body["message"]
 
@@ -229,7 +230,7 @@ def test_a_plain_http_token_url_is_500_configuration_error(
     stack: LocalStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IGNI_TOKEN_URL", "http://igni.example.com/api/v1/oauth2/token")
-    handler.reset_runtime()
+    reset_runtime()
     body = assert_error(invoke(load_event("get_token")), 500, "configuration_error")
     assert "https" in body["message"]
 
@@ -238,7 +239,7 @@ def test_missing_table_setting_is_500_configuration_error(
     stack: LocalStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TOKEN_TABLE_NAME")
-    handler.reset_runtime()
+    reset_runtime()
     assert_error(invoke(load_event("get_token")), 500, "configuration_error")
 
 
@@ -373,13 +374,13 @@ def test_logs_never_carry_the_token_or_the_secret(
     # Given a full run: a miss, a memory hit, a cold DynamoDB hit and an auth failure
     token = body_of(invoke(load_event("get_token")))["access_token"]
     invoke(load_event("get_token"))
-    handler.reset_runtime()
+    reset_runtime()
     invoke(load_event("get_token"))
     stack.put_secret_value(
         {"client_id": igni_stub.client_id, "client_secret": "wrong-secret-value"}
     )
     igni_stub.configure(lifetime=60)
-    handler.reset_runtime()
+    reset_runtime()
     invoke(load_event("get_token", queryStringParameters={"min_ttl": "172700"}))
     # When every log line is read
     text = log_output()

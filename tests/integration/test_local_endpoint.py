@@ -48,7 +48,8 @@ from local.stack import LocalStack
 from tests.conftest import LoadEvent
 from tests.local_run import start_local_run
 from tests.openapi_check import assert_matches_openapi
-from token_vendor import handler as vendor
+from token_vendor.functions import api as vendor
+from token_vendor.functions.runtime import reset_runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HTTP = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=30.0), retries=False)
@@ -164,7 +165,7 @@ def analytics(stack: LocalStack, igni_stub: StubProcess, monkeypatch: pytest.Mon
         "IGNI_PROFILES",
         json.dumps({"analytics": {"secret_id": secret["ARN"], "token_url": igni_stub.token_url}}),
     )
-    vendor.reset_runtime()
+    reset_runtime()
     return client_id
 
 

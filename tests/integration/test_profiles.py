@@ -11,7 +11,8 @@ import pytest
 from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import handler
+from token_vendor.functions import api as handler
+from token_vendor.functions.runtime import reset_runtime
 
 
 def invoke(event: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def two_profiles(stack: LocalStack, igni_stub: Any, monkeypatch: pytest.MonkeyPa
             }
         ),
     )
-    handler.reset_runtime()
+    reset_runtime()
     return stack
 
 
@@ -95,7 +96,7 @@ def test_two_profiles_get_their_own_tokens_with_one_call_each(
         [(igni_stub.client_id, None), (other_client(igni_stub)[0], "reports:read")]
     )
     # And a cold environment finds both in the shared tier
-    handler.reset_runtime()
+    reset_runtime()
     assert (
         body(invoke(profile_event("get", "analytics")))["access_token"]
         == analytics[0]["access_token"]
@@ -131,7 +132,7 @@ def test_default_as_a_profile_name_is_500_configuration_error(
     # Given IGNI_PROFILES naming a profile 'default' (without IGNI_SECRET_ID, so no clash)
     monkeypatch.delenv("IGNI_SECRET_ID")
     monkeypatch.setenv("IGNI_PROFILES", json.dumps({"default": {"secret_id": stack.secret_arn}}))
-    handler.reset_runtime()
+    reset_runtime()
     # When any token is asked for, at either path
     for event in (load_event("get_token"), profile_event("get", "default")):
         response = invoke(event)
@@ -183,7 +184,7 @@ def test_a_bad_profile_entry_is_a_configuration_error_naming_it(
     stack: LocalStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IGNI_PROFILES", json.dumps({"billing": {"secret": "typo"}}))
-    handler.reset_runtime()
+    reset_runtime()
     response = invoke(load_event("get_token"))
     assert response["statusCode"] == 500
     error = json.loads(response["body"])

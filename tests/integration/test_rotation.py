@@ -1,10 +1,10 @@
 """Credential rotation end to end, against the moto server and the Igni stub (issue 4).
 
-The API handler (``token_vendor.handler.lambda_handler``) runs on events/get_token.json, the
-maintenance handler (``token_vendor.maintenance.lambda_handler``) on
-events/secret_label_updated.json; the rotation function (``token_vendor.rotation``) runs one
-step at a time as Secrets Manager would invoke it (moto cannot run a rotation Lambda).
-Execution environments are Runtime objects (token_vendor.runtime): ``handler.reset_runtime()``
+The API handler (``token_vendor.functions.api.lambda_handler``) runs on events/get_token.json, the
+maintenance handler (``token_vendor.functions.maintenance.lambda_handler``) on
+events/secret_label_updated.json; the rotation function (``token_vendor.functions.rotation``) runs
+one step at a time as Secrets Manager would invoke it (moto cannot run a rotation Lambda).
+Execution environments are Runtime objects (token_vendor.functions.runtime): ``reset_runtime()``
 starts a new one, :class:`Env` keeps several alive side by side.
 """
 
@@ -22,9 +22,11 @@ from local.igni_stub import decode_jwt_segment
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
 from tests.integration.conftest import STEPS, Rotation
-from token_vendor import handler, maintenance, runtime
-from token_vendor.freshness import fingerprint
-from token_vendor.rotation import RotationError
+from token_vendor.functions import api as handler
+from token_vendor.functions import maintenance, runtime
+from token_vendor.functions.rotation import RotationError
+from token_vendor.functions.runtime import get_runtime, reset_runtime
+from token_vendor.models import fingerprint
 
 STAGE_HINT = (
     "stage the new Igni credentials as AWSPENDING first: aws secretsmanager put-secret-value"
@@ -37,8 +39,8 @@ class Env:
     functions; what these tests follow is the token table and the secret they share)."""
 
     def __init__(self) -> None:
-        handler.reset_runtime()
-        self.runtime = handler.get_runtime()
+        reset_runtime()
+        self.runtime = get_runtime()
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
         runtime.set_runtime(self.runtime)  # this environment answers the next invocation
@@ -96,7 +98,7 @@ def logged(caplog: pytest.LogCaptureFixture) -> str:
 def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    handler.reset_runtime()
+    reset_runtime()
 
 
 # ------------------------------------------------------------------ version-aware cache

@@ -12,11 +12,12 @@ from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
 from tests.api_calls import body, invoke
-from token_vendor import handler, maintenance
+from token_vendor.aws.token_cipher import TokenCipher
+from token_vendor.aws.token_table import TokenTable
 from token_vendor.config import load_config
-from token_vendor.freshness import CachedToken
-from token_vendor.token_cipher import TokenCipher
-from token_vendor.token_store import TokenTable, cache_key
+from token_vendor.functions import maintenance
+from token_vendor.functions.runtime import reset_runtime
+from token_vendor.models import CachedToken, cache_key
 
 
 def _table(stack: LocalStack) -> TokenTable:
@@ -102,7 +103,7 @@ def test_min_ttl_beyond_the_cached_token_refreshes(stack: LocalStack, igni_stub:
             ":expires": {"N": str(int(item["expires_at"]["N"]) - 7)},
         },
     )
-    handler.reset_runtime()
+    reset_runtime()
     # When a caller needs 54 s, which only a fresh token can give (60 - 10 % margin)
     response = invoke(load_event("get_token", queryStringParameters={"min_ttl": "54"}))
     # Then a new token is exchanged and vended
@@ -147,7 +148,7 @@ def test_reporting_a_replaced_token_returns_the_current_one_without_upstream_cal
     ]
     assert current != old
     # When a new environment's caller reports the replaced token
-    handler.reset_runtime()
+    reset_runtime()
     response = invoke(load_event("post_refresh", body=json.dumps({"rejected_token": old})))
     # Then it gets the current token and Igni is not called again
     assert body(response)["access_token"] == current
@@ -176,7 +177,7 @@ def test_forced_refresh_is_rate_limited_per_credential(stack: LocalStack, igni_s
     ]
     assert second != first
     # When the replacement is reported as rejected within 30 s
-    handler.reset_runtime()
+    reset_runtime()
     response = invoke(load_event("post_refresh", body=json.dumps({"rejected_token": second})))
     # Then the answer is 429 with Retry-After, and Igni was not called again
     assert response["statusCode"] == 429
@@ -188,7 +189,7 @@ def test_the_forced_refresh_interval_is_configurable(
     stack: LocalStack, igni_stub: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FORCED_REFRESH_INTERVAL_SECONDS", "0")
-    handler.reset_runtime()
+    reset_runtime()
     token = body(invoke(load_event("get_token")))["access_token"]
     for _ in range(2):
         token = body(
@@ -219,7 +220,7 @@ def test_prewarm_refreshes_only_a_token_past_its_refresh_point(
             ":expires": {"N": str(issued + 172800)},
         },
     )
-    handler.reset_runtime()
+    reset_runtime()
     result = maintenance.lambda_handler(load_event("prewarm"), FakeLambdaContext())
     # Then pre-warm refreshes it
     assert result == {"ok": True, "profiles": {"default": "upstream"}}
@@ -273,7 +274,7 @@ def test_a_refresh_failure_while_valid_is_counted_once(
         },
     )
     igni_stub.configure(faults=[{"status": 500}] * 3)
-    handler.reset_runtime()
+    reset_runtime()
     capsys.readouterr()
     # When a caller asks
     assert body(invoke(load_event("get_token")))["access_token"] == token

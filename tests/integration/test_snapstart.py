@@ -20,8 +20,8 @@ import pytest
 from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
-from token_vendor import handler
-from token_vendor.runtime import current_runtime
+from token_vendor.functions import api as handler
+from token_vendor.functions.runtime import current_runtime, get_runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIMULATOR = Path(__file__).resolve().parent / "snapstart" / "simulate.py"
@@ -131,7 +131,7 @@ def test_without_the_runtime_hooks_nothing_is_built_at_init(
 
 def test_after_restore_drops_the_pooled_connections(stack: LocalStack, igni_stub: Any) -> None:
     # Given a runtime whose Igni pool and DynamoDB client hold open connections
-    runtime = handler.get_runtime()
+    runtime = get_runtime()
     runtime.http.request("GET", igni_stub.base_url + "/")
     runtime.clients.dynamodb.describe_table(TableName=stack.table_name)
     assert runtime.http.pools
@@ -139,7 +139,7 @@ def test_after_restore_drops_the_pooled_connections(stack: LocalStack, igni_stub
     handler.after_restore()
     # Then the old pools are empty and the new runtime shares no pool, only the clients
     assert not runtime.http.pools
-    restored = handler.get_runtime()
+    restored = get_runtime()
     assert restored.http is not runtime.http
     assert restored.clients is runtime.clients
     assert restored.service is not runtime.service

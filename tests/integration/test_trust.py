@@ -25,7 +25,7 @@ from local.igni_stub import StubProcess
 from local.stack import LocalStack
 from tests.api_calls import body, header, invoke
 from tests.conftest import MakeStack
-from token_vendor import handler
+from token_vendor.functions.runtime import reset_runtime
 from token_vendor.observability import logger as powertools_logger
 
 
@@ -68,7 +68,7 @@ def test_a_failed_forced_refresh_leaves_every_other_caller_the_valid_token(
     calls = len(igni_stub.calls())
 
     # When a caller reports that (still vendable) token as rejected
-    handler.reset_runtime()
+    reset_runtime()
     reported = invoke(load_event("post_refresh", body=json.dumps({"rejected_token": token})))
 
     # Then the reporter gets the error
@@ -84,7 +84,7 @@ def test_a_failed_forced_refresh_leaves_every_other_caller_the_valid_token(
         assert answer["statusCode"] == 200, answer
         assert body(answer)["access_token"] == token
     # And this environment too, after it forgot everything
-    handler.reset_runtime()
+    reset_runtime()
     assert body(invoke(load_event("get_token")))["access_token"] == token
     # And nobody called Igni again for it
     assert len(igni_stub.calls()) == calls + attempts
@@ -115,7 +115,7 @@ def test_retry_after_is_the_time_until_the_fleet_tries_igni_again(
 ) -> None:
     # Given a shared backoff longer than the Igni client's own retry hint, and Igni failing
     monkeypatch.setenv("REFRESH_BACKOFF_BASE_SECONDS", "10")
-    handler.reset_runtime()
+    reset_runtime()
     igni_stub.configure(faults=[{"status": 500}] * 20)
 
     # When a caller asks and the exchange fails
@@ -230,7 +230,7 @@ def test_a_profile_secret_that_does_not_exist_is_not_named_in_the_answer(
     # Given a profile whose secret ARN names a secret that does not exist
     missing = stack.secret_arn.replace(stack.secret_name, "someone-elses/secret")
     monkeypatch.setenv("IGNI_PROFILES", json.dumps({"other": {"secret_id": missing}}))
-    handler.reset_runtime()
+    reset_runtime()
     # When a caller asks for that profile's token
     response = invoke(
         load_event(

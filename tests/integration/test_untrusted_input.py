@@ -25,11 +25,12 @@ from local.events import load_event
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
 from tests.integration.conftest import Rotation
-from token_vendor import handler
-from token_vendor.rotation import RotationError
+from token_vendor.functions import api as handler
+from token_vendor.functions.rotation import RotationError
+from token_vendor.functions.runtime import reset_runtime
 
 STUB_CLIENT_SECRET = "test-secret-0123456789"
-# The longest lifetime believed from Igni: 10 years of 365 days (token_vendor.igni.TEN_YEARS).
+# The longest lifetime believed from Igni: 10 years of 365 days (config.MAX_EXPIRES_IN).
 TEN_YEARS = 315_360_000
 
 
@@ -108,7 +109,7 @@ def test_a_backslash_token_url_is_500_configuration_error_and_sends_nothing(
 ) -> None:
     # Given IGNI_TOKEN_URL that urllib.parse reads as the stub and urllib3 as the decoy
     monkeypatch.setenv("IGNI_TOKEN_URL", split_url(decoy, igni_stub))
-    handler.reset_runtime()
+    reset_runtime()
     # When a token is asked for
     message = error_of(invoke(load_event("get_token")), 500, "configuration_error")
     # Then the configuration is refused, saying why, and neither host got a byte
@@ -132,7 +133,7 @@ def test_a_profile_token_url_with_a_backslash_is_refused_too(
             }
         ),
     )
-    handler.reset_runtime()
+    reset_runtime()
     resource = "/token/{profile}"
     event = load_event(
         "get_token",
@@ -153,7 +154,7 @@ def test_a_token_url_with_userinfo_is_refused(
     stack: LocalStack, igni_stub: Any, monkeypatch: pytest.MonkeyPatch, userinfo: str
 ) -> None:
     monkeypatch.setenv("IGNI_TOKEN_URL", igni_stub.token_url.replace("://", f"://{userinfo}"))
-    handler.reset_runtime()
+    reset_runtime()
     error_of(invoke(load_event("get_token")), 500, "configuration_error")
     assert igni_stub.calls() == []
 

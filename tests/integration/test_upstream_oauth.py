@@ -25,8 +25,8 @@ from local.stack import LocalStack
 from tests.api_calls import body, header, invoke
 from tests.conftest import MakeStack
 from tests.integration.conftest import Rotation
-from token_vendor import handler
-from token_vendor.rotation import RotationError
+from token_vendor.functions.rotation import RotationError
+from token_vendor.functions.runtime import reset_runtime
 
 BASIC_ONLY = ["client_secret_basic"]
 LIFETIME = 7200
@@ -35,7 +35,7 @@ LIFETIME = 7200
 def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    handler.reset_runtime()
+    reset_runtime()
 
 
 def vended_expires_in(response: dict[str, Any]) -> int:

@@ -30,9 +30,10 @@ from token_vendor.errors import (
     UpstreamUnavailable,
     VendorError,
 )
-from token_vendor.freshness import vend_margin
-from token_vendor.igni import IgniClient, retry_after_seconds
-from token_vendor.secret_store import Credentials
+from token_vendor.igni.answers import retry_after_seconds
+from token_vendor.igni.client import IgniClient
+from token_vendor.models import Credentials
+from token_vendor.vending.freshness import vend_margin
 
 NOW = 1_800_000_000.0
 
@@ -371,9 +372,9 @@ def test_the_cold_path_never_imports_cryptography() -> None:
     # Given a fresh interpreter
     # When the API function's handler is imported and a small token sealed and opened
     code = (
-        "import sys; import token_vendor.handler; "
+        "import sys; import token_vendor.functions.api; "
         "from tests.invariants.world import HostileKms, Faults; from tests.fakes import Clock; "
-        "from token_vendor.token_cipher import TokenCipher; "
+        "from token_vendor.aws.token_cipher import TokenCipher; "
         "c = TokenCipher(HostileKms(Faults(Clock(), 1.0)), 'k'); "
         "blob, scheme = c.encrypt('t' * 4096, 'key'); assert c.decrypt(blob, scheme, 'key'); "
         "print(scheme, 'cryptography' in sys.modules)"

@@ -42,8 +42,9 @@ from hypothesis.stateful import (
 
 from tests.invariants.world import BUDGET_SECONDS, CONFIG, KEY, PROFILE, World, answers
 from token_vendor.errors import VendorError
-from token_vendor.freshness import CachedToken, is_fresh, is_vendable, vend_margin
-from token_vendor.lease import Take
+from token_vendor.models import CachedToken
+from token_vendor.vending.freshness import is_fresh, is_vendable, vend_margin
+from token_vendor.vending.lease import Take
 
 ENVIRONMENTS = 3
 API_GATEWAY_SECONDS = 29.0

@@ -23,17 +23,18 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 from hypothesis import strategies as st
 
 from tests.fakes import Clock, FakeTable
+from token_vendor.aws.secret_store import SecretStore
+from token_vendor.aws.token_cipher import TokenCipher
 from token_vendor.config import Config, Profile
 from token_vendor.errors import StoreUnavailable
-from token_vendor.exchange import Exchange
-from token_vendor.igni import IgniClient
-from token_vendor.lease import Lease
+from token_vendor.igni.client import IgniClient
+from token_vendor.models import cache_key
 from token_vendor.observability import Telemetry
-from token_vendor.secret_store import SecretStore
-from token_vendor.service import TokenService
-from token_vendor.token_cipher import TokenCipher
-from token_vendor.token_store import MemoryTier, cache_key
-from token_vendor.versions import SecretVersions
+from token_vendor.vending.exchange import Exchange
+from token_vendor.vending.lease import Lease
+from token_vendor.vending.memory import MemoryTier
+from token_vendor.vending.service import TokenService
+from token_vendor.vending.versions import SecretVersions
 
 TOKEN_URL = "https://acme.igni.co/api/v1/oauth2/token"
 PROFILE = Profile(name="default", secret_id="igni/model", token_url=TOKEN_URL)

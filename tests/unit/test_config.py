@@ -19,7 +19,7 @@ from token_vendor.config import (
     validate_token_url,
 )
 from token_vendor.errors import ConfigurationError
-from token_vendor.token_store import cache_key
+from token_vendor.models import cache_key
 
 BASE = {"TOKEN_TABLE_NAME": "tokens", "IGNI_SECRET_ID": "igni/default"}
 

@@ -8,10 +8,9 @@ import json
 import pytest
 
 from token_vendor.config import Freshness
-from token_vendor.freshness import (
-    CachedToken,
+from token_vendor.models import CachedToken, fingerprint
+from token_vendor.vending.freshness import (
     effective_expiry,
-    fingerprint,
     is_fresh,
     is_vendable,
     jwt_exp,

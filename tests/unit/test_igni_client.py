@@ -17,7 +17,9 @@ from token_vendor.errors import (
     UpstreamBadResponse,
     UpstreamUnavailable,
 )
-from token_vendor.igni import IgniClient, _basic_challenge, _parse_token, basic_authorization
+from token_vendor.igni.answers import basic_challenge, parse_token
+from token_vendor.igni.client import IgniClient
+from token_vendor.igni.request import basic_authorization
 
 # The longest lifetime believed from Igni: 10 years of 365 days.
 TEN_YEARS = 315_360_000
@@ -181,7 +183,7 @@ def test_unusable_answers_are_bad_responses(
 
 
 def test_the_ten_year_bound_is_315_360_000_seconds() -> None:
-    from token_vendor.igni import MAX_EXPIRES_IN
+    from token_vendor.config import MAX_EXPIRES_IN
 
     assert MAX_EXPIRES_IN == 10 * 365 * 24 * 3600 == TEN_YEARS
 
@@ -209,14 +211,14 @@ def test_a_positive_lifetime_of_at_most_ten_years_is_believed(value: object, sec
     # a float or a string of digits
     payload = json.dumps({"access_token": "x", "expires_in": value}).encode()
     # Then the lifetime is taken as announced, in whole seconds
-    assert _parse_token(payload).expires_in == seconds
+    assert parse_token(payload).expires_in == seconds
 
 
 @pytest.mark.parametrize("body", [{"access_token": "x"}, {"access_token": "x", "expires_in": None}])
 def test_a_missing_lifetime_is_left_to_the_jwt_or_the_default(body: dict[str, object]) -> None:
     # Given a token answer without expires_in (RFC 6749 5.1 only RECOMMENDS it), or with null
     # Then parsing it succeeds, with no lifetime (freshness.effective_expiry decides)
-    assert _parse_token(json.dumps(body).encode()).expires_in is None
+    assert parse_token(json.dumps(body).encode()).expires_in is None
 
 
 @pytest.mark.parametrize(
@@ -264,13 +266,13 @@ def test_any_other_lifetime_is_a_bad_response_never_an_overflow(value: object) -
     payload = json.dumps({"access_token": "x", "expires_in": value}).encode()
     # Then parsing it is a 502 upstream_bad_response, not an OverflowError further on
     with pytest.raises(UpstreamBadResponse, match="expires_in") as raised:
-        _parse_token(payload)
+        parse_token(payload)
     assert (raised.value.status, raised.value.code) == (502, "upstream_bad_response")
 
 
 def test_a_deeply_nested_answer_is_a_bad_response_not_a_recursion_error() -> None:
     with pytest.raises(UpstreamBadResponse, match="not JSON"):
-        _parse_token(b"[" * 60_000)
+        parse_token(b"[" * 60_000)
 
 
 class _RecordingHttp:
@@ -411,4 +413,4 @@ def test_wrong_credentials_without_a_challenge_are_not_blamed_on_the_method(
     ],
 )
 def test_only_a_basic_scheme_in_the_challenge_counts(challenge: str, *, suggests: bool) -> None:
-    assert _basic_challenge(challenge) is suggests
+    assert basic_challenge(challenge) is suggests

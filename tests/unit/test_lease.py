@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import Clock, FakeTable
+from token_vendor.aws.secret_store import SecretStore
 from token_vendor.config import Config, Profile
 from token_vendor.errors import (
     RefreshRateLimited,
@@ -24,13 +25,12 @@ from token_vendor.errors import (
     UpstreamUnavailable,
     VendorError,
 )
-from token_vendor.freshness import CachedToken, fingerprint
-from token_vendor.lease import Lease, Take
+from token_vendor.models import CachedToken, cache_key, fingerprint
 from token_vendor.observability import Telemetry
-from token_vendor.secret_store import SecretStore
-from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM, TokenService
-from token_vendor.token_store import MemoryTier, cache_key
-from token_vendor.versions import SecretVersions
+from token_vendor.vending.lease import Lease, Take
+from token_vendor.vending.memory import MemoryTier
+from token_vendor.vending.service import DYNAMODB, MEMORY, UPSTREAM, TokenService
+from token_vendor.vending.versions import SecretVersions
 
 LIFETIME = 3600
 LEASE_SECONDS = 5.0

@@ -14,7 +14,7 @@ import pytest
 from local.cfn_template import load_template
 from tests.conftest import REPO_ROOT
 from tests.openapi_check import load_openapi
-from token_vendor import handler
+from token_vendor.functions import api as handler
 
 Route = tuple[str, str]
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

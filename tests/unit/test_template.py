@@ -176,10 +176,10 @@ def test_functions_run_python313_on_arm64_within_api_gateways_timeout(
         assert props.get("Runtime", "python3.13") == "python3.13"
         assert props.get("Architectures", ["arm64"]) == ["arm64"]
     token_fn = resource_properties(template, "TokenFunction")
-    assert token_fn["Handler"] == "token_vendor.handler.lambda_handler"
+    assert token_fn["Handler"] == "token_vendor.functions.api.lambda_handler"
     assert token_fn["Timeout"] < 29
     maintenance = resource_properties(template, "MaintenanceFunction")
-    assert maintenance["Handler"] == "token_vendor.maintenance.lambda_handler"
+    assert maintenance["Handler"] == "token_vendor.functions.maintenance.lambda_handler"
 
 
 def test_three_functions_from_one_package_each_with_its_own_events(
@@ -439,7 +439,7 @@ def test_only_the_vending_roles_may_use_the_key_directly_and_only_for_tokens(
 
 
 def test_the_key_policy_context_is_the_one_the_function_binds_tokens_to() -> None:
-    source = (SRC / "token_cipher.py").read_text(encoding="utf-8")
+    source = (SRC / "aws" / "token_cipher.py").read_text(encoding="utf-8")
     assert 'EncryptionContext={"cache_key": cache_key}' in source
 
 

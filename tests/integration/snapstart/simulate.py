@@ -38,8 +38,8 @@ def main() -> int:
 
     from local.events import load_event
     from local.lambda_context import FakeLambdaContext
-    from token_vendor import handler  # Lambda's init
-    from token_vendor.runtime import current_runtime
+    from token_vendor.functions import api as handler
+    from token_vendor.functions.runtime import current_runtime, get_runtime
 
     runtime = current_runtime()
     (results / "init.json").write_text(
@@ -70,7 +70,7 @@ def main() -> int:
             (results / f"child{index}.json").write_text(
                 json.dumps(
                     {
-                        "owner": handler.get_runtime().service.lease_owner,
+                        "owner": get_runtime().service.lease_owner,
                         "random": drawn,
                         "status": response["statusCode"],
                         "token": body.get("access_token"),

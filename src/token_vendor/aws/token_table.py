@@ -1,4 +1,4 @@
-"""The two cache tiers: memory per execution environment, and DynamoDB shared by all.
+"""The shared tier: one DynamoDB item per credential set, read and written conditionally.
 
 One DynamoDB item per credential set holds the current token (encrypted), the refresh lease
 (owner and expiry), the shared refresh backoff and the remembered `invalid_client` answer, so
@@ -9,127 +9,19 @@ token's expiry; TTL deletion lags, so readers always compare it themselves.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from token_vendor.config import Profile
+from token_vendor.aws.token_cipher import TokenCipher, UndecryptableToken
 from token_vendor.errors import StoreUnavailable
-from token_vendor.freshness import CachedToken
-from token_vendor.token_cipher import TokenCipher, UndecryptableToken
+from token_vendor.models import RECENT_TOKENS, CachedToken, Record
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 _TOKEN_ATTRIBUTES = ("tok", "enc", "fp", "token_type", "issued_at", "secret_version")
 _STATE_TTL_SECONDS = 86400
-# How many replaced tokens' fingerprints are remembered (the item's `prev_fps`, and memory):
-# a caller still holding one may report it and is then served the current token.
-RECENT_TOKENS = 8
-
-
-def cache_key(profile: Profile) -> str:
-    """Identifies a credential set and what is asked of it; holds nothing secret."""
-    fields = [
-        profile.secret_id,
-        profile.token_url or "",
-        profile.workspace or "",
-        profile.scope or "",
-    ]
-    material = "\n".join(fields)
-    if profile.resource:
-        # Newer fields join the material only when set, so that the items of profiles without
-        # them keep their key across a deploy. JSON, so that no scope text can imitate it (a
-        # secret id never starts with '['); each form has its own length.
-        material = json.dumps([*fields, profile.audience or "", ["resource", *profile.resource]])
-    elif profile.audience:
-        material = json.dumps([*fields, profile.audience])
-    return "token#" + hashlib.sha256(material.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True)
-class Record:
-    """The shared state of one credential set as last read from DynamoDB."""
-
-    token: CachedToken | None = None
-    token_fingerprint: str | None = None
-    lease_owner: str | None = None
-    lease_until: float = 0.0
-    backoff_until: float = 0.0
-    failures: int = 0
-    # The error code of the failure that set `backoff_until`: what callers get meanwhile.
-    failure_code: str | None = None
-    auth_failed_until: float = 0.0
-    auth_failed_version: str | None = None
-    forced_at: float = 0.0
-    undecryptable: bool = False
-    # Fingerprints of the tokens this item held before the current one, newest first.
-    recent_fingerprints: tuple[str, ...] = ()
-
-    def lease_held(self, now: float) -> bool:
-        return self.lease_owner is not None and self.lease_until > now
-
-    def vended(self, fingerprint: str) -> bool:
-        """Whether the token with this fingerprint is, or recently was, this item's token."""
-        return fingerprint == self.token_fingerprint or fingerprint in self.recent_fingerprints
-
-    def succession(self) -> tuple[str, ...]:
-        """`recent_fingerprints` once the current token is replaced."""
-        current = (self.token_fingerprint,) if self.token_fingerprint else ()
-        return (*current, *self.recent_fingerprints)[:RECENT_TOKENS]
-
-
-class MemoryTier:
-    """Tokens held by this execution environment, each with when it was last re-checked."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._items: dict[str, tuple[CachedToken, float]] = {}
-        self._replaced: dict[str, deque[str]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> tuple[CachedToken, float] | None:
-        """The token and the seconds since it was last confirmed against the shared tier."""
-        with self._lock:
-            entry = self._items.get(key)
-        if entry is None:
-            return None
-        return entry[0], self._clock() - entry[1]
-
-    def put(self, key: str, token: CachedToken) -> None:
-        with self._lock:
-            old = self._items.get(key)
-            if old is not None and old[0].fingerprint != token.fingerprint:
-                self._remember(key, old[0].fingerprint)
-            self._items[key] = (token, self._clock())
-
-    def _remember(self, key: str, fingerprint: str) -> None:
-        replaced = self._replaced.setdefault(key, deque(maxlen=RECENT_TOKENS))
-        replaced.appendleft(fingerprint)
-
-    def vended(self, key: str, fingerprint: str) -> bool:
-        """Whether this environment holds, or recently held, the token with this fingerprint."""
-        with self._lock:
-            entry = self._items.get(key)
-            if entry is not None and entry[0].fingerprint == fingerprint:
-                return True
-            return fingerprint in self._replaced.get(key, ())
-
-    def drop(self, key: str, fingerprint: str | None = None) -> None:
-        """Drop the key's token (only if it is `fingerprint`, when given); it stays known as
-        one this environment vended."""
-        with self._lock:
-            entry = self._items.get(key)
-            if entry is not None and (fingerprint is None or entry[0].fingerprint == fingerprint):
-                del self._items[key]
-                self._remember(key, entry[0].fingerprint)
 
 
 class TokenTable:

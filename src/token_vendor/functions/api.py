@@ -23,18 +23,17 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
-from token_vendor.deadline import invocation_deadline
 from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
-from token_vendor.observability import logger
-from token_vendor.runtime import (
+from token_vendor.functions.deadline import invocation_deadline
+from token_vendor.functions.runtime import (
     assemble_runtime,
     build_runtime,
     current_runtime,
     get_runtime,
-    reset_runtime,  # noqa: F401 - tests and local/ start a new environment with it
     set_runtime,
 )
-from token_vendor.service import Vended
+from token_vendor.observability import logger
+from token_vendor.vending.service import Vended
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000

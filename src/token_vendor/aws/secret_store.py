@@ -6,12 +6,12 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from token_vendor.errors import ConfigurationError, SecretUnavailable
+from token_vendor.models import Credentials
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -30,16 +30,6 @@ _CONFIG_ERRORS = frozenset(
         "KMSAccessDeniedException",
     }
 )
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """One version of the Igni client credentials. The secret never appears in a repr."""
-
-    client_id: str
-    client_secret: str = field(repr=False)
-    workspace: str | None
-    version_id: str
 
 
 def parse_credentials(secret_id: str, secret_string: object, version_id: str) -> Credentials:

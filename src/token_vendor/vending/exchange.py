@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from token_vendor.config import Freshness, Profile, token_url_for
 from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
-from token_vendor.freshness import CachedToken, effective_expiry, is_vendable
-from token_vendor.igni import IgniClient
+from token_vendor.models import CachedToken, Credentials
 from token_vendor.observability import Telemetry
-from token_vendor.secret_store import Credentials
-from token_vendor.versions import SecretVersions
+from token_vendor.vending.freshness import effective_expiry, is_vendable
+from token_vendor.vending.versions import SecretVersions
+
+if TYPE_CHECKING:
+    # Types only: the policy imports no AWS or HTTP SDK; the adapters are passed in.
+    from token_vendor.igni.client import IgniClient
 
 # Smallest time worth calling Igni with; below it, answer 503 instead.
 MIN_EXCHANGE_SECONDS = 1.0

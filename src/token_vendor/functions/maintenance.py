@@ -16,14 +16,11 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from token_vendor.deadline import invocation_deadline
 from token_vendor.errors import VendorError
+from token_vendor.functions.deadline import invocation_deadline
+from token_vendor.functions.runtime import get_runtime
 from token_vendor.observability import logger
-from token_vendor.runtime import (
-    get_runtime,
-    reset_runtime,  # noqa: F401 - tests and local/ start a new environment with it
-)
-from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM
+from token_vendor.vending.service import DYNAMODB, MEMORY, UPSTREAM
 
 PREWARM_ACTION = "prewarm"
 ROTATION_SOURCE = "aws.secretsmanager"

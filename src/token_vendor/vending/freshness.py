@@ -4,39 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import math
-from dataclasses import dataclass
 
 from token_vendor.config import DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, Freshness
+from token_vendor.models import CachedToken
 
 # 9999-12-31T23:59:59Z: later `exp` claims are ignored (see jwt_exp).
 MAX_JWT_EXP = 253_402_300_799
-
-
-@dataclass(frozen=True)
-class CachedToken:
-    """A token as both cache tiers hold it, with what is needed to judge its age."""
-
-    access_token: str
-    token_type: str
-    issued_at: float
-    expires_at: int
-    secret_version: str | None
-
-    @property
-    def lifetime(self) -> float:
-        return self.expires_at - self.issued_at
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.access_token)
-
-
-def fingerprint(token: str) -> str:
-    """A short, non-reversible identifier of a token or secret, safe for logs and comparisons."""
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def effective_expiry(

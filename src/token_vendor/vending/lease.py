@@ -20,10 +20,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from token_vendor.errors import StoreUnavailable, UpstreamUnavailable
-from token_vendor.freshness import CachedToken
-from token_vendor.token_store import Record, TokenTable
+from token_vendor.models import CachedToken, Record
+
+if TYPE_CHECKING:
+    # Types only: the policy imports no AWS or HTTP SDK; the adapters are passed in.
+    from token_vendor.aws.token_table import TokenTable
 
 # Smallest time worth starting an exchange with; below it, answer 503 instead.
 MIN_EXCHANGE_SECONDS = 1.0

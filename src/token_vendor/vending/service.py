@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from token_vendor.config import CLIENT_SECRET_POST, Config, Profile, same_secret
 from token_vendor.errors import (
@@ -32,12 +32,13 @@ from token_vendor.errors import (
     UpstreamUnavailable,
     VendorError,
 )
-from token_vendor.exchange import Exchange
-from token_vendor.freshness import CachedToken, fingerprint, is_fresh, is_vendable, max_min_ttl
-from token_vendor.lease import Lease, Serve, Take, Taken
+from token_vendor.models import CachedToken, Record, cache_key, fingerprint
 from token_vendor.observability import Telemetry
-from token_vendor.token_store import MemoryTier, Record, TokenTable, cache_key
-from token_vendor.versions import RecheckPause, SecretVersions
+from token_vendor.vending.exchange import Exchange
+from token_vendor.vending.freshness import is_fresh, is_vendable, max_min_ttl
+from token_vendor.vending.lease import Lease, Serve, Take, Taken
+from token_vendor.vending.memory import MemoryTier
+from token_vendor.vending.versions import RecheckPause, SecretVersions
 
 MEMORY = "memory"
 DYNAMODB = "dynamodb"
@@ -47,6 +48,10 @@ _NOT_VENDED_HERE = (
     "the reported token is not one this service vended for profile '{}' (or it was replaced "
     "too long ago): get the current token with GET instead"
 )
+
+if TYPE_CHECKING:
+    # Types only: the policy imports no AWS or HTTP SDK; the adapters are passed in.
+    from token_vendor.aws.token_table import TokenTable
 
 
 @dataclass(frozen=True)

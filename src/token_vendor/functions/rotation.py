@@ -45,12 +45,13 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from token_vendor.aws.secret_store import CURRENT, PENDING, parse_credentials
 from token_vendor.config import profile_for_secret, token_url_for
-from token_vendor.deadline import invocation_deadline
 from token_vendor.errors import ConfigurationError, VendorError
-from token_vendor.freshness import effective_expiry, fingerprint
-from token_vendor.igni import IgniClient
-from token_vendor.secret_store import CURRENT, PENDING, Credentials, parse_credentials
+from token_vendor.functions.deadline import invocation_deadline
+from token_vendor.igni.client import IgniClient
+from token_vendor.models import Credentials, fingerprint
+from token_vendor.vending.freshness import effective_expiry
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext

@@ -12,12 +12,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from token_vendor.config import Profile
 from token_vendor.errors import ConfigurationError, SecretUnavailable, UpstreamUnavailable
-from token_vendor.freshness import CachedToken
+from token_vendor.models import CachedToken, Credentials
 from token_vendor.observability import Telemetry
-from token_vendor.secret_store import Credentials, SecretStore
+
+if TYPE_CHECKING:
+    # Types only: the policy imports no AWS or HTTP SDK; the adapters are passed in.
+    from token_vendor.aws.secret_store import SecretStore
 
 # A forced re-read of the secret (to learn whether a version is newer) at most this often.
 SECRET_RECHECK_SECONDS = 5.0
