@@ -9,16 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from token_vendor.config import (
-    DEFAULT_PROFILE,
-    Config,
-    Profile,
-    load_config,
-    profile_for_secret,
-    token_url_for,
-    validate_token_url,
-)
+from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config, profile_for_secret
 from token_vendor.errors import ConfigurationError
+from token_vendor.igni.token_url import token_url_for, validate_token_url
 from token_vendor.models import cache_key
 
 BASE = {"TOKEN_TABLE_NAME": "tokens", "IGNI_SECRET_ID": "igni/default"}

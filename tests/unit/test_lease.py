@@ -27,9 +27,10 @@ from token_vendor.errors import (
 )
 from token_vendor.models import CachedToken, cache_key, fingerprint
 from token_vendor.observability import Telemetry
+from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM
 from token_vendor.vending.lease import Lease, Take
 from token_vendor.vending.memory import MemoryTier
-from token_vendor.vending.service import DYNAMODB, MEMORY, UPSTREAM, TokenService
+from token_vendor.vending.service import TokenService
 from token_vendor.vending.versions import SecretVersions
 
 LIFETIME = 3600

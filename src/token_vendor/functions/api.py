@@ -7,7 +7,6 @@ answered 400 invalid_request in the proxy's shape: no other event shape is guess
 
 from __future__ import annotations
 
-import base64
 import importlib
 import json
 import os
@@ -23,7 +22,8 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
-from token_vendor.errors import AccessDenied, InvalidRequest, UnknownProfile, VendorError
+from token_vendor.errors import AccessDenied, UnknownProfile, VendorError
+from token_vendor.functions.api_input import api_event_problem, min_ttl, rejected_token
 from token_vendor.functions.deadline import invocation_deadline
 from token_vendor.functions.runtime import (
     assemble_runtime,
@@ -33,14 +33,12 @@ from token_vendor.functions.runtime import (
     set_runtime,
 )
 from token_vendor.observability import logger
-from token_vendor.vending.service import Vended
+from token_vendor.vending.answers import Vended
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000
 # Kept back from the remaining time to build and return the answer.
 RESPONSE_RESERVE_MS = 750
-MAX_REJECTED_TOKEN_BYTES = 16 * 1024
-MAX_MIN_TTL_DIGITS = 9
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 app = APIGatewayRestResolver()
@@ -134,16 +132,16 @@ _MATCHERS = tuple(
 
 def _vend(profile_name: str, *, by_name: bool = False) -> Response[str]:
     caller = _caller()
-    min_ttl = _min_ttl(app.current_event.query_string_parameters or {})
+    needed = min_ttl(app.current_event.query_string_parameters or {})
     runtime = get_runtime()
     profile = _profile(runtime.config, profile_name, by_name=by_name)
-    vended = runtime.service.vend(profile, deadline=_deadline(), min_ttl=min_ttl)
+    vended = runtime.service.vend(profile, deadline=_deadline(), min_ttl=needed)
     return _token_response(vended, profile, caller, "vend")
 
 
 def _refresh(profile_name: str, *, by_name: bool = False) -> Response[str]:
     caller = _caller()
-    rejected = _rejected_token()
+    rejected = rejected_token(app.current_event.raw_event)
     runtime = get_runtime()
     profile = _profile(runtime.config, profile_name, by_name=by_name)
     vended = runtime.service.force_refresh(profile, rejected, deadline=_deadline())
@@ -194,70 +192,6 @@ def _caller() -> dict[str, str]:
             caller[name] = value[:256]
     logger.append_keys(caller_arn=user_arn)
     return caller
-
-
-def _min_ttl(query: dict[str, str]) -> int:
-    raw = query.get("min_ttl")
-    if raw is None:
-        return 0
-    if (
-        not isinstance(raw, str)
-        or not raw.isascii()
-        or not raw.isdigit()
-        or len(raw) > MAX_MIN_TTL_DIGITS
-    ):
-        raise InvalidRequest("min_ttl must be a non-negative whole number of seconds")
-    return int(raw)
-
-
-def _rejected_token() -> str:
-    event = app.current_event.raw_event
-    body = event.get("body")
-    if not isinstance(body, str) or not body:
-        raise InvalidRequest('the body must be a JSON object {"rejected_token": "<token>"}')
-    if event.get("isBase64Encoded") is True:
-        try:
-            body = base64.b64decode(body, validate=True).decode()
-        except ValueError:
-            # binascii.Error, UnicodeDecodeError, and the ValueError b64decode raises for a
-            # body with non-ASCII characters: all mean the flag lies about the body.
-            raise InvalidRequest("the body is flagged base64 but does not decode to text") from None
-    if len(body) > MAX_REJECTED_TOKEN_BYTES:
-        raise InvalidRequest("the body is too large")
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidRequest(
-            'the body must be a JSON object {"rejected_token": "<token>"}'
-        ) from None
-    if not _is_unicode(data):
-        # A JSON escape such as \ud800 decodes to a lone surrogate, which no UTF-8 encoder
-        # (the token's fingerprint, the log line) accepts.
-        raise InvalidRequest("the body holds a string that is not valid Unicode (a lone surrogate)")
-    token = data.get("rejected_token") if isinstance(data, dict) else None
-    if not isinstance(token, str) or not token.strip():
-        raise InvalidRequest('the body must be a JSON object {"rejected_token": "<token>"}')
-    return token.strip()
-
-
-def _is_unicode(value: object) -> bool:
-    """Whether every string in `value` (dict keys included) encodes as UTF-8: none holds a lone
-    surrogate. Iterative, so that a deeply nested value cannot exhaust the stack."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return False
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return True
 
 
 def _profile(config: Config, name: str, *, by_name: bool) -> Profile:
@@ -342,47 +276,6 @@ def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- dispatch
 
 
-def _api_event_problem(event: dict[str, Any]) -> str | None:
-    """What makes an API Gateway proxy event unusable, before Powertools parses it."""
-    if not isinstance(event.get("httpMethod"), str) or not event["httpMethod"]:
-        return "httpMethod"
-    if not isinstance(event.get("path"), str):
-        return "path"
-    for name in ("headers", "queryStringParameters", "pathParameters", "stageVariables"):
-        value = event.get(name)
-        if value is not None and (
-            not isinstance(value, dict)
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-        ):
-            return name
-    for name in ("multiValueHeaders", "multiValueQueryStringParameters"):
-        value = event.get(name)
-        if value is not None and (
-            not isinstance(value, dict)
-            or not all(
-                isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
-                for k, v in value.items()
-            )
-        ):
-            return name
-    if event.get("body") is not None and not isinstance(event.get("body"), str):
-        return "body"
-    if event.get("isBase64Encoded") is not None and not isinstance(
-        event.get("isBase64Encoded"), bool
-    ):
-        return "isBase64Encoded"
-    context = event.get("requestContext")
-    if context is not None and not isinstance(context, dict):
-        return "requestContext"
-    for name, value in event.items():
-        if not _is_unicode(name) or not _is_unicode(value):
-            # Named only when the name is plain: the message never echoes arbitrary text.
-            plain = isinstance(name, str) and name.isascii() and name.isidentifier()
-            field = name[:64] if plain else "a field"
-            return f"{field} holds text that is not valid Unicode"
-    return None
-
-
 @logger.inject_lambda_context(
     clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_REST
 )
@@ -399,7 +292,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             "invalid_request",
             "this function takes API Gateway REST events only (no httpMethod or requestContext)",
         )
-    problem = _api_event_problem(event)
+    problem = api_event_problem(event)
     if problem is not None:
         logger.warning("malformed API Gateway event", extra={"field": problem})
         return _unexpected(400, "invalid_request", f"malformed API Gateway event ({problem})")

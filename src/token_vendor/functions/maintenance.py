@@ -20,7 +20,7 @@ from token_vendor.errors import VendorError
 from token_vendor.functions.deadline import invocation_deadline
 from token_vendor.functions.runtime import get_runtime
 from token_vendor.observability import logger
-from token_vendor.vending.service import DYNAMODB, MEMORY, UPSTREAM
+from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM
 
 PREWARM_ACTION = "prewarm"
 ROTATION_SOURCE = "aws.secretsmanager"

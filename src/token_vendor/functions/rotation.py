@@ -46,10 +46,11 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from token_vendor.aws.secret_store import CURRENT, PENDING, parse_credentials
-from token_vendor.config import profile_for_secret, token_url_for
+from token_vendor.config import profile_for_secret
 from token_vendor.errors import ConfigurationError, VendorError
 from token_vendor.functions.deadline import invocation_deadline
 from token_vendor.igni.client import IgniClient
+from token_vendor.igni.token_url import token_url_for
 from token_vendor.models import Credentials, fingerprint
 from token_vendor.vending.freshness import effective_expiry
 

@@ -20,7 +20,6 @@ from token_vendor.config import (
     CLIENT_SECRET_POST,
     DEFAULT_REFRESH_BACKOFF_MAX_SECONDS,
     Profile,
-    token_url_problem,
 )
 from token_vendor.errors import (
     ConfigurationError,
@@ -35,6 +34,7 @@ from token_vendor.igni.answers import (
     retry_after_seconds,
 )
 from token_vendor.igni.request import token_request
+from token_vendor.igni.token_url import token_url_problem
 from token_vendor.models import Credentials
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})

@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from token_vendor.config import Freshness, Profile, token_url_for
+from token_vendor.config import Freshness, Profile
 from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
+from token_vendor.igni.token_url import token_url_for
 from token_vendor.models import CachedToken, Credentials
 from token_vendor.observability import Telemetry
 from token_vendor.vending.freshness import effective_expiry, is_vendable

@@ -1,10 +1,10 @@
-"""The vending logic: two cache tiers, the lease's policy, rotation awareness.
+"""The token service: the two cache tiers, the refresh lease, the shared backoff, rotation.
 
-Decisions about one credential set are taken on one DynamoDB item (token_store) through the
-refresh lease (lease), so that one execution environment of the fleet calls Igni per refresh
-and the others serve the current token while it is vendable, or wait for the commit. This is
-the policy: what may be served (freshness, min_ttl, the secret's version), when the fleet holds
-back (shared backoff, remembered invalid_client, forced-refresh rate limit), what is shared.
+Decisions about one credential set are taken on one DynamoDB item through the refresh lease
+(lease), so that one execution environment of the fleet calls Igni per refresh and the others
+serve the current token while it is vendable, or wait for the commit. What a view of the item
+allows is decisions.py's; what a caller is answered, answers.py's; without the table, each
+environment vends on its own (standalone.py).
 """
 
 from __future__ import annotations
@@ -12,21 +12,15 @@ from __future__ import annotations
 import functools
 import math
 import random
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from token_vendor.config import CLIENT_SECRET_POST, Config, Profile, same_secret
+from token_vendor.config import Config, Profile, same_secret
 from token_vendor.errors import (
-    BACKOFF_ERRORS,
     ConfigurationError,
-    InvalidRequest,
-    RefreshRateLimited,
     SecretUnavailable,
     StoreUnavailable,
-    UnknownToken,
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamUnavailable,
@@ -34,40 +28,20 @@ from token_vendor.errors import (
 )
 from token_vendor.models import CachedToken, Record, cache_key, fingerprint
 from token_vendor.observability import Telemetry
+from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM, Answers, Vended
+from token_vendor.vending.decisions import Decisions
 from token_vendor.vending.exchange import Exchange
-from token_vendor.vending.freshness import is_fresh, is_vendable, max_min_ttl
-from token_vendor.vending.lease import Lease, Serve, Take, Taken
+from token_vendor.vending.freshness import is_fresh, is_vendable
+from token_vendor.vending.lease import Lease, Serve, Taken
 from token_vendor.vending.memory import MemoryTier
+from token_vendor.vending.standalone import Standalone
 from token_vendor.vending.versions import RecheckPause, SecretVersions
 
-MEMORY = "memory"
-DYNAMODB = "dynamodb"
-UPSTREAM = "upstream"
 _GAVE_UP = (UpstreamAuthFailed, UpstreamUnavailable, UpstreamBadResponse, ConfigurationError)
-_NOT_VENDED_HERE = (
-    "the reported token is not one this service vended for profile '{}' (or it was replaced "
-    "too long ago): get the current token with GET instead"
-)
 
 if TYPE_CHECKING:
     # Types only: the policy imports no AWS or HTTP SDK; the adapters are passed in.
     from token_vendor.aws.token_table import TokenTable
-
-
-@dataclass(frozen=True)
-class Vended:
-    """A token handed to a caller, with the tier that answered."""
-
-    token: CachedToken
-    tier: str
-
-    def body(self, now: float) -> dict[str, Any]:
-        return {
-            "access_token": self.token.access_token,
-            "token_type": self.token.token_type,
-            "expires_in": max(0, math.floor(self.token.expires_at - now)),
-            "expires_at": self.token.expires_at,
-        }
 
 
 class TokenService:
@@ -98,12 +72,17 @@ class TokenService:
         self._wall = wall
         self._mono = monotonic
         self._jitter = jitter
-        self._local_locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
         self._table_recheck = RecheckPause(config.recheck_pause_seconds, monotonic)
-        # Forced exchanges made without the table (monotonic time, per key): the rate limit
-        # the item keeps for the fleet, kept by each environment while the item is away.
-        self._forced_direct: dict[str, float] = {}
+        self._answers = Answers(self._policy, telemetry, wall)
+        self._decisions = Decisions(config, versions, telemetry)
+        self._standalone = Standalone(
+            config,
+            versions=versions,
+            exchange=exchange,
+            memory=memory,
+            answers=self._answers,
+            monotonic=monotonic,
+        )
 
     @property
     def lease_owner(self) -> str:
@@ -125,8 +104,8 @@ class TokenService:
         if entry is None:
             return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
         token, age = entry
-        self._check_min_ttl(token, min_ttl)
-        if not self._vendable(token, min_ttl):
+        self._decisions.check_min_ttl(token, min_ttl)
+        if not self._answers.vendable(token, min_ttl):
             return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
         current = self._versions.is_current(profile, token)
         # Judged again after each re-check: a hanging one may have used up the token's time.
@@ -148,8 +127,8 @@ class TokenService:
         self, profile: Profile, key: str, token: CachedToken, *, deadline: float, min_ttl: int
     ) -> Vended:
         """The token at hand if it still can be vended now, else the shared tier's answer."""
-        if self._vendable(token, min_ttl):
-            return self._vended(profile, token, MEMORY, min_ttl)
+        if self._answers.vendable(token, min_ttl):
+            return self._answers.vended(profile, token, MEMORY, min_ttl)
         return self._vend_shared(profile, key, deadline=deadline, min_ttl=min_ttl)
 
     def force_refresh(self, profile: Profile, rejected_token: str, *, deadline: float) -> Vended:
@@ -261,7 +240,9 @@ class TokenService:
     ) -> Vended:
         # The shared tier is down: this environment answers on its own until it is back.
         self._telemetry.store_unavailable(profile.name, str(exc))
-        return self._vend_direct(profile, key, deadline=deadline, min_ttl=min_ttl, reject=rejected)
+        return self._standalone.vend(
+            profile, key, deadline=deadline, min_ttl=min_ttl, reject=rejected
+        )
 
     def _settle(
         self,
@@ -273,12 +254,14 @@ class TokenService:
         min_ttl: int,
         rejected: str | None,
     ) -> Vended:
-        decide = functools.partial(self._decide, profile, min_ttl=min_ttl, rejected=rejected)
+        decide = functools.partial(
+            self._decisions.decide, profile, min_ttl=min_ttl, rejected=rejected
+        )
         outcome = self._lease.settle(key, record, deadline=deadline, decide=decide)
         if isinstance(outcome, Serve):
             if outcome.fresh:
                 self._memory.put(key, outcome.token)
-            return self._vended(profile, outcome.token, DYNAMODB, min_ttl)
+            return self._answers.vended(profile, outcome.token, DYNAMODB, min_ttl)
         try:
             token = self._refresh_holding_lease(
                 profile, key, outcome, deadline, forced=rejected is not None
@@ -287,89 +270,10 @@ class TokenService:
             # The failure is logged, counted and shared as a backoff. The token at hand is
             # served only if it can still be vended now, after the exchange's time: otherwise
             # the caller hears the failure itself.
-            if outcome.stale is None or not self._vendable(outcome.stale, min_ttl):
+            if outcome.stale is None or not self._answers.vendable(outcome.stale, min_ttl):
                 raise
-            return self._vended(profile, outcome.stale, DYNAMODB, min_ttl)
-        return self._vended_new(profile, token, UPSTREAM, min_ttl)
-
-    def _decide(
-        self,
-        profile: Profile,
-        record: Record | None,
-        now: float,
-        *,
-        min_ttl: int,
-        rejected: str | None,
-    ) -> Serve | Take:
-        """What one view of the item allows: serve a token, or refresh (taking the lease)."""
-        if rejected is not None and (record is None or not record.vended(rejected)):
-            raise UnknownToken(_NOT_VENDED_HERE.format(profile.name))
-        if rejected is not None and record is not None and record.token_fingerprint == rejected:
-            interval = self._config.forced_refresh_interval_seconds
-            # A report while that refresh is still under way waits for it (coalesced): the
-            # reported token stays in the item until the replacement commits.
-            if record.forced_at > now - interval and not record.lease_held(now):
-                raise RefreshRateLimited(
-                    f"a forced refresh of profile '{profile.name}' happened less than "
-                    f"{interval} s ago and Igni still rejects its token",
-                    retry_after=_seconds_until(record.forced_at + interval, now),
-                )
-            return Take(seen=rejected, forced_floor=now - interval)
-        token = record.token if record is not None else None
-        if record is not None and record.undecryptable:
-            self._telemetry.undecryptable(profile.name)
-        if token is not None and not self._versions.is_current(profile, token):
-            token = None
-        if token is not None:
-            self._check_min_ttl(token, min_ttl)
-        vendable = token is not None and is_vendable(token, now, self._policy, min_ttl)
-        if token is not None and vendable and is_fresh(token, now, self._policy):
-            return Serve(token)
-        stale = token if vendable else None
-        if record is None:
-            return Take(seen=None)
-        held_back = self._held_back(profile, record, now, serving=stale is not None)
-        if held_back and stale is not None:
-            return Serve(stale, fresh=False)
-        return Take(seen=record.token_fingerprint, stale=stale)
-
-    def _held_back(self, profile: Profile, record: Record, now: float, *, serving: bool) -> bool:
-        """True while refreshes are held back and a token serves; raise if none does."""
-        if record.auth_failed_until > now:
-            version = self._versions.current_version(profile)
-            if version is None or version == record.auth_failed_version:
-                if serving:
-                    return True
-                # The shared item keeps the code, not the message: the method is named as a
-                # possible cause wherever it could be one (the form, Igni's documented way).
-                method = (
-                    " (or, if Igni asked for HTTP Basic, set client_secret_basic)"
-                    if profile.token_endpoint_auth_method == CLIENT_SECRET_POST
-                    else ""
-                )
-                # Until every remembered failure has lapsed: a caller who waits this long is
-                # not refused by this item again.
-                raise UpstreamAuthFailed(
-                    "Igni rejected the client credentials (invalid_client) moments ago; "
-                    f"fix the secret{method} and retry",
-                    retry_after=_seconds_until(
-                        max(record.auth_failed_until, record.backoff_until), now
-                    ),
-                )
-            # Igni refused an older version: the backoff it set is not about this one.
-            return False
-        if record.backoff_until > now:
-            if serving:
-                return True
-            # The same status and code as the failure that started the backoff, and the time
-            # until the fleet tries again: a caller waiting that long is not refused for it.
-            error = BACKOFF_ERRORS.get(record.failure_code or "", UpstreamUnavailable)
-            raise error(
-                f"refreshing the token failed {record.failures} time(s) in a row "
-                f"({record.failure_code or UpstreamUnavailable.code}); backing off",
-                retry_after=_seconds_until(record.backoff_until, now),
-            )
-        return False
+            return self._answers.vended(profile, outcome.stale, DYNAMODB, min_ttl)
+        return self._answers.fresh_one(profile, token, UPSTREAM, min_ttl)
 
     def _refresh_holding_lease(
         self, profile: Profile, key: str, taken: Taken, deadline: float, *, forced: bool
@@ -470,94 +374,3 @@ class TokenService:
         if auth_version is not None:
             retry_after = max(retry_after, float(self._config.auth_failure_cache_seconds))
         exc.retry_after = max(1, math.ceil(retry_after))
-
-    # ------------------------------------------------------------- without the shared tier
-
-    def _vend_direct(
-        self,
-        profile: Profile,
-        key: str,
-        *,
-        deadline: float,
-        min_ttl: int,
-        reject: str | None = None,
-    ) -> Vended:
-        """DynamoDB is unreachable: serve memory, else exchange once per environment.
-
-        What the item enforces for the fleet, each environment enforces for itself meanwhile:
-        a report must name a token it vended, and a forced exchange happens at most once per
-        FORCED_REFRESH_INTERVAL_SECONDS.
-        """
-        with self._local_lock(key):
-            if reject is not None and not self._memory.vended(key, reject):
-                raise UnknownToken(_NOT_VENDED_HERE.format(profile.name))
-            entry = self._memory.get(key)
-            token = entry[0] if entry is not None else None
-            if (
-                token is not None
-                and token.fingerprint != reject
-                and self._vendable(token, min_ttl)
-                and self._versions.is_current(profile, token)
-                # Again: a hanging re-check may have used up the token's time.
-                and self._vendable(token, min_ttl)
-            ):
-                return self._vended(profile, token, MEMORY, min_ttl)
-            if reject is not None:
-                # A report that would make this environment exchange: a forced refresh.
-                self._limit_forced_direct(profile, key)
-            token, _ = self._exchange(
-                profile, min(deadline, self._mono() + self._config.lease_seconds)
-            )
-            self._memory.put(key, token)
-            return self._vended_new(profile, token, UPSTREAM, min_ttl)
-
-    def _limit_forced_direct(self, profile: Profile, key: str) -> None:
-        interval = self._config.forced_refresh_interval_seconds
-        last = self._forced_direct.get(key)
-        now = self._mono()
-        if last is not None and now - last < interval:
-            raise RefreshRateLimited(
-                f"a forced refresh of profile '{profile.name}' happened less than {interval} s "
-                "ago and Igni still rejects its token",
-                retry_after=_seconds_until(last + interval, now),
-            )
-        self._forced_direct[key] = now
-
-    def _local_lock(self, key: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._local_locks.setdefault(key, threading.Lock())
-
-    # ------------------------------------------------------------------------- helpers
-
-    def _check_min_ttl(self, token: CachedToken, min_ttl: int) -> None:
-        limit = max_min_ttl(token.lifetime, self._policy)
-        if min_ttl > limit:
-            raise InvalidRequest(
-                f"min_ttl={min_ttl} exceeds what a fresh token can give ({limit} s)"
-            )
-
-    def _vendable(self, token: CachedToken, min_ttl: int) -> bool:
-        return is_vendable(token, self._wall(), self._policy, min_ttl)
-
-    def _vended_new(self, profile: Profile, token: CachedToken, tier: str, min_ttl: int) -> Vended:
-        """A token just exchanged; one that cannot meet `min_ttl` was asked too much of."""
-        if not self._vendable(token, min_ttl) and self._vendable(token, 0):
-            raise InvalidRequest(
-                f"min_ttl={min_ttl} exceeds what a fresh token can give "
-                f"({max_min_ttl(token.lifetime, self._policy)} s)"
-            )
-        return self._vended(profile, token, tier, min_ttl)
-
-    def _vended(self, profile: Profile, token: CachedToken, tier: str, min_ttl: int) -> Vended:
-        """The answer, judged at the moment it is made: never a token past its vend margin."""
-        if not self._vendable(token, min_ttl):
-            raise UpstreamUnavailable(
-                "the token at hand ran out while the answer was made; retry", retry_after=1
-            )
-        self._telemetry.vended(profile.name, tier)
-        return Vended(token=token, tier=tier)
-
-
-def _seconds_until(moment: float, now: float) -> int:
-    """Whole seconds (at least 1) until `moment`: a Retry-After that is never too short."""
-    return max(1, math.ceil(moment - now))
