@@ -49,6 +49,18 @@ def resource_properties(template: Mapping[str, Any], logical_id: str) -> dict[st
     return cast(dict[str, Any], resource(template, logical_id).get("Properties") or {})
 
 
+def function_properties(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:
+    """A function's Properties over the template's Globals.Function, as SAM merges them: its
+    own keys win, and its Environment.Variables are laid over the Globals' ones."""
+    globals_fn: dict[str, Any] = (template.get("Globals") or {}).get("Function") or {}
+    own = resource_properties(template, logical_id)
+    variables = {
+        **((globals_fn.get("Environment") or {}).get("Variables") or {}),
+        **((own.get("Environment") or {}).get("Variables") or {}),
+    }
+    return {**globals_fn, **own, "Environment": {"Variables": variables}}
+
+
 def resources_of_type(template: Mapping[str, Any], type_name: str) -> dict[str, dict[str, Any]]:
     """Every resource of a given Type, by logical id, in template order."""
     return {

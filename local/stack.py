@@ -218,9 +218,8 @@ def create_stack(
     functions = [function_id]
     functions += [f for f in cfn.resources_of_type(template, FUNCTION_TYPE) if f != function_id]
     refs |= {f: f"{name}-{f}" for f in functions}
-    globals_fn = (template.get("Globals") or {}).get("Function") or {}
-    function = {**globals_fn, **resource_properties(template, function_id)}
-    envs = {f: _environment(template, f, globals_fn, refs) for f in functions}
+    function = cfn.function_properties(template, function_id)
+    envs = {f: _environment(template, f, refs) for f in functions}
     return LocalStack(
         name=name,
         endpoint_url=endpoint_url,
@@ -242,15 +241,9 @@ def create_stack(
     )
 
 
-def _environment(
-    template: Mapping[str, Any], function_id: str, globals_fn: Mapping[str, Any], refs: Any
-) -> dict[str, str]:
+def _environment(template: Mapping[str, Any], function_id: str, refs: Any) -> dict[str, str]:
     """The Environment.Variables of a function, over Globals', resolved against ``refs``."""
-    function = {**globals_fn, **resource_properties(template, function_id)}
-    variables = {
-        **((globals_fn.get("Environment") or {}).get("Variables") or {}),
-        **((function.get("Environment") or {}).get("Variables") or {}),
-    }
+    variables = cfn.function_properties(template, function_id)["Environment"]["Variables"]
     env: dict[str, str] = {}
     for var, value in variables.items():
         try:

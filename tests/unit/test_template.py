@@ -21,6 +21,7 @@ import pytest
 
 from local.cfn_template import (
     evaluate_condition,
+    function_properties,
     load_template,
     parameter_defaults,
     resolve,
@@ -264,15 +265,23 @@ def test_the_maintenance_function_reads_what_the_token_function_reads(
     template: dict[str, Any],
 ) -> None:
     # Given both vending functions' environment
-    token = resource_properties(template, "TokenFunction")
-    maintenance = resource_properties(template, "MaintenanceFunction")
+    token = function_properties(template, "TokenFunction")
+    maintenance = function_properties(template, "MaintenanceFunction")
+    rotation = function_properties(template, "RotationFunction")
     # Then they build the same profiles and cache keys from the same secret, table and key
     assert maintenance["Environment"] == token["Environment"]
+    # And the rotation function reads the same configuration, under its own service name
+    variables = dict(rotation["Environment"]["Variables"])
+    assert variables.pop("POWERTOOLS_SERVICE_NAME") == "igni-token-rotation"
+    assert {**token["Environment"]["Variables"], **variables} == token["Environment"]["Variables"]
+    # And the shared environment is written once, in Globals
+    for function_id in ("TokenFunction", "MaintenanceFunction"):
+        assert "Environment" not in resource_properties(template, function_id)
     assert maintenance["KmsKeyArn"] == token["KmsKeyArn"]
 
 
 def test_function_environment_declares_the_contract_variables(template: dict[str, Any]) -> None:
-    env = resource_properties(template, "TokenFunction")["Environment"]["Variables"]
+    env = function_properties(template, "TokenFunction")["Environment"]["Variables"]
     for name in (
         "IGNI_SECRET_ID",
         "TOKEN_TABLE_NAME",
@@ -473,7 +482,7 @@ def test_the_key_is_created_unless_an_existing_key_arn_is_given(template: dict[s
     assert key["Properties"]["EnableKeyRotation"] is True
     # The secret is encrypted with it: a deleted stack must not take the key with it.
     assert key["DeletionPolicy"] == "Retain"
-    env = resource_properties(template, "TokenFunction")["Environment"]["Variables"]
+    env = function_properties(template, "TokenFunction")["Environment"]["Variables"]
     assert resolved(template, env["TOKEN_KMS_KEY_ID"]).startswith("arn:aws:kms:")
     existing = f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     assert resolved(template, env["TOKEN_KMS_KEY_ID"], TokenKmsKeyArn=existing) == existing
@@ -705,7 +714,7 @@ def test_alarms_cover_5xx_refresh_auth_rotation_errors_and_throttles(
         query = f'SELECT SUM({metric}) FROM "Team/Igni"'  # noqa: S608
         assert query in queries, metric
     for fn in resources_of_type(template, "AWS::Serverless::Function"):
-        variables = resource_properties(template, fn)["Environment"]["Variables"]
+        variables = function_properties(template, fn)["Environment"]["Variables"]
         assert variables["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
 
 
