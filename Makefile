@@ -178,7 +178,7 @@ MaintenanceFunction_SERVICES := dynamodb kms secretsmanager sts
 MaintenanceFunction_PRUNE := aws_lambda_powertools/event_handler
 
 RotationFunction_PACKAGES := aws-lambda-powertools botocore urllib3
-RotationFunction_SERVICES := secretsmanager sts
+RotationFunction_SERVICES := dynamodb kms secretsmanager sts
 RotationFunction_PRUNE := aws_lambda_powertools/event_handler
 
 .PHONY: $(addprefix build-,$(LAMBDA_FUNCTIONS))

@@ -1,16 +1,26 @@
-"""Structured logs and EMF metrics. Nothing here ever receives a token or a secret."""
+"""Structured logs and EMF metrics. Nothing here ever receives a token or a secret.
+
+Every entry point is decorated with `metrics.log_metrics(capture_cold_start_metric=True)`:
+Powertools flushes once per invocation and counts cold starts. The vending events keep their
+own dimension sets (profile with tier or kind, which the alarms and dashboard query), and
+Powertools' `Metrics` serializes one dimension set per blob, so each is a `single_metric`, as
+Powertools documents for metrics with dimensions of their own.
+"""
 
 from __future__ import annotations
 
 import os
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 SERVICE = "igni-token-vendor"
 NAMESPACE = "IgniTokenVendor"
 
-logger = Logger(service=SERVICE)
+# The template names each function's service (igni-token-vendor, igni-token-rotation) and the
+# stack's namespace; these defaults serve a direct import.
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE)
 
 
 class Telemetry:
@@ -22,10 +32,12 @@ class Telemetry:
         self._namespace = namespace or os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE
 
     def _count(self, name: str, profile: str, **dimensions: str) -> None:
+        self._count_only(name, profile=profile, **dimensions)
+
+    def _count_only(self, name: str, **dimensions: str) -> None:
         with single_metric(
             name=name, unit=MetricUnit.Count, value=1, namespace=self._namespace
         ) as metric:
-            metric.add_dimension(name="profile", value=profile)
             for key, value in dimensions.items():
                 metric.add_dimension(name=key, value=value)
 
@@ -98,6 +110,12 @@ class Telemetry:
             "secret rotation seen",
             extra={"profile": profile, "secret_version": version, "purged": purged},
         )
+
+    def rotation_completed(self) -> None:
+        self._count_only("RotationsCompleted")
+
+    def rotation_step_failed(self, step: str) -> None:
+        self._count_only("RotationStepFailures", step=step)
 
     def rotation_exchange_failed(self, profile: str, version: str, code: str, message: str) -> None:
         self._log.error(

@@ -20,6 +20,7 @@ import pytest
 from local.lambda_context import FakeLambdaContext
 from local.stack import LocalStack
 from token_vendor.functions import rotation as rotation_module
+from token_vendor.functions.runtime import reset_runtime
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 
@@ -84,6 +85,6 @@ class Rotation:
 
 @pytest.fixture
 def rotation(stack: LocalStack) -> Iterator[Rotation]:
-    rotation_module.reset_clients()
+    reset_runtime()
     yield Rotation(stack)
-    rotation_module.reset_clients()
+    reset_runtime()

@@ -553,7 +553,7 @@ def test_a_profile_secret_is_tested_where_its_profile_exchanges_it(
     stack: LocalStack, igni_stub: Any, rotation: Rotation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given the secret belongs to profile `analytics` (its own token URL and scope), while the
-    # default profile's settings point somewhere that would fail the test
+    # default profile's token URL is valid but nothing listens there (an exchange at it fails)
     monkeypatch.setenv(
         "IGNI_PROFILES",
         json.dumps(
@@ -566,7 +566,7 @@ def test_a_profile_secret_is_tested_where_its_profile_exchanges_it(
             }
         ),
     )
-    monkeypatch.setenv("IGNI_TOKEN_URL", "http://igni.example.com/api/v1/oauth2/token")
+    monkeypatch.setenv("IGNI_TOKEN_URL", "http://127.0.0.1:9/api/v1/oauth2/token")
     rotation.enable()
     staged = rotation.stage(creds(igni_stub, other=True))
     # When the rotation runs

@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from token_vendor.config import DEFAULT_PROFILE, Config, Profile, load_config
 from token_vendor.errors import AccessDenied, UnknownProfile, VendorError
 from token_vendor.functions.api_input import api_event_problem, min_ttl, rejected_token
-from token_vendor.functions.deadline import invocation_deadline
+from token_vendor.functions.deadline import RESPONSE_RESERVE_MS, invocation_deadline
 from token_vendor.functions.runtime import (
     assemble_runtime,
     build_runtime,
@@ -32,13 +32,11 @@ from token_vendor.functions.runtime import (
     get_runtime,
     set_runtime,
 )
-from token_vendor.observability import logger
+from token_vendor.observability import logger, metrics
 from token_vendor.vending.answers import Vended
 
 # API Gateway's REST integration gives up at 29 s; answer well before it whatever the timeout.
 API_GATEWAY_BUDGET_MS = 28_000
-# Kept back from the remaining time to build and return the answer.
-RESPONSE_RESERVE_MS = 750
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 app = APIGatewayRestResolver()
@@ -276,6 +274,7 @@ def _unexpected(status: int, code: str, message: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- dispatch
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
 @logger.inject_lambda_context(
     clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_REST
 )

@@ -11,6 +11,8 @@ import time
 
 # Without a usable context (a test, a direct call), what a 25 s function would have.
 DEFAULT_REMAINING_MS = 25_000
+# Kept back from the remaining time to build and return the answer (API and maintenance).
+RESPONSE_RESERVE_MS = 750
 
 
 def invocation_deadline(context: object, *, reserve_ms: int, cap_ms: int | None = None) -> float:

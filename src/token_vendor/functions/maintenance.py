@@ -17,15 +17,13 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from token_vendor.errors import VendorError
-from token_vendor.functions.deadline import invocation_deadline
+from token_vendor.functions.deadline import RESPONSE_RESERVE_MS, invocation_deadline
 from token_vendor.functions.runtime import get_runtime
-from token_vendor.observability import logger
+from token_vendor.observability import logger, metrics
 from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM
 
 PREWARM_ACTION = "prewarm"
 ROTATION_SOURCE = "aws.secretsmanager"
-# Kept back from the remaining time to log and return the outcome.
-RESPONSE_RESERVE_MS = 750
 TIERS = frozenset({MEMORY, DYNAMODB, UPSTREAM})
 UNSUPPORTED = (
     "the maintenance function takes the pre-warm schedule's event "
@@ -37,6 +35,7 @@ class AsyncEventFailed(Exception):
     """A pre-warm or rotation invocation that did not leave every profile with a token."""
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     is_dict = isinstance(event, dict)

@@ -33,92 +33,36 @@ an issued token is ever logged: token fingerprints and version ids at most.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import botocore.session
-import urllib3
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from token_vendor.aws.secret_store import CURRENT, PENDING, parse_credentials
 from token_vendor.config import profile_for_secret
 from token_vendor.errors import ConfigurationError, VendorError
 from token_vendor.functions.deadline import invocation_deadline
-from token_vendor.igni.client import IgniClient
+from token_vendor.functions.runtime import Runtime, get_runtime
 from token_vendor.igni.token_url import token_url_for
 from token_vendor.models import Credentials, fingerprint
+from token_vendor.observability import logger, metrics
 from token_vendor.vending.freshness import effective_expiry
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
-SERVICE = "igni-token-rotation"
-NAMESPACE = "IgniTokenVendor"
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 # The staging label testSecret puts on a version Igni accepted; finishSecret promotes no other.
 # Custom labels fire no AWSCURRENT event (the vendor's rule listens for AWSCURRENT only).
 TESTED = "IGNI_TESTED"
 # Kept back from the Lambda's remaining time so that a failing step still reports its reason.
 RESERVE_MS = 2_000
-# Secrets Manager only, so a little more generous than the API path's 1 s / 2 s.
-AWS_CONNECT_TIMEOUT = 2.0
-AWS_READ_TIMEOUT = 5.0
-AWS_MAX_ATTEMPTS = 3
-IGNI_CONNECT_TIMEOUT = 3.0
-IGNI_READ_TIMEOUT = 10.0
-IGNI_MAX_ATTEMPTS = 3
-
-logger = Logger(service=SERVICE)
 
 
 class RotationError(Exception):
     """A step failed; raised out of the handler so that Secrets Manager fails the rotation."""
-
-
-@dataclass(frozen=True)
-class _Clients:
-    secretsmanager: SecretsManagerClient
-    igni: IgniClient
-
-
-_clients: _Clients | None = None
-
-
-def get_clients() -> _Clients:
-    """The Secrets Manager and Igni clients, built on first use (not at import)."""
-    global _clients  # noqa: PLW0603 - one set of clients per execution environment
-    if _clients is None:
-        boto_config = BotoConfig(
-            connect_timeout=AWS_CONNECT_TIMEOUT,
-            read_timeout=AWS_READ_TIMEOUT,
-            retries={"mode": "standard", "total_max_attempts": AWS_MAX_ATTEMPTS},
-        )
-        _clients = _Clients(
-            # botocore, not boto3: the function's artifact packages no boto3 (see Makefile).
-            secretsmanager=cast(
-                "SecretsManagerClient",
-                botocore.session.get_session().create_client("secretsmanager", config=boto_config),
-            ),
-            igni=IgniClient(
-                urllib3.PoolManager(num_pools=2, maxsize=1, retries=False),
-                connect_timeout=IGNI_CONNECT_TIMEOUT,
-                read_timeout=IGNI_READ_TIMEOUT,
-                max_attempts=IGNI_MAX_ATTEMPTS,
-            ),
-        )
-    return _clients
-
-
-def reset_clients() -> None:
-    """Forget the clients (tests point the environment at another endpoint between cases)."""
-    global _clients  # noqa: PLW0603
-    _clients = None
 
 
 def stage_command(secret_id: str) -> str:
@@ -225,14 +169,14 @@ def _read_pending(client: SecretsManagerClient, versions: _Versions) -> Credenti
 # --------------------------------------------------------------------------------- steps
 
 
-def on_create_secret(versions: _Versions) -> str:
+def on_create_secret(runtime: Runtime, versions: _Versions) -> str:
     """Nothing is generated: an operator must have staged valid credentials as AWSPENDING.
 
     AWSPENDING left on the current version by an earlier rotation means nothing new is staged.
     """
     if versions.done:
         return "already_current"
-    credentials = _read_pending(get_clients().secretsmanager, versions)
+    credentials = _read_pending(runtime.clients.secretsmanager, versions)
     logger.info("staged credentials found", extra={"pending_version": credentials.version_id})
     return "staged"
 
@@ -248,12 +192,11 @@ def on_set_secret(versions: _Versions) -> str:
     return "nothing_to_set"
 
 
-def on_test_secret(versions: _Versions, deadline: float) -> str:
+def on_test_secret(runtime: Runtime, versions: _Versions, deadline: float) -> str:
     """Exchange the staged credentials at Igni; any failure fails the rotation."""
     if versions.done:
         return "already_current"
-    clients = get_clients()
-    credentials = _read_pending(clients.secretsmanager, versions)
+    credentials = _read_pending(runtime.clients.secretsmanager, versions)
     try:
         profile = profile_for_secret(versions.secret_id)
         url = token_url_for(profile, credentials.workspace)
@@ -261,7 +204,7 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
         raise RotationError(f"cannot test the staged credentials: {exc.message}") from None
     issued_at = time.time()
     try:
-        issued = clients.igni.exchange_for(
+        issued = runtime.igni.exchange_for(
             profile,
             url,
             credentials,
@@ -293,15 +236,15 @@ def on_test_secret(versions: _Versions, deadline: float) -> str:
             "expires_in": math.floor(expires_at - issued_at),
         },
     )
-    _move_label(clients.secretsmanager, versions, TESTED)
+    _move_label(runtime.clients.secretsmanager, versions, TESTED)
     return "tested"
 
 
-def on_finish_secret(versions: _Versions) -> str:
+def on_finish_secret(runtime: Runtime, versions: _Versions) -> str:
     """Move AWSCURRENT to the pending version; the old one becomes AWSPREVIOUS."""
     if versions.done:
         return "already_current"
-    client = get_clients().secretsmanager
+    client = runtime.clients.secretsmanager
     # Only the rotation's own version, still AWSPENDING, still credentials, and tested.
     credentials = _read_pending(client, versions)
     if not versions.tested:
@@ -314,7 +257,7 @@ def on_finish_secret(versions: _Versions) -> str:
         "AWSCURRENT moved to the staged credentials",
         extra={"new_version": credentials.version_id, "previous_version": versions.current},
     )
-    _count("RotationsCompleted")
+    runtime.telemetry.rotation_completed()
     return "finished"
 
 
@@ -339,6 +282,7 @@ def _move_label(client: SecretsManagerClient, versions: _Versions, stage: str) -
 # ------------------------------------------------------------------------------- handler
 
 
+@metrics.log_metrics(capture_cold_start_metric=True)
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, str]:
     """Entry point; raises RotationError (failing the invocation) when a step fails."""
@@ -353,18 +297,24 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, str]:
     logger.append_keys(secret_id=secret_id, step=step, client_request_token=token)
     deadline = invocation_deadline(context, reserve_ms=RESERVE_MS)
     try:
-        versions = _versions(get_clients().secretsmanager, secret_id, token)
+        runtime = get_runtime()
+    except ConfigurationError as exc:
+        # The vendor's own configuration: a key is tested only as the vendor would use it.
+        logger.error("rotation step failed", extra={"reason": exc.message})
+        raise RotationError(f"the configuration is invalid: {exc.message}") from None
+    try:
+        versions = _versions(runtime.clients.secretsmanager, secret_id, token)
         if step == "createSecret":
-            outcome = on_create_secret(versions)
+            outcome = on_create_secret(runtime, versions)
         elif step == "setSecret":
             outcome = on_set_secret(versions)
         elif step == "testSecret":
-            outcome = on_test_secret(versions, deadline)
+            outcome = on_test_secret(runtime, versions, deadline)
         else:
-            outcome = on_finish_secret(versions)
+            outcome = on_finish_secret(runtime, versions)
     except RotationError as exc:
         logger.error("rotation step failed", extra={"reason": str(exc)})
-        _count("RotationStepFailures", step=str(step))
+        runtime.telemetry.rotation_step_failed(str(step))
         raise
     logger.info("rotation step done", extra={"outcome": outcome})
     return {"step": str(step), "outcome": outcome}
@@ -381,15 +331,3 @@ def _aws_reason(exc: ClientError | BotoCoreError) -> str:
     if isinstance(exc, ClientError):
         return _code(exc) or "ClientError"
     return type(exc).__name__
-
-
-def _count(name: str, **dimensions: str) -> None:
-    with single_metric(
-        name=name,
-        unit=MetricUnit.Count,
-        value=1,
-        namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE,
-    ) as metric:
-        metric.add_dimension(name="service", value=SERVICE)
-        for key, value in dimensions.items():
-            metric.add_dimension(name=key, value=value)

@@ -3,11 +3,11 @@
 Two parts, because SnapStart restores many environments from one snapshot: the clients are
 the costly part (service models, endpoint rules) and are shared by every environment restored
 from a snapshot; the TokenService (lease owner id, memory tier, secret cache, Igni connection
-pool) is cheap and each restored environment assembles its own (handler.after_restore).
+pool) is cheap and each restored environment assembles its own (api.after_restore).
 
-Both Lambda entry points (handler.py for the API, maintenance.py for the pre-warm schedule and
-the rotation rule) take the environment's runtime from get_runtime(): one per process, built at
-the first event, or during init when SnapStart snapshots the API function.
+The three entry points (api.py, maintenance.py, rotation.py) take the environment's runtime from
+get_runtime(): one per process, built at the first event, or during init when SnapStart
+snapshots the API function.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Runtime:
     service: TokenService
     clients: Clients
     http: urllib3.PoolManager
+    # The rotation function's test exchange uses the same client as the vendor's.
+    igni: IgniClient
+    telemetry: Telemetry
 
 
 def build_runtime(config: Config) -> Runtime:
@@ -76,7 +79,9 @@ def assemble_runtime(config: Config, clients: Clients) -> Runtime:
         memory=MemoryTier(),
         telemetry=telemetry,
     )
-    return Runtime(config=config, service=service, clients=clients, http=http)
+    return Runtime(
+        config=config, service=service, clients=clients, http=http, igni=igni, telemetry=telemetry
+    )
 
 
 # The execution environment's runtime: Lambda runs one function per process, so one suffices.

@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING
 
 from token_vendor.errors import StoreUnavailable, UpstreamUnavailable
 from token_vendor.models import CachedToken, Record
+from token_vendor.vending.exchange import MIN_EXCHANGE_SECONDS
 
 if TYPE_CHECKING:
     # Types only: the policy imports no AWS or HTTP SDK; the adapters are passed in.
     from token_vendor.aws.token_table import TokenTable
 
-# Smallest time worth starting an exchange with; below it, answer 503 instead.
-MIN_EXCHANGE_SECONDS = 1.0
 # Kept back from a lease for the commit: the exchange must end before a second holder starts.
 COMMIT_RESERVE_SECONDS = 0.5
 
