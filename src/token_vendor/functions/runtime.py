@@ -22,6 +22,7 @@ from token_vendor.aws.token_cipher import TokenCipher
 from token_vendor.aws.token_table import TokenTable
 from token_vendor.config import Config, load_config
 from token_vendor.igni.client import IgniClient
+from token_vendor.igni.watchdog import deadline_pool_manager
 from token_vendor.observability import Telemetry
 from token_vendor.vending.exchange import Exchange
 from token_vendor.vending.lease import Lease
@@ -49,7 +50,7 @@ def build_runtime(config: Config) -> Runtime:
 
 def assemble_runtime(config: Config, clients: Clients) -> Runtime:
     """The cheap part: the service with a new lease owner id, empty caches, its own pool."""
-    http = urllib3.PoolManager(num_pools=4, maxsize=2, retries=False)
+    http = deadline_pool_manager(num_pools=4, maxsize=2, retries=False)
     telemetry = Telemetry()
     secrets = SecretStore(
         clients.secretsmanager,

@@ -35,6 +35,7 @@ from token_vendor.igni.answers import (
 )
 from token_vendor.igni.request import token_request
 from token_vendor.igni.token_url import token_url_problem
+from token_vendor.igni.watchdog import cut_after
 from token_vendor.models import Credentials
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -138,24 +139,25 @@ class IgniClient:
                 break
             started = self._clock()
             try:
-                response = self._http.request(
-                    "POST",
-                    token_url,
-                    body=body,
-                    headers=headers,
-                    timeout=urllib3.Timeout(
-                        connect=min(self._connect_timeout, remaining),
-                        read=min(self._read_timeout, remaining),
-                        total=remaining,
-                    ),
-                    retries=False,
-                    redirect=False,
-                    preload_content=False,
-                )
-                try:
-                    payload = self._read_body(response, deadline, token_url)
-                finally:
-                    response.release_conn()
+                with cut_after(remaining):
+                    response = self._http.request(
+                        "POST",
+                        token_url,
+                        body=body,
+                        headers=headers,
+                        timeout=urllib3.Timeout(
+                            connect=min(self._connect_timeout, remaining),
+                            read=min(self._read_timeout, remaining),
+                            total=remaining,
+                        ),
+                        retries=False,
+                        redirect=False,
+                        preload_content=False,
+                    )
+                    try:
+                        payload = self._read_body(response, deadline, token_url)
+                    finally:
+                        response.release_conn()
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 # NewConnectionError subclasses ConnectTimeoutError in urllib3: test it first.
                 timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(

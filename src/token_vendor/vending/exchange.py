@@ -7,7 +7,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from token_vendor.config import Freshness, Profile
-from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
+from token_vendor.errors import (
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamUnavailable,
+    VendorError,
+)
 from token_vendor.igni.token_url import token_url_for
 from token_vendor.models import CachedToken, Credentials
 from token_vendor.observability import Telemetry
@@ -57,6 +62,19 @@ class Exchange:
         url = token_url_for(profile, credentials.workspace)
         if deadline - self._mono() < MIN_EXCHANGE_SECONDS:
             raise UpstreamUnavailable("too little time left to call Igni", retry_after=1)
+        try:
+            return self._exchange_at(profile, credentials, url, deadline)
+        except VendorError:
+            raise
+        except Exception:
+            # Whatever an upstream answer (or a library reading it) does that nobody foresaw:
+            # logged with its trace, answered 502, and the fleet backs off as for any failure.
+            self._telemetry.exchange_crashed(profile.name)
+            raise UpstreamBadResponse("Igni's answer could not be processed") from None
+
+    def _exchange_at(
+        self, profile: Profile, credentials: Credentials, url: str, deadline: float
+    ) -> CachedToken:
         issued_at = self._wall()
         issued = self._igni.exchange_for(
             profile,
