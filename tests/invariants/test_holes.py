@@ -384,3 +384,31 @@ def test_the_cold_path_never_imports_cryptography() -> None:
     )
     # Then KMS encrypted it itself, and cryptography (arm64-only in the artifact) was not loaded
     assert done.stdout.split() == ["kms", "False"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, b'{"error": "invalid_request", "error_description": "Missing parameter: client_id"}'),
+        (401, b'{"error": "invalid_client", "message": "client_secret is required"}'),
+        (400, b'{"error": "invalid_client", "error_description": "no client_id in the request"}'),
+    ],
+)
+def test_a_basic_request_refused_for_lacking_form_fields_names_client_secret_post(
+    status: int, body: bytes
+) -> None:
+    # Given a server that wants the id and secret in the form, and a profile sending HTTP Basic
+    world = World()
+    world.http.answers.append(Answer("raw", status=status, body=body))
+    igni = IgniClient(world.http, clock=world.clock.mono, wall=world.clock.wall)  # type: ignore[arg-type]
+    # When the exchange is refused
+    with pytest.raises(UpstreamAuthFailed) as refused:
+        igni.exchange(
+            TOKEN_URL,
+            "id",
+            "secret",
+            deadline=world.clock.mono() + 10,
+            auth_method="client_secret_basic",
+        )
+    # Then the message says which method to set
+    assert "IGNI_TOKEN_ENDPOINT_AUTH_METHOD=client_secret_post" in refused.value.message

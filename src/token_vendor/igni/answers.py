@@ -11,7 +11,12 @@ import re
 from dataclasses import dataclass
 from datetime import UTC
 
-from token_vendor.config import AUTH_METHODS, CLIENT_SECRET_POST, MAX_EXPIRES_IN
+from token_vendor.config import (
+    AUTH_METHODS,
+    CLIENT_SECRET_BASIC,
+    CLIENT_SECRET_POST,
+    MAX_EXPIRES_IN,
+)
 from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse
 
 # The largest token cached and vended (envelope encryption has no smaller limit; a DynamoDB
@@ -31,6 +36,13 @@ _VSCHARS = re.compile(r"[\x20-\x7e]+")
 _DELAY_SECONDS = re.compile(r"[0-9]+")
 # More digits than this is longer than any cap anyway (and int() of it is never needed).
 _MAX_DELAY_DIGITS = 10
+# A refusal that only makes sense for a form-authenticated client: "missing client_id",
+# "client_secret is required" (a Basic request carries neither in the form).
+_FORM_ONLY = re.compile(
+    r"(missing|required|no)\b.{0,40}\bclient_(id|secret)|client_(id|secret)\b.{0,40}\b"
+    r"(missing|required|not provided|not present)",
+    re.IGNORECASE,
+)
 # The most of an upstream error text kept for the log line (never for an answer body).
 MAX_UPSTREAM_TEXT = 200
 
@@ -127,9 +139,10 @@ def rejection(
     code, text = _error_fields(payload)
     # The server's own words go to this request's log line only (VendorError.detail).
     detail = f"Igni said: {text}" if text else None
-    if status == 401 or code == "invalid_client":
-        wanted = _methods_named(text) if text else set()
-        if wanted and auth_method not in wanted:
+    wanted = _methods_wanted(text, auth_method) if text else set()
+    misdirected = status in (400, 401) and bool(wanted) and auth_method not in wanted
+    if status == 401 or code == "invalid_client" or misdirected:
+        if misdirected:
             method = sorted(wanted)[0]
             message = (
                 f"Igni refused client authentication with {auth_method} (invalid_client) and "
@@ -161,9 +174,13 @@ def rejection(
     return bad
 
 
-def _methods_named(text: str) -> set[str]:
-    """The client authentication methods (of those this client speaks) a server's text names."""
-    return {method for method in AUTH_METHODS if method in text}
+def _methods_wanted(text: str, auth_method: str) -> set[str]:
+    """The client authentication methods (of those this client speaks) a server's text asks
+    for: those it names, or the form's when it says a Basic request lacks client_id."""
+    named = {method for method in AUTH_METHODS if method in text}
+    if not named and auth_method == CLIENT_SECRET_BASIC and _FORM_ONLY.search(text):
+        return {CLIENT_SECRET_POST}
+    return named
 
 
 def _error_fields(payload: bytes) -> tuple[str | None, str | None]:
