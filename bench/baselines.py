@@ -37,9 +37,10 @@ import urllib3
 from botocore.config import Config as BotoConfig
 
 from token_vendor.aws.secret_store import SecretStore
-from token_vendor.config import DEFAULT_PROFILE, Config, load_config, token_url_for
+from token_vendor.config import DEFAULT_PROFILE, Config, load_config
 from token_vendor.errors import VendorError
 from token_vendor.igni.client import IgniClient
+from token_vendor.igni.token_url import token_url_for
 from token_vendor.models import CachedToken
 from token_vendor.vending.freshness import effective_expiry, is_fresh, is_vendable
 
