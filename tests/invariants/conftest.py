@@ -1,7 +1,8 @@
 """Hypothesis profiles for the model-based test: `ci` (the default) is bounded and repeatable,
 so that the whole of pytest stays within its time budget; `fuzz` (make fuzz) searches longer
 and shrinks what it finds; `mutate` (make mutate) is smaller and does not shrink; `debug` does
-not shrink (HYPOTHESIS_MAX_EXAMPLES sets its budget). HYPOTHESIS_PROFILE picks one; it applies to the state machine only (test_vending_model.py)."""
+not shrink (HYPOTHESIS_MAX_EXAMPLES sets its budget). HYPOTHESIS_PROFILE picks one; it applies
+to the state machine only (test_vending_model.py)."""
 
 from __future__ import annotations
 

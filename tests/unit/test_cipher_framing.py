@@ -1,0 +1,116 @@
+"""The envelope's framing, byte by byte: version 1, the encrypted data key's length (2 bytes,
+big-endian), the key, a 12-byte nonce, then the AES-GCM ciphertext and its 16-byte tag; and
+every truncation refused as undecryptable (a miss), never a crash. Each test pins an edge a
+one-character change to token_cipher.py would move (make mutate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.fakes import Clock
+from tests.invariants.world import Faults, HostileKms
+from token_vendor.token_cipher import (
+    ENVELOPE,
+    FRAME_VERSION,
+    NONCE_BYTES,
+    PLAIN,
+    TokenCipher,
+    UndecryptableToken,
+    unframe,
+)
+
+KEY = "token#framing"
+
+
+def kms() -> Any:
+    return HostileKms(Faults(Clock(), hang_seconds=0.0))
+
+
+class LongKeyKms:
+    """KMS whose encrypted data keys are 258 bytes long (the length needs both bytes)."""
+
+    def __init__(self) -> None:
+        self.inner = kms()
+
+    def generate_data_key(self, **kwargs: Any) -> dict[str, bytes]:
+        answer = self.inner.generate_data_key(**kwargs)
+        return {"Plaintext": answer["Plaintext"], "CiphertextBlob": b"k" * 258}
+
+
+def test_the_envelope_is_version_length_key_nonce_then_ciphertext_and_tag() -> None:
+    # Given a cipher whose KMS wraps data keys into 258 bytes
+    cipher = TokenCipher(LongKeyKms(), "key-id")  # type: ignore[arg-type]
+    # When a 10-byte token is sealed
+    blob, scheme = cipher.encrypt("0123456789", KEY)
+    # Then the blob is framed as documented
+    assert scheme == ENVELOPE
+    assert FRAME_VERSION == 1
+    assert NONCE_BYTES == 12
+    assert blob[0] == 1
+    assert blob[1:3] == bytes([1, 2])  # 258, big-endian
+    assert blob[3 : 3 + 258] == b"k" * 258
+    assert len(blob) == 3 + 258 + 12 + 10 + 16
+    wrapped, nonce, sealed = unframe(blob)
+    assert (wrapped, nonce, sealed) == (b"k" * 258, blob[261:273], blob[273:])
+
+
+def test_a_sealed_token_opens_under_its_own_cache_key_only() -> None:
+    # Given a token sealed for one cache key
+    cipher = TokenCipher(kms(), "key-id")
+    blob, scheme = cipher.encrypt("tok-1", KEY)
+    # When / Then it opens under that key, and is a miss under any other
+    assert cipher.decrypt(blob, scheme, KEY) == "tok-1"
+    with pytest.raises(UndecryptableToken):
+        cipher.decrypt(blob, scheme, "token#other")
+
+
+def test_each_seal_has_its_own_nonce() -> None:
+    # Given / When the same token sealed twice
+    cipher = TokenCipher(kms(), "key-id")
+    first, _ = cipher.encrypt("tok-1", KEY)
+    second, _ = cipher.encrypt("tok-1", KEY)
+    # Then the nonces differ
+    assert unframe(first)[1] != unframe(second)[1]
+
+
+@pytest.mark.parametrize("key_id", [None, ""])
+def test_without_a_key_the_token_is_stored_plain(key_id: str | None) -> None:
+    # Given no KMS key configured (local experiments)
+    cipher = TokenCipher(kms(), key_id)
+    # When / Then the token is kept as its bytes, scheme "none"
+    assert cipher.encrypt("tok-1", KEY) == (b"tok-1", PLAIN)
+    assert TokenCipher(None, "key-id").encrypt("tok-1", KEY) == (b"tok-1", PLAIN)
+
+
+def frame(version: int, length: int, rest: bytes) -> bytes:
+    return bytes([version]) + length.to_bytes(2, "big") + rest
+
+
+def test_the_shortest_envelope_is_read() -> None:
+    # Given a one-byte key, a nonce and a bare tag (an empty token's ciphertext)
+    blob = frame(1, 1, b"K" + b"n" * 12 + b"t" * 16)
+    # When / Then it is split at the documented offsets
+    assert unframe(blob) == (b"K", b"n" * 12, b"t" * 16)
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"", "the token's envelope has an unknown format"),
+        (b"\x01\x00", "the token's envelope has an unknown format"),
+        (frame(2, 1, b"K" + b"n" * 12 + b"t" * 16), "the token's envelope has an unknown format"),
+        (frame(0, 1, b"K" + b"n" * 12 + b"t" * 16), "the token's envelope has an unknown format"),
+        (frame(1, 0, b""), "the token's envelope is truncated"),
+        (frame(1, 0, b"n" * 12 + b"t" * 16), "the token's envelope is truncated"),
+        (frame(1, 1, b"K" + b"n" * 12 + b"t" * 15), "the token's envelope is truncated"),
+        (frame(1, 2, b"K" + b"n" * 12 + b"t" * 16), "the token's envelope is truncated"),
+        (frame(1, 258, b"K" * 2 + b"n" * 12 + b"t" * 16), "the token's envelope is truncated"),
+    ],
+)
+def test_a_malformed_envelope_is_undecryptable_and_says_why(blob: bytes, message: str) -> None:
+    # Given / When / Then
+    with pytest.raises(UndecryptableToken) as raised:
+        unframe(blob)
+    assert str(raised.value) == message
