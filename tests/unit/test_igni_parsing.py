@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -121,6 +122,23 @@ def test_a_body_of_the_largest_size_is_read_and_one_byte_more_is_refused() -> No
     assert raised.value.message == "Igni answered with an oversized body"
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, "Igni answered 2xx with an expires_in that is not a number"),
+        ([60], "Igni answered 2xx with an expires_in that is not a number"),
+        (float("nan"), "Igni answered 2xx with an infinite or NaN expires_in"),
+        ("1e3", "Igni answered 2xx with an expires_in string that is not up to 20 digits 0-9"),
+        (0, "Igni answered 2xx with an expires_in outside 1..315360000 seconds"),
+    ],
+)
+def test_an_unusable_lifetime_is_a_bad_response_that_says_why(value: object, message: str) -> None:
+    # Given / When / Then
+    with pytest.raises(UpstreamBadResponse) as raised:
+        _parse_token(json.dumps({"access_token": "t", "expires_in": value}).encode())
+    assert raised.value.message == message
+
+
 # ------------------------------------------------------------------------- Retry-After
 
 
@@ -144,7 +162,9 @@ def test_delay_seconds_are_read_and_capped(value: str, seconds: float) -> None:
     assert retry_after_seconds(value, now=NOW, cap=CAP) == seconds
 
 
-@pytest.mark.parametrize("value", [None, "", "\u00b2", "-5", "5.5", "soon", "\n7", "7 s"])
+@pytest.mark.parametrize(
+    "value", [None, "", "\u00b2", "-5", "5.5", "soon", "\n7", "7 s", "7X", "X7"]
+)
 def test_anything_else_than_digits_or_a_date_is_ignored(value: str | None) -> None:
     # Given / When / Then (the fleet's own backoff applies)
     assert retry_after_seconds(value, now=NOW, cap=CAP) is None
@@ -169,11 +189,21 @@ def test_an_http_date_in_the_past_means_now() -> None:
     assert retry_after_seconds(http_date(-30), now=NOW, cap=CAP) == 0.0
 
 
-def test_an_http_date_without_a_zone_is_read_as_utc() -> None:
-    # Given a date 30 s ahead written without its zone ("-0000": unknown zone)
-    value = http_date(30).replace("GMT", "-0000")
-    # When / Then it is taken as UTC
-    assert retry_after_seconds(value, now=NOW, cap=CAP) == 30.0
+def test_an_http_date_without_a_zone_is_read_as_utc_whatever_the_machines_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a machine in Tokyo's time zone, and a date 30 s ahead written without its zone
+    # ("-0000": unknown zone)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        value = http_date(30).replace("GMT", "-0000")
+        # When / Then it is taken as UTC
+        assert retry_after_seconds(value, now=NOW, cap=CAP) == 30.0
+        assert retry_after_seconds(http_date(30), now=NOW, cap=CAP) == 30.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_an_http_date_of_64_characters_is_read_and_one_more_is_not() -> None:
@@ -338,7 +368,12 @@ def test_a_basic_challenge_on_a_401_suggests_basic_but_not_on_a_400() -> None:
     on_401 = _rejection(401, b"", basic_wanted=True)
     on_400 = _rejection(400, body(error="invalid_client"), basic_wanted=True)
     # When / Then a 401 names client_secret_basic as a possible cause, a 400 does not
-    assert "asks for HTTP Basic authentication" in on_401.message
+    assert on_401.message == (
+        "Igni rejected the client credentials sent in the form (invalid_client, "
+        "client_secret_post) and asks for HTTP Basic authentication: the server may "
+        "want client_secret_basic (set IGNI_TOKEN_ENDPOINT_AUTH_METHOD or the profile's "
+        "token_endpoint_auth_method), or client_id and client_secret are wrong"
+    )
     assert "asks for HTTP Basic" not in on_400.message
 
 
@@ -353,6 +388,7 @@ def test_a_basic_challenge_on_a_401_suggests_basic_but_not_on_a_400() -> None:
         ("caf\u00e9", None),
         ("\u0663", None),
         ("", None),
+        ("_", None),
         (5, None),
     ],
 )
