@@ -25,7 +25,7 @@ from token_vendor.errors import (
     UpstreamUnavailable,
     VendorError,
 )
-from token_vendor.freshness import fingerprint
+from token_vendor.freshness import CachedToken, fingerprint
 from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM
 from token_vendor.token_store import RECENT_TOKENS, MemoryTier, Record
 
@@ -208,7 +208,8 @@ def test_during_a_backoff_a_stale_token_is_served_and_not_kept_as_fresh() -> Non
     token = env.vend(world.clock).token
     world.clock.sleep(0.8 * 3600)
     world.http.answers.extend([Answer("raw", status=500, body=b"{}")] * 3)
-    assert env.vend(world.clock).token == token
+    failed_over = env.vend(world.clock)
+    assert (failed_over.token, failed_over.tier) == (token, DYNAMODB)
     calls = exchanges[0]
     # When another environment asks twice during the backoff
     other = world.environment("B")
@@ -411,8 +412,10 @@ def test_min_ttl_is_bounded_by_what_a_fresh_token_gives() -> None:
 
 
 def test_without_the_table_a_forced_exchange_waits_the_whole_interval() -> None:
-    # Given the table gone, and a token reported and replaced
+    # Given the table gone (a while after the environment started), and a token reported and
+    # replaced
     world, exchanges = counting_world()
+    world.clock.t = 1000.0
     env = world.environment("A")
     token = env.vend(world.clock).token.access_token
     world.table.down = True
@@ -423,6 +426,111 @@ def test_without_the_table_a_forced_exchange_waits_the_whole_interval() -> None:
     error = expect(lambda: env.report(world.clock, token), RefreshRateLimited)
     # Then it is refused for 1 s; at 30 s it is exchanged
     assert error.retry_after == 1
+    assert error.message == (
+        "a forced refresh of profile 'default' happened less than 30 s ago and Igni still "
+        "rejects its token"
+    )
     world.clock.t = start + INTERVAL
     assert env.report(world.clock, token).tier == UPSTREAM
     assert exchanges[0] == 3
+
+
+# ------------------------------------------------------------------------ more edges
+
+
+def test_a_token_minted_from_another_secret_version_is_not_served() -> None:
+    # Given the shared item holding a token minted from credentials v0; the secret is at v1
+    world, exchanges = counting_world()
+    now = world.clock.wall()
+    old = CachedToken("old-version-token", "Bearer", now, int(now + 3600), "v0")
+    world.table.items[KEY] = Record(token=old, token_fingerprint=old.fingerprint)
+    # When a caller asks
+    vended = world.environment("A").vend(world.clock)
+    # Then v1 is exchanged and its token served
+    assert vended.tier == UPSTREAM
+    assert vended.token.access_token != old.access_token
+    assert exchanges[0] == 1
+
+
+def test_during_a_backoff_a_token_that_ran_out_gets_the_failures_own_error() -> None:
+    # Given a token that has run out, and a shared backoff after bad answers
+    world, exchanges = counting_world()
+    now = world.clock.wall()
+    gone = CachedToken("gone", "Bearer", now - 3600, int(now - 1), "v1")
+    world.table.items[KEY] = Record(
+        token=gone,
+        token_fingerprint=gone.fingerprint,
+        backoff_until=now + 20.0,
+        failures=2,
+        failure_code="upstream_bad_response",
+    )
+    # When a caller asks
+    error = expect(lambda: world.environment("A").vend(world.clock), UpstreamBadResponse)
+    # Then it hears the failure and when the fleet tries again, not "retry at once"
+    assert error.retry_after == 20
+    assert exchanges[0] == 0
+
+
+def test_a_stale_token_served_during_a_backoff_is_not_kept_in_memory() -> None:
+    # Given a token past its refresh point and a shared backoff; B is served it from the table
+    world, exchanges = counting_world()
+    env = world.environment("A")
+    token = env.vend(world.clock).token
+    world.clock.sleep(0.8 * 3600)
+    world.http.answers.extend([Answer("raw", status=500, body=b"{}")] * 3)
+    failed_over = env.vend(world.clock)
+    assert (failed_over.token, failed_over.tier) == (token, DYNAMODB)
+    other = world.environment("B")
+    assert other.vend(world.clock).token == token
+    calls = exchanges[0]
+    # When the table goes away
+    world.table.down = True
+    # Then B, which kept nothing past its refresh point, exchanges on its own
+    assert other.vend(world.clock).tier == UPSTREAM
+    assert exchanges[0] == calls + 1
+
+
+def test_a_rejection_of_an_older_version_does_not_hold_back_a_refresh_due() -> None:
+    # Given a token past its refresh point, and credentials v0 rejected moments ago
+    world, exchanges = counting_world()
+    env = world.environment("A")
+    token = env.vend(world.clock).token
+    world.clock.sleep(0.8 * 3600)
+    now = world.clock.wall()
+    world.table.items[KEY] = dataclasses.replace(
+        world.table.items[KEY], auth_failed_until=now + 50.0, auth_failed_version="v0"
+    )
+    # When a caller asks
+    vended = world.environment("B").vend(world.clock)
+    # Then the token is refreshed with v1, not served stale
+    assert vended.tier == UPSTREAM
+    assert vended.token != token
+    assert exchanges[0] == 2
+
+
+def test_a_report_of_a_token_never_vended_is_told_to_use_get() -> None:
+    # Given a shared token
+    world, _ = counting_world()
+    env = world.environment("A")
+    env.vend(world.clock)
+    # When / Then another token is reported
+    error = expect(lambda: env.report(world.clock, "junk"), UnknownToken)
+    assert error.message == (
+        "the reported token is not one this service vended for profile 'default' (or it was "
+        "replaced too long ago): get the current token with GET instead"
+    )
+
+
+def test_a_failed_forced_refresh_is_logged_as_failing_while_the_token_still_serves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a shared token, and Igni failing
+    world, _ = counting_world()
+    env = world.environment("A")
+    token = env.vend(world.clock).token.access_token
+    world.http.answers.extend([Answer("raw", status=500, body=b"{}")] * 3)
+    # When its holder reports it, and the forced refresh fails
+    expect(lambda: env.report(world.clock, token), UpstreamUnavailable)
+    # Then the failure is logged as one while the reported token still serves the fleet
+    failures = [r for r in caplog.records if r.getMessage() == "token refresh failed"]
+    assert [getattr(r, "still_vending", None) for r in failures] == [True]
