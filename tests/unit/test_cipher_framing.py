@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.fakes import Clock
 from tests.invariants.world import Faults, HostileKms
+from token_vendor.errors import StoreUnavailable
 from token_vendor.token_cipher import (
     ENVELOPE,
     FRAME_VERSION,
@@ -113,4 +115,55 @@ def test_a_malformed_envelope_is_undecryptable_and_says_why(blob: bytes, message
     # Given / When / Then
     with pytest.raises(UndecryptableToken) as raised:
         unframe(blob)
+    assert str(raised.value) == message
+
+
+class RecordingKms:
+    """KMS that records GenerateDataKey's arguments, or fails as told."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.inner = kms()
+        self.failure = failure
+        self.calls: list[dict[str, Any]] = []
+
+    def generate_data_key(self, **kwargs: Any) -> dict[str, bytes]:
+        self.calls.append(kwargs)
+        if self.failure is not None:
+            raise self.failure
+        return self.inner.generate_data_key(**kwargs)  # type: ignore[no-any-return]
+
+
+def test_a_data_key_is_asked_of_the_configured_key_bound_to_the_cache_key() -> None:
+    # Given a cipher over the configured KMS key
+    recording = RecordingKms()
+    cipher = TokenCipher(recording, "key-id")  # type: ignore[arg-type]
+    # When a token is sealed
+    cipher.encrypt("tok-1", KEY)
+    # Then KMS was asked for an AES-256 data key of that key, in the cache key's context
+    assert recording.calls == [
+        {"KeyId": "key-id", "KeySpec": "AES_256", "EncryptionContext": {"cache_key": KEY}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (
+            ClientError({"Error": {"Code": "AccessDeniedException"}}, "GenerateDataKey"),
+            "KMS refused a data key (AccessDeniedException)",
+        ),
+        (
+            EndpointConnectionError(endpoint_url="https://kms.amazonaws.com"),
+            "KMS unreachable (EndpointConnectionError)",
+        ),
+    ],
+)
+def test_a_data_key_refused_or_unreachable_is_store_unavailable_saying_why(
+    failure: Exception, message: str
+) -> None:
+    # Given KMS refusing, or unreachable
+    cipher = TokenCipher(RecordingKms(failure), "key-id")  # type: ignore[arg-type]
+    # When / Then sealing fails as the store being unavailable, with the reason
+    with pytest.raises(StoreUnavailable) as raised:
+        cipher.encrypt("tok-1", KEY)
     assert str(raised.value) == message

@@ -7,6 +7,7 @@ to the possession proof in token_store.py) would move (make mutate)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -357,7 +358,10 @@ def test_memory_knows_the_tokens_it_held_and_forgets_none_it_drops() -> None:
     first = env.vend(world.clock).token
     second = dataclasses.replace(first, access_token="other")
     memory.put(KEY, first)
+    assert memory.vended(KEY, first.fingerprint)
+    assert not memory.vended(KEY, second.fingerprint)
     memory.put(KEY, second)
+    assert memory.vended(KEY, second.fingerprint)
     memory.drop(KEY, first.fingerprint)
     # Then it still holds the second (dropping another fingerprint leaves it) ...
     assert memory.get(KEY) is not None
@@ -534,3 +538,41 @@ def test_a_failed_forced_refresh_is_logged_as_failing_while_the_token_still_serv
     # Then the failure is logged as one while the reported token still serves the fleet
     failures = [r for r in caplog.records if r.getMessage() == "token refresh failed"]
     assert [getattr(r, "still_vending", None) for r in failures] == [True]
+
+
+def test_an_undecryptable_token_is_a_miss_logged_with_its_profile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a shared item whose token cannot be decrypted (another key, a copied item)
+    world, exchanges = counting_world()
+    now = world.clock.wall()
+    sealed = CachedToken("", "Bearer", now, int(now + 3600), "v1")
+    world.table.items[KEY] = Record(token=sealed, token_fingerprint="f" * 12)
+    world.table.sealed[KEY] = (b"not a ciphertext", "kms")
+    # When a caller asks
+    vended = world.environment("A").vend(world.clock)
+    # Then a new token is exchanged, and the miss is logged with the profile it concerns
+    assert vended.tier == UPSTREAM
+    assert exchanges[0] == 1
+    misses = [r for r in caplog.records if "could not be decrypted" in r.getMessage()]
+    assert misses
+    assert {getattr(r, "profile", None) for r in misses} == {"default"}
+
+
+def test_each_token_vended_is_counted_by_profile_and_tier(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given an environment that vends a token, then vends it again from memory
+    world, _ = counting_world()
+    env = world.environment("A")
+    capsys.readouterr()
+    env.vend(world.clock)
+    env.vend(world.clock)
+    # When the metrics it printed (EMF, one JSON object a line) are read
+    counted = []
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("{") and '"TokensVended"' in line:
+            metric = json.loads(line)
+            counted.append((metric["profile"], metric["tier"]))
+    # Then each answer was counted once, with its profile and tier
+    assert counted == [("default", UPSTREAM), ("default", MEMORY)]
