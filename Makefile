@@ -117,7 +117,7 @@ fuzz: venv
 
 # Mutation testing (mutmut) of the vending policy, the upstream parsing, the possession proof and
 # the envelope's framing, judged by the unit and invariants tests; the score per module, each at
-# least 90 % after tests/mutation-equivalents.md. Not part of make test (about 10 minutes on 2
+# least 90 % after tests/mutation-equivalents.md. Not part of make test (about 6 minutes on 2
 # cores). What is mutated and which tests run is the table TARGETS in scripts/mutate.py; the run
 # happens in build/mutation/. MUTATE=lease igni runs some targets only.
 MUTATE ?=
