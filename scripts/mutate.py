@@ -157,12 +157,12 @@ def _prepare(names: list[str]) -> None:
     (WORK / "pyproject.toml").write_text(text)
 
 
-def _run(names: list[str], children: int) -> None:
+def _run(names: list[str], children: int) -> int:
     env = dict(os.environ, HYPOTHESIS_PROFILE="mutate", PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_ADDOPTS", None)
     patterns = [glob for name in names for glob in _patterns(name)]
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *patterns]
-    subprocess.run(command, cwd=WORK, env=env, check=False)  # noqa: S603
+    return subprocess.run(command, cwd=WORK, env=env, check=False).returncode  # noqa: S603
 
 
 def _results() -> dict[str, str]:
@@ -235,8 +235,12 @@ def main() -> int:
     if not args.report:
         started = time.monotonic()
         _prepare(names)
-        _run(names, args.children)
+        code = _run(names, args.children)
         print(f"\nmutation run: {time.monotonic() - started:.0f} s")
+        if code != 0:
+            # e.g. the tests fail without any mutant: there is no score to give.
+            print(f"mutmut failed (exit {code}); see its output above", file=sys.stderr)
+            return code
     return 0 if report(names) else 1
 
 
