@@ -50,57 +50,50 @@ class Target:
 
 UNIT = "tests/unit"
 MODEL = ("tests/invariants/test_vending_model.py", "tests/invariants/test_holes.py")
+SERVICE_TESTS = (f"{UNIT}/test_lease.py", f"{UNIT}/test_service_decisions.py", *MODEL)
+PKG = "src/token_vendor"
 # module name -> what is mutated and which tests run. The one table to edit when modules move.
 TARGETS: dict[str, Target] = {
+    # The vending policy.
     "lease": Target(
-        "src/token_vendor/lease.py",
+        f"{PKG}/vending/lease.py",
         (),
         (f"{UNIT}/test_lease.py", f"{UNIT}/test_lease_timing.py", *MODEL),
     ),
     "freshness": Target(
-        "src/token_vendor/freshness.py",
+        f"{PKG}/vending/freshness.py",
         (),
         (f"{UNIT}/test_freshness.py", f"{UNIT}/test_freshness_bounds.py", *MODEL),
     ),
-    "service": Target(
-        "src/token_vendor/service.py",
-        (
-            "TokenService._decide",
-            "TokenService._held_back",
-            "TokenService._settle",
-            "TokenService._vended",
-            "TokenService._vended_new",
-            "TokenService._check_min_ttl",
-            "TokenService._limit_forced_direct",
-            "_seconds_until",
-        ),
-        (f"{UNIT}/test_lease.py", f"{UNIT}/test_service_decisions.py", *MODEL),
+    # The service's decisions: what a view of the item allows, the answer judged when made,
+    # the forced-refresh limit without the table, and the fallback to the stale token.
+    "decisions": Target(f"{PKG}/vending/decisions.py", (), SERVICE_TESTS),
+    "answers": Target(f"{PKG}/vending/answers.py", (), SERVICE_TESTS),
+    "standalone": Target(
+        f"{PKG}/vending/standalone.py", ("Standalone._limit_forced",), SERVICE_TESTS
     ),
-    "igni": Target(
-        "src/token_vendor/igni.py",
-        (
-            "_parse_token",
-            "_lifetime",
-            "retry_after_seconds",
-            "_ceil",
-            "IgniClient._backoff",
-            "_rejection",
-            "_error_fields",
-            "_methods_named",
-            "sanitize",
-            "_basic_challenge",
-        ),
+    "service": Target(f"{PKG}/vending/service.py", ("TokenService._settle",), SERVICE_TESTS),
+    # The upstream parsing: token, lifetime, Retry-After, rejections; the retry backoff.
+    "igni_answers": Target(
+        f"{PKG}/igni/answers.py",
+        (),
         (f"{UNIT}/test_igni_client.py", f"{UNIT}/test_igni_parsing.py", *MODEL),
     ),
-    "token_store": Target(
-        "src/token_vendor/token_store.py",
-        ("Record.vended", "Record.succession", "MemoryTier.vended", "MemoryTier.drop"),
-        (f"{UNIT}/test_lease.py", f"{UNIT}/test_service_decisions.py", *MODEL),
+    "igni_client": Target(
+        f"{PKG}/igni/client.py",
+        ("IgniClient._backoff", "_ceil"),
+        (f"{UNIT}/test_igni_client.py", f"{UNIT}/test_igni_parsing.py", *MODEL),
     ),
+    # The refresh possession proof.
+    "models": Target(f"{PKG}/models.py", ("Record.vended", "Record.succession"), SERVICE_TESTS),
+    "memory": Target(
+        f"{PKG}/vending/memory.py", ("MemoryTier.vended", "MemoryTier.drop"), SERVICE_TESTS
+    ),
+    # The envelope encryption's framing.
     "token_cipher": Target(
-        "src/token_vendor/token_cipher.py",
-        ("unframe", "TokenCipher.encrypt"),
-        (f"{UNIT}/test_cipher_framing.py", "tests/invariants/test_holes.py"),
+        f"{PKG}/aws/token_cipher.py",
+        ("unframe", "TokenCipher.encrypt", "TokenCipher._seal"),
+        (f"{UNIT}/test_cipher_framing.py", f"{UNIT}/test_aws_adapters.py", MODEL[1]),
     ),
 }
 

@@ -1,4 +1,5 @@
-"""The envelope's framing, byte by byte: version 1, the encrypted data key's length (2 bytes,
+"""How tokens are sealed: KMS Encrypt up to its 4,096 bytes, an envelope beyond; and the
+envelope's framing, byte by byte: version 1, the encrypted data key's length (2 bytes,
 big-endian), the key, a 12-byte nonce, then the AES-GCM ciphertext and its 16-byte tag; and
 every truncation refused as undecryptable (a miss), never a crash. Each test pins an edge a
 one-character change to token_cipher.py would move (make mutate)."""
@@ -12,18 +13,22 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.fakes import Clock
 from tests.invariants.world import Faults, HostileKms
-from token_vendor.errors import StoreUnavailable
-from token_vendor.token_cipher import (
+from token_vendor.aws.token_cipher import (
     ENVELOPE,
     FRAME_VERSION,
+    KMS,
+    KMS_MAX_PLAINTEXT,
     NONCE_BYTES,
     PLAIN,
     TokenCipher,
     UndecryptableToken,
     unframe,
 )
+from token_vendor.errors import StoreUnavailable
 
 KEY = "token#framing"
+# The smallest token sealed in an envelope (KMS Encrypt takes at most 4,096 bytes).
+LARGE = "L" * 4097
 
 
 def kms() -> Any:
@@ -44,8 +49,8 @@ class LongKeyKms:
 def test_the_envelope_is_version_length_key_nonce_then_ciphertext_and_tag() -> None:
     # Given a cipher whose KMS wraps data keys into 258 bytes
     cipher = TokenCipher(LongKeyKms(), "key-id")  # type: ignore[arg-type]
-    # When a 10-byte token is sealed
-    blob, scheme = cipher.encrypt("0123456789", KEY)
+    # When a token of 4,097 bytes is sealed
+    blob, scheme = cipher.encrypt(LARGE, KEY)
     # Then the blob is framed as documented
     assert scheme == ENVELOPE
     assert FRAME_VERSION == 1
@@ -53,26 +58,36 @@ def test_the_envelope_is_version_length_key_nonce_then_ciphertext_and_tag() -> N
     assert blob[0] == 1
     assert blob[1:3] == bytes([1, 2])  # 258, big-endian
     assert blob[3 : 3 + 258] == b"k" * 258
-    assert len(blob) == 3 + 258 + 12 + 10 + 16
+    assert len(blob) == 3 + 258 + 12 + 4097 + 16
     wrapped, nonce, sealed = unframe(blob)
     assert (wrapped, nonce, sealed) == (b"k" * 258, blob[261:273], blob[273:])
 
 
-def test_a_sealed_token_opens_under_its_own_cache_key_only() -> None:
-    # Given a token sealed for one cache key
+@pytest.mark.parametrize("token", ["tok-1", "x" * 4096, LARGE])
+def test_a_sealed_token_opens_under_its_own_cache_key_only(token: str) -> None:
+    # Given a token sealed for one cache key (by KMS Encrypt, or in an envelope)
     cipher = TokenCipher(kms(), "key-id")
-    blob, scheme = cipher.encrypt("tok-1", KEY)
+    blob, scheme = cipher.encrypt(token, KEY)
     # When / Then it opens under that key, and is a miss under any other
-    assert cipher.decrypt(blob, scheme, KEY) == "tok-1"
+    assert cipher.decrypt(blob, scheme, KEY) == token
     with pytest.raises(UndecryptableToken):
         cipher.decrypt(blob, scheme, "token#other")
+
+
+def test_tokens_up_to_4096_bytes_go_to_kms_encrypt_and_larger_ones_in_an_envelope() -> None:
+    # Given a cipher, and tokens of exactly KMS Encrypt's limit and one byte more
+    assert KMS_MAX_PLAINTEXT == 4096
+    cipher = TokenCipher(kms(), "key-id")
+    # When / Then the first is a KMS ciphertext, the second an envelope
+    assert cipher.encrypt("x" * 4096, KEY)[1] == KMS
+    assert cipher.encrypt("x" * 4097, KEY)[1] == ENVELOPE
 
 
 def test_each_seal_has_its_own_nonce() -> None:
     # Given / When the same token sealed twice
     cipher = TokenCipher(kms(), "key-id")
-    first, _ = cipher.encrypt("tok-1", KEY)
-    second, _ = cipher.encrypt("tok-1", KEY)
+    first, _ = cipher.encrypt(LARGE, KEY)
+    second, _ = cipher.encrypt(LARGE, KEY)
     # Then the nonces differ
     assert unframe(first)[1] != unframe(second)[1]
 
@@ -119,7 +134,7 @@ def test_a_malformed_envelope_is_undecryptable_and_says_why(blob: bytes, message
 
 
 class RecordingKms:
-    """KMS that records GenerateDataKey's arguments, or fails as told."""
+    """KMS that records Encrypt's and GenerateDataKey's arguments, or fails as told."""
 
     def __init__(self, failure: Exception | None = None) -> None:
         self.inner = kms()
@@ -132,38 +147,47 @@ class RecordingKms:
             raise self.failure
         return self.inner.generate_data_key(**kwargs)  # type: ignore[no-any-return]
 
+    def encrypt(self, **kwargs: Any) -> dict[str, bytes]:
+        self.calls.append(kwargs)
+        if self.failure is not None:
+            raise self.failure
+        return self.inner.encrypt(**kwargs)  # type: ignore[no-any-return]
 
-def test_a_data_key_is_asked_of_the_configured_key_bound_to_the_cache_key() -> None:
+
+def test_kms_is_asked_with_the_configured_key_bound_to_the_cache_key() -> None:
     # Given a cipher over the configured KMS key
     recording = RecordingKms()
     cipher = TokenCipher(recording, "key-id")  # type: ignore[arg-type]
-    # When a token is sealed
+    # When a small and a large token are sealed
     cipher.encrypt("tok-1", KEY)
-    # Then KMS was asked for an AES-256 data key of that key, in the cache key's context
+    cipher.encrypt(LARGE, KEY)
+    # Then KMS encrypted the first, and gave an AES-256 data key for the second, both under
+    # that key and in the cache key's context
     assert recording.calls == [
-        {"KeyId": "key-id", "KeySpec": "AES_256", "EncryptionContext": {"cache_key": KEY}}
+        {"KeyId": "key-id", "Plaintext": b"tok-1", "EncryptionContext": {"cache_key": KEY}},
+        {"KeyId": "key-id", "KeySpec": "AES_256", "EncryptionContext": {"cache_key": KEY}},
     ]
 
 
+DENIED = ClientError({"Error": {"Code": "AccessDeniedException"}}, "KMS")
+UNREACHABLE = EndpointConnectionError(endpoint_url="https://kms.amazonaws.com")
+
+
 @pytest.mark.parametrize(
-    ("failure", "message"),
+    ("token", "failure", "message"),
     [
-        (
-            ClientError({"Error": {"Code": "AccessDeniedException"}}, "GenerateDataKey"),
-            "KMS refused a data key (AccessDeniedException)",
-        ),
-        (
-            EndpointConnectionError(endpoint_url="https://kms.amazonaws.com"),
-            "KMS unreachable (EndpointConnectionError)",
-        ),
+        ("tok-1", DENIED, "KMS refused to encrypt (AccessDeniedException)"),
+        ("tok-1", UNREACHABLE, "KMS unreachable (EndpointConnectionError)"),
+        (LARGE, DENIED, "KMS refused a data key (AccessDeniedException)"),
+        (LARGE, UNREACHABLE, "KMS unreachable (EndpointConnectionError)"),
     ],
 )
-def test_a_data_key_refused_or_unreachable_is_store_unavailable_saying_why(
-    failure: Exception, message: str
+def test_kms_refusing_or_unreachable_is_store_unavailable_saying_why(
+    token: str, failure: Exception, message: str
 ) -> None:
     # Given KMS refusing, or unreachable
     cipher = TokenCipher(RecordingKms(failure), "key-id")  # type: ignore[arg-type]
     # When / Then sealing fails as the store being unavailable, with the reason
     with pytest.raises(StoreUnavailable) as raised:
-        cipher.encrypt("tok-1", KEY)
+        cipher.encrypt(token, KEY)
     assert str(raised.value) == message

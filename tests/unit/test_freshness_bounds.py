@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 import pytest
 
 from token_vendor.config import DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, Freshness
-from token_vendor.freshness import (
+from token_vendor.models import CachedToken, fingerprint
+from token_vendor.vending.freshness import (
     MAX_JWT_EXP,
-    CachedToken,
     effective_expiry,
-    fingerprint,
     is_fresh,
     is_vendable,
     jwt_exp,

@@ -17,20 +17,19 @@ import urllib3
 
 from tests.fakes import Clock
 from token_vendor.errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamUnavailable
-from token_vendor.igni import (
+from token_vendor.igni.answers import (
     MAX_BODY_BYTES,
     MAX_TOKEN_BYTES,
     MAX_UPSTREAM_TEXT,
-    IgniClient,
     IssuedToken,
-    _basic_challenge,
-    _ceil,
     _error_fields,
-    _parse_token,
-    _rejection,
+    basic_challenge,
+    parse_token,
+    rejection,
     retry_after_seconds,
     sanitize,
 )
+from token_vendor.igni.client import IgniClient, _ceil
 
 NOW = 1_800_000_000.0
 CAP = 60.0
@@ -50,7 +49,7 @@ def http_date(seconds_from_now: float) -> str:
 
 def test_a_token_answer_is_the_token_the_bearer_type_and_the_lifetime() -> None:
     # Given / When / Then
-    assert _parse_token(body(access_token="tok", token_type="bearer", expires_in=60)) == (
+    assert parse_token(body(access_token="tok", token_type="bearer", expires_in=60)) == (
         IssuedToken(access_token="tok", token_type="Bearer", expires_in=60)
     )
 
@@ -58,8 +57,8 @@ def test_a_token_answer_is_the_token_the_bearer_type_and_the_lifetime() -> None:
 @pytest.mark.parametrize("token_type", ["Bearer", "bearer", "BEARER"])
 def test_the_bearer_type_is_recognised_in_any_case_and_is_the_default(token_type: str) -> None:
     # Given / When / Then a Bearer token of any spelling, or none named, is a Bearer token
-    assert _parse_token(body(access_token="t", token_type=token_type)).token_type == "Bearer"
-    assert _parse_token(body(access_token="t")).token_type == "Bearer"
+    assert parse_token(body(access_token="t", token_type=token_type)).token_type == "Bearer"
+    assert parse_token(body(access_token="t")).token_type == "Bearer"
 
 
 @pytest.mark.parametrize(
@@ -93,7 +92,7 @@ def test_an_unusable_token_answer_is_a_bad_response_that_says_why(
 ) -> None:
     # Given / When / Then
     with pytest.raises(UpstreamBadResponse) as raised:
-        _parse_token(payload)
+        parse_token(payload)
     assert raised.value.message == message
 
 
@@ -102,9 +101,9 @@ def test_a_token_of_64_kib_is_accepted_and_one_byte_more_is_refused_with_its_siz
     assert MAX_TOKEN_BYTES == 65536
     largest = "x" * MAX_TOKEN_BYTES
     # When / Then the first is taken, the second refused with a message giving its size
-    assert _parse_token(body(access_token=largest)).access_token == largest
+    assert parse_token(body(access_token=largest)).access_token == largest
     with pytest.raises(UpstreamBadResponse) as raised:
-        _parse_token(body(access_token=largest + "x"))
+        parse_token(body(access_token=largest + "x"))
     assert raised.value.message == (
         "Igni issued a token of 65537 bytes; at most 65536 bytes are cached and vended"
     )
@@ -116,9 +115,9 @@ def test_a_body_of_the_largest_size_is_read_and_one_byte_more_is_refused() -> No
     answer = body(access_token="tok")
     largest = answer + b" " * (MAX_BODY_BYTES - len(answer))
     # When / Then the first is a token, the second an oversized body
-    assert _parse_token(largest).access_token == "tok"
+    assert parse_token(largest).access_token == "tok"
     with pytest.raises(UpstreamBadResponse) as raised:
-        _parse_token(largest + b" ")
+        parse_token(largest + b" ")
     assert raised.value.message == "Igni answered with an oversized body"
 
 
@@ -135,7 +134,7 @@ def test_a_body_of_the_largest_size_is_read_and_one_byte_more_is_refused() -> No
 def test_an_unusable_lifetime_is_a_bad_response_that_says_why(value: object, message: str) -> None:
     # Given / When / Then
     with pytest.raises(UpstreamBadResponse) as raised:
-        _parse_token(json.dumps({"access_token": "t", "expires_in": value}).encode())
+        parse_token(json.dumps({"access_token": "t", "expires_in": value}).encode())
     assert raised.value.message == message
 
 
@@ -299,7 +298,7 @@ def test_a_servers_retry_after_is_the_least_wait() -> None:
 
 def test_a_401_is_an_auth_failure_with_igni_s_words_kept_for_the_log() -> None:
     # Given Igni answering 401 with a description
-    error = _rejection(401, body(error="invalid_client", error_description="bad secret"))
+    error = rejection(401, body(error="invalid_client", error_description="bad secret"))
     # When / Then it is an auth failure that says to check the secret; the text is the detail
     assert isinstance(error, UpstreamAuthFailed)
     assert error.kind == "auth"
@@ -312,19 +311,19 @@ def test_a_401_is_an_auth_failure_with_igni_s_words_kept_for_the_log() -> None:
 
 def test_invalid_client_on_a_400_is_an_auth_failure_too() -> None:
     # Given / When / Then
-    error = _rejection(400, body(error="invalid_client"))
+    error = rejection(400, body(error="invalid_client"))
     assert isinstance(error, UpstreamAuthFailed)
     assert error.detail is None
 
 
 def test_another_refusal_is_a_bad_response_naming_status_and_code() -> None:
     # Given / When / Then
-    error = _rejection(400, body(error="invalid_scope", message="no such scope"))
+    error = rejection(400, body(error="invalid_scope", message="no such scope"))
     assert isinstance(error, UpstreamBadResponse)
     assert error.kind == "rejected"
     assert error.message == "Igni refused the token request with HTTP 400 (invalid_scope)"
     assert error.detail == "Igni said: no such scope"
-    plain = _rejection(403, b"<html>")
+    plain = rejection(403, b"<html>")
     assert plain.message == "Igni refused the token request with HTTP 403"
     assert plain.detail is None
 
@@ -332,7 +331,7 @@ def test_another_refusal_is_a_bad_response_naming_status_and_code() -> None:
 def test_a_server_naming_the_method_it_wants_gets_the_setting_named() -> None:
     # Given a form-authenticated request refused by a server that names client_secret_basic
     text = "The client cannot authenticate with methods: ['client_secret_basic']"
-    error = _rejection(400, body(error="invalid_client", error_description=text))
+    error = rejection(400, body(error="invalid_client", error_description=text))
     # When / Then the message names the setting and the method
     assert error.message == (
         "Igni refused client authentication with client_secret_post (invalid_client) and names "
@@ -345,7 +344,7 @@ def test_a_server_naming_the_method_it_wants_gets_the_setting_named() -> None:
 def test_a_server_naming_both_methods_names_the_first_in_order() -> None:
     # Given a Basic request refused by a server that names both methods
     text = "use client_secret_post or client_secret_basic"
-    error = _rejection(
+    error = rejection(
         401,
         body(error="invalid_client", error_description=text),
         auth_method="private_key_jwt",
@@ -358,15 +357,15 @@ def test_a_server_naming_both_methods_names_the_first_in_order() -> None:
 def test_a_server_naming_the_method_already_used_is_not_told_to_switch() -> None:
     # Given a form request refused by a server naming client_secret_post (the one used)
     text = "methods: ['client_secret_post']"
-    error = _rejection(401, body(error="invalid_client", error_description=text))
+    error = rejection(401, body(error="invalid_client", error_description=text))
     # When / Then the credentials themselves are blamed
     assert error.message.startswith("Igni rejected the client credentials (invalid_client): check")
 
 
 def test_a_basic_challenge_on_a_401_suggests_basic_but_not_on_a_400() -> None:
     # Given a form request refused with a Basic challenge
-    on_401 = _rejection(401, b"", basic_wanted=True)
-    on_400 = _rejection(400, body(error="invalid_client"), basic_wanted=True)
+    on_401 = rejection(401, b"", basic_wanted=True)
+    on_400 = rejection(400, body(error="invalid_client"), basic_wanted=True)
     # When / Then a 401 names client_secret_basic as a possible cause, a 400 does not
     assert on_401.message == (
         "Igni rejected the client credentials sent in the form (invalid_client, "
@@ -431,4 +430,4 @@ def test_a_servers_text_is_printable_ascii_folded_and_cut() -> None:
 )
 def test_a_basic_challenge_is_the_scheme_only(challenge: str | None, *, basic: bool) -> None:
     # Given / When / Then
-    assert _basic_challenge(challenge) is basic
+    assert basic_challenge(challenge) is basic

@@ -12,16 +12,9 @@ import pytest
 
 from tests.fakes import Clock, FakeTable
 from token_vendor.errors import UpstreamUnavailable
-from token_vendor.freshness import CachedToken
-from token_vendor.lease import (
-    COMMIT_RESERVE_SECONDS,
-    MIN_EXCHANGE_SECONDS,
-    Lease,
-    Serve,
-    Take,
-    Taken,
-)
-from token_vendor.token_store import Record
+from token_vendor.models import CachedToken, Record
+from token_vendor.vending.exchange import MIN_EXCHANGE_SECONDS
+from token_vendor.vending.lease import COMMIT_RESERVE_SECONDS, Lease, Serve, Take, Taken
 
 KEY = "token#timing"
 LEASE_SECONDS = 15.0

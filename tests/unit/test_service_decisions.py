@@ -26,9 +26,9 @@ from token_vendor.errors import (
     UpstreamUnavailable,
     VendorError,
 )
-from token_vendor.freshness import CachedToken, fingerprint
-from token_vendor.service import DYNAMODB, MEMORY, UPSTREAM
-from token_vendor.token_store import RECENT_TOKENS, MemoryTier, Record
+from token_vendor.models import RECENT_TOKENS, CachedToken, Record, cache_key, fingerprint
+from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM
+from token_vendor.vending.memory import MemoryTier
 
 INTERVAL = CONFIG.forced_refresh_interval_seconds
 INVALID_CLIENT = Answer("raw", status=401, body=b'{"error": "invalid_client"}')
@@ -135,8 +135,6 @@ def test_a_basic_profiles_remembered_rejection_does_not_suggest_basic() -> None:
 
 
 def world_key(profile: Any) -> str:
-    from token_vendor.token_store import cache_key
-
     return cache_key(profile)
 
 
