@@ -377,3 +377,22 @@ def test_a_write_refused_on_a_vanished_item_is_followed_by_a_fresh_read(clock: C
     assert outcome == Serve(new)
     assert views == [record, recreated]
     assert table.reads == 1
+
+
+def test_a_lease_released_quietly_is_free_at_once_and_a_table_away_is_no_error(
+    clock: Clock,
+) -> None:
+    # Given a lease this environment took
+    table = FakeTable()
+    lease = make_lease(table, clock)
+    lease.settle(KEY, None, deadline=clock.mono() + 10.0, decide=always_take)
+    assert table.items[KEY].lease_owner == "me"
+    # When it lets go of it
+    lease.release_quietly(KEY)
+    # Then the next environment may take it now, not when it expires
+    assert table.items[KEY].lease_owner is None
+    # And with the table away, letting go raises nothing (the lease expires by itself)
+    lease.settle(KEY, table.items[KEY], deadline=clock.mono() + 10.0, decide=always_take)
+    table.down = True
+    lease.release_quietly(KEY)
+    assert table.failed_release == "me"

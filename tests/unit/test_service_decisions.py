@@ -27,7 +27,7 @@ from token_vendor.errors import (
     VendorError,
 )
 from token_vendor.models import RECENT_TOKENS, CachedToken, Record, cache_key, fingerprint
-from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM
+from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM, Vended
 from token_vendor.vending.memory import MemoryTier
 
 INTERVAL = CONFIG.forced_refresh_interval_seconds
@@ -574,3 +574,18 @@ def test_each_token_vended_is_counted_by_profile_and_tier(
             counted.append((metric["profile"], metric["tier"]))
     # Then each answer was counted once, with its profile and tier
     assert counted == [("default", UPSTREAM), ("default", MEMORY)]
+
+
+def test_the_answer_body_tells_the_whole_seconds_left_and_never_less_than_zero() -> None:
+    # Given a token expiring at a whole second
+    token = CachedToken("tok", "Bearer", 1000.0, 4600, "v1")
+    vended = Vended(token=token, tier=MEMORY)
+    # When / Then the body tells the token, its type, the whole seconds left and the expiry
+    assert vended.body(1000.4) == {
+        "access_token": "tok",
+        "token_type": "Bearer",
+        "expires_in": 3599,
+        "expires_at": 4600,
+    }
+    assert vended.body(4600.0)["expires_in"] == 0
+    assert vended.body(4700.0)["expires_in"] == 0
