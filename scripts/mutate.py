@@ -208,8 +208,12 @@ def report(names: list[str]) -> bool:
             f"{raw:>8.1f}%{score:>8.1f}%"
         )
         survivors += [f"  {key} ({mine[key]})" for key in alive]
+        if not total:
+            survivors.append(
+                f"  {name}: no mutants ran (has its row's source or a function moved?)"
+            )
     if survivors:
-        print("\nsurvivors not listed in tests/mutation-equivalents.md (see: mutmut show NAME):")
+        print("\nnot caught, and not listed in tests/mutation-equivalents.md (mutmut show NAME):")
         print("\n".join(survivors))
     print(f"\nscore = caught / (mutants - equivalents); each module needs {MIN_SCORE:.0f} %")
     return ok
