@@ -32,6 +32,18 @@ def not_vended_here(profile: Profile) -> str:
     )
 
 
+def forced_too_soon(
+    profile: Profile, interval: int, allowed_at: float, now: float
+) -> RefreshRateLimited:
+    """The refusal of a forced refresh within FORCED_REFRESH_INTERVAL_SECONDS of the last one
+    (the item's fence for the fleet, or an environment's own while the table is away)."""
+    return RefreshRateLimited(
+        f"a forced refresh of profile '{profile.name}' happened less than {interval} s ago "
+        "and Igni still rejects its token",
+        retry_after=seconds_until(allowed_at, now),
+    )
+
+
 class Decisions:
     """The vending policy applied to one view of the item (the lease re-reads and re-asks)."""
 
@@ -58,11 +70,7 @@ class Decisions:
             # A report while that refresh is still under way waits for it (coalesced): the
             # reported token stays in the item until the replacement commits.
             if record.forced_at > now - interval and not record.lease_held(now):
-                raise RefreshRateLimited(
-                    f"a forced refresh of profile '{profile.name}' happened less than "
-                    f"{interval} s ago and Igni still rejects its token",
-                    retry_after=seconds_until(record.forced_at + interval, now),
-                )
+                raise forced_too_soon(profile, interval, record.forced_at + interval, now)
             return Take(seen=rejected, forced_floor=now - interval)
         token = record.token if record is not None else None
         if record is not None and record.undecryptable:

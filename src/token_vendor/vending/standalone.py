@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 
 from token_vendor.config import Config, Profile
-from token_vendor.errors import RefreshRateLimited, UnknownToken
-from token_vendor.vending.answers import MEMORY, UPSTREAM, Answers, Vended, seconds_until
-from token_vendor.vending.decisions import not_vended_here
+from token_vendor.errors import UnknownToken
+from token_vendor.vending.answers import MEMORY, UPSTREAM, Answers, Vended
+from token_vendor.vending.decisions import forced_too_soon, not_vended_here
 from token_vendor.vending.exchange import Exchange
 from token_vendor.vending.memory import MemoryTier
 from token_vendor.vending.versions import SecretVersions
@@ -84,11 +84,7 @@ class Standalone:
         last = self._forced.get(key)
         now = self._mono()
         if last is not None and now - last < interval:
-            raise RefreshRateLimited(
-                f"a forced refresh of profile '{profile.name}' happened less than {interval} s "
-                "ago and Igni still rejects its token",
-                retry_after=seconds_until(last + interval, now),
-            )
+            raise forced_too_soon(profile, interval, last + interval, now)
         self._forced[key] = now
 
     def _lock(self, key: str) -> threading.Lock:
