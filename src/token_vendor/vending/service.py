@@ -31,7 +31,7 @@ from token_vendor.observability import Telemetry
 from token_vendor.vending.answers import DYNAMODB, MEMORY, UPSTREAM, Answers, Vended
 from token_vendor.vending.decisions import Decisions
 from token_vendor.vending.exchange import Exchange
-from token_vendor.vending.freshness import is_fresh, is_vendable
+from token_vendor.vending.freshness import is_fresh
 from token_vendor.vending.lease import Lease, Serve, Taken
 from token_vendor.vending.memory import MemoryTier
 from token_vendor.vending.standalone import Standalone
@@ -283,7 +283,7 @@ class TokenService:
         # A reported token is not served back to its reporter, but the fleet still vends it.
         reported = record.token if forced and record is not None else None
         still_vending = taken.stale is not None or (
-            reported is not None and is_vendable(reported, self._wall(), self._policy)
+            reported is not None and self._answers.vendable(reported, 0)
         )
         failures = (record.failures if record is not None else 0) + 1
         try:
@@ -322,7 +322,7 @@ class TokenService:
                 current is not None
                 and current.token is not None
                 and current.token.secret_version == credentials.version_id
-                and is_vendable(current.token, self._wall(), self._policy)
+                and self._answers.vendable(current.token, 0)
             ):
                 token = current.token
         self._memory.put(key, token)
